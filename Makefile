@@ -1,0 +1,33 @@
+# Two commands matter (README): `make demo` and `make test`. Both create .venv if needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO ?= demo_out
+STAMP := $(VENV)/.installed-dev
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: demo test lint venv clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Reinstall when setup.py changes.
+$(STAMP): setup.py | $(BIN)/python
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check tfvctr beam_jobs serving tests benchmarks
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py --out $(DEMO)
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache

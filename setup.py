@@ -1,0 +1,31 @@
+"""tfvctr: visual-aware CTR prediction (DeepCTR 2016, CSCNN KDD 2020) on TensorFlow 2.21 + Keras 3."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    # TF 2.21: the CPU wheel is what build machines and Dataflow CPU workers need; on GPU
+    # hosts install `tensorflow[and-cuda]==2.21.*` first (README "GPU install").
+    "tensorflow-cpu>=2.21,<2.22; platform_machine == 'x86_64'",
+    "tensorflow>=2.21,<2.22; platform_machine != 'x86_64'",
+    "keras>=3.10,<4",
+    "keras-rs>=0.2",
+    "apache-beam[gcp]>=2.77,<2.78",
+    "numpy",
+    "pyyaml>=6",
+    "pyarrow",
+    "pillow>=10",
+    "tqdm",
+    "matplotlib",
+]
+
+setup(
+    name="tfvctr",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10",
+    packages=find_packages(include=["tfvctr", "tfvctr.*", "beam_jobs", "beam_jobs.*", "serving", "serving.*"]),
+    package_data={"tfvctr": ["configs/*.yaml"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"dev": ["pytest>=8", "pytest-timeout", "scikit-learn", "ruff"]},
+    entry_points={"console_scripts": ["tfvctr=tfvctr.cli:main"]},
+)

@@ -1,0 +1,363 @@
+"""Typed configuration: one YAML file drives Beam, training, evaluation and export.
+
+The YAML maps onto the dataclasses below. Loading checks every key and value and raises
+`ConfigError` naming the file, the key path and what was wrong, e.g.::
+
+    configs/x.yaml: model.crossing_layers: unknown key; allowed keys: architecture, ...
+
+(FuxiCTR silently ignores a misspelt `crossing_layers`; we refuse it.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from tfvctr.errors import ConfigError
+
+FeatureSource = Literal["ad", "impression"]
+FeatureKind = Literal["categorical", "multi", "numeric"]
+
+
+@dataclasses.dataclass
+class FeatureConfig:
+    """One non-visual feature (a "field" of the papers' x_nv).
+
+    Categorical and multi-valued features are indexed either by a vocabulary computed by
+    the Beam job on the train split (`vocabulary: auto`, index 0 = padding, 1 = out of
+    vocabulary) or by hashing into `hash_buckets` buckets (JD-scale vocabularies do not fit
+    a table). Numeric features are `normalize`d with train-split mean/std, or
+    `bucketize`d on train-split quantiles and then embedded like a categorical feature.
+    """
+
+    name: str
+    source: FeatureSource
+    kind: FeatureKind
+    embedding_dim: int = 4
+    vocabulary: Optional[str] = None  # "auto" (computed by Beam) or a path to a text file
+    hash_buckets: Optional[int] = None
+    min_frequency: int = 1
+    max_length: int = 8  # multi: longer lists are truncated, shorter padded with 0
+    combiner: Literal["sum", "mean"] = "mean"
+    transform: Literal["normalize", "bucketize"] = "bucketize"
+    num_buckets: int = 10
+    default: Optional[Union[str, float]] = None  # value used when the field is missing
+
+    def validate(self, where: str) -> None:
+        if self.kind in ("categorical", "multi"):
+            if (self.vocabulary is None) == (self.hash_buckets is None):
+                raise ConfigError(
+                    f"{where}: a {self.kind} feature needs exactly one of `vocabulary` "
+                    f"(auto or a file) or `hash_buckets`; received vocabulary="
+                    f"{self.vocabulary!r}, hash_buckets={self.hash_buckets!r}"
+                )
+            if self.hash_buckets is not None and self.hash_buckets < 1:
+                raise ConfigError(f"{where}.hash_buckets: expected a positive integer, received {self.hash_buckets}")
+        elif self.vocabulary is not None or self.hash_buckets is not None:
+            raise ConfigError(f"{where}: a numeric feature takes no `vocabulary` or `hash_buckets`")
+        if self.embedding_dim < 1:
+            raise ConfigError(f"{where}.embedding_dim: expected a positive integer, received {self.embedding_dim}")
+        if self.max_length < 1:
+            raise ConfigError(f"{where}.max_length: expected a positive integer, received {self.max_length}")
+        if self.num_buckets < 2:
+            raise ConfigError(f"{where}.num_buckets: expected an integer >= 2, received {self.num_buckets}")
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    """The raw-data contract (DESIGN.md "Data contract") and the Beam job's settings."""
+
+    features: list[FeatureConfig]
+    image_size: int = 64  # training resolution, square; Beam resizes once to this
+    image_format: Literal["jpeg", "png"] = "jpeg"
+    max_image_pixels: int = 40_000_000  # larger source images are dead-lettered (decompression bombs)
+    impressions_per_chunk: int = 25  # K: at most K impressions of one ad per SequenceExample
+    eval_days: int = 1  # the last `eval_days` distinct days form the eval split
+    passthrough: list[str] = dataclasses.field(default_factory=list)  # float impression columns kept for evaluation only
+    num_shards: int = 0  # 0 = let the runner decide
+    compression: Literal["none", "gzip"] = "none"
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        names = set()
+        for i, f in enumerate(self.features):
+            f.validate(f"{where}.features[{i}] ({f.name})")
+            if f.name in names:
+                raise ConfigError(f"{where}.features[{i}]: duplicate feature name {f.name!r}")
+            if f.name in RESERVED_COLUMNS - {"user_id", "category", "ad_id"}:
+                raise ConfigError(f"{where}.features[{i}]: {f.name!r} is a reserved column name")
+            names.add(f.name)
+        _positive(self.image_size, f"{where}.image_size", minimum=8)
+        _positive(self.impressions_per_chunk, f"{where}.impressions_per_chunk")
+        _positive(self.eval_days, f"{where}.eval_days")
+        _positive(self.max_image_pixels, f"{where}.max_image_pixels")
+
+    def feature(self, name: str) -> FeatureConfig:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @property
+    def ad_features(self) -> list[FeatureConfig]:
+        return [f for f in self.features if f.source == "ad"]
+
+    @property
+    def impression_features(self) -> list[FeatureConfig]:
+        return [f for f in self.features if f.source == "impression"]
+
+
+# Columns with a fixed meaning in the raw tables and the TFRecords (docs/formats.md).
+RESERVED_COLUMNS = frozenset({"ad_id", "category", "image", "label", "day", "user_id", "ad_index"})
+
+
+@dataclasses.dataclass
+class VBPRConfig:
+    """VBPR family (CSCNN §4.1, Eq. 12): y = a + b_u + b_i + g_u.g_i + theta_u.Phi(image, category)."""
+
+    variant: Literal["bpr_mf", "vbpr", "dvbpr", "dvbpr_c", "sherlock", "deepstyle", "dvbpr_sca", "cscnn"] = "cscnn"
+    factors: int = 10  # size of gamma_u, gamma_i
+    visual_factors: int = 10  # size of theta_u
+    loss: Literal["pointwise", "pairwise"] = "pointwise"
+    l2: float = 0.0
+
+
+@dataclasses.dataclass
+class DeepCTRConfig:
+    """DeepCTR (Chen et al. 2016): Convnet + Basicnet + Combnet."""
+
+    convnet_dim: int = 128
+    basicnet_dim: int = 128
+    combnet_layers: list[int] = dataclasses.field(default_factory=lambda: [256, 256])
+    dropout: float = 0.5
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which model, and its sizes. Defaults are the papers' settings."""
+
+    architecture: Literal["cscnn_dcn", "dcn", "deepctr", "vbpr"] = "cscnn_dcn"
+    backbone: Literal["cnnf", "resnet18", "inception_v1", "deepctr17"] = "resnet18"
+    backbone_width: float = 1.0  # channel multiplier, so tests can build tiny backbones
+    attention: Literal[
+        "none", "se", "cbam_channel", "cbam", "cscnn", "se_cscnn", "cbam_channel_cscnn", "cscnn_channel", "cscnn_spatial"
+    ] = "cscnn"
+    attention_layers: int = 0  # L': attention on the last L' conv layers; 0 = every conv layer but conv1
+    channel_prior_dim: int = 20  # C'
+    spatial_prior_size: int = 7  # H' = W'
+    reduction: int = 4
+    visual_dim: int = 150  # x_v
+    deep_layers: list[int] = dataclasses.field(default_factory=lambda: [1024, 512, 256])
+    cross_layers: int = 3
+    cross_type: Literal["v1", "v2"] = "v1"
+    projection_dim: Optional[int] = None  # DCN-v2 low rank
+    dropout: float = 0.0
+    num_categories: Optional[int] = None  # None: the size of the category vocabulary + 1 (unknown)
+    deepctr: DeepCTRConfig = dataclasses.field(default_factory=DeepCTRConfig)
+    vbpr: VBPRConfig = dataclasses.field(default_factory=VBPRConfig)
+
+    def validate(self, where: str) -> None:
+        _positive(self.visual_dim, f"{where}.visual_dim")
+        _positive(self.reduction, f"{where}.reduction")
+        _positive(self.spatial_prior_size, f"{where}.spatial_prior_size")
+        if self.backbone_width <= 0:
+            raise ConfigError(f"{where}.backbone_width: expected a positive number, received {self.backbone_width}")
+        if self.cross_layers < 0:
+            raise ConfigError(f"{where}.cross_layers: expected an integer >= 0, received {self.cross_layers}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{where}.dropout: expected a value in [0, 1), received {self.dropout}")
+        if not self.deep_layers or any(u < 1 for u in self.deep_layers):
+            raise ConfigError(f"{where}.deep_layers: expected a non-empty list of positive integers, received {self.deep_layers}")
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    random_crop: bool = True
+    crop_padding: int = 4
+    flip: bool = True
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """The training loop (tfvctr.training) settings."""
+
+    steps: int = 1000
+    ads_per_batch: int = 32  # n ads per global batch, each with all its <= K impressions
+    sampling: Literal["grouped", "alg1", "ungrouped"] = "grouped"
+    impressions_per_ad: int = 25  # k of DeepCTR Alg. 1 (sampling: alg1)
+    optimizer: Literal["adam", "sgd", "adagrad"] = "adam"
+    learning_rate: float = 0.001
+    cnn_learning_rate: Optional[float] = None  # None: same as learning_rate (DeepCTR: 0.001 vs 0.1)
+    decay_steps: list[int] = dataclasses.field(default_factory=list)  # step decay boundaries
+    decay_factor: float = 0.1
+    weight_decay: float = 0.0
+    clip_norm: Optional[float] = None
+    mixed_precision: bool = False  # float16 compute on GPU only
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    seed: int = 0
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    pretrained_cnn: Optional[str] = None  # weights from `tfvctr pretrain`
+    freeze_cnn: bool = False
+    shuffle_buffer: int = 1000
+
+    def validate(self, where: str) -> None:
+        _positive(self.steps, f"{where}.steps")
+        _positive(self.ads_per_batch, f"{where}.ads_per_batch")
+        _positive(self.impressions_per_ad, f"{where}.impressions_per_ad")
+        _positive(self.checkpoint_every, f"{where}.checkpoint_every")
+        _positive(self.keep_checkpoints, f"{where}.keep_checkpoints")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"{where}.learning_rate: expected a positive number, received {self.learning_rate}")
+        if sorted(self.decay_steps) != self.decay_steps:
+            raise ConfigError(f"{where}.decay_steps: expected increasing step numbers, received {self.decay_steps}")
+
+
+@dataclasses.dataclass
+class EmbedConfig:
+    """The visual-embedding table job (beam_jobs.embed_ads), CSCNN §3.4.2."""
+
+    coverage: float = 0.9  # keep the most-impressed ads until this share of impressions is covered; 1.0 = all
+    dtype: Literal["float32", "float16"] = "float32"
+    batch_size: int = 64
+
+    def validate(self, where: str) -> None:
+        if not 0.0 < self.coverage <= 1.0:
+            raise ConfigError(f"{where}.coverage: expected a value in (0, 1], received {self.coverage}")
+
+
+@dataclasses.dataclass
+class Config:
+    dataset: DatasetConfig
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    embed: EmbedConfig = dataclasses.field(default_factory=EmbedConfig)
+    name: str = "tfvctr"
+
+    def validate(self, where: str = "config") -> "Config":
+        self.dataset.validate(f"{where}: dataset")
+        self.model.validate(f"{where}: model")
+        self.training.validate(f"{where}: training")
+        self.embed.validate(f"{where}: embed")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _positive(value: Any, where: str, minimum: int = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{where}: expected a value >= {minimum}, received {value}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Checks `value` against the type hint `tp` and converts mappings to dataclasses."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, received {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, received {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, received {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _from_mapping(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, received {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, received {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, received {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, received {value!r}")
+        return value
+    return value
+
+
+def _from_mapping(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, received {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if not where.endswith(": ") else where
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}: unknown key; allowed keys: {', '.join(fields)}")
+        kwargs[key] = _convert(value, hints[key], f"{prefix}{key}")
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{name}: missing required key")
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Any, source: str = "config") -> Config:
+    """Builds and validates a `Config` from parsed YAML; errors name `source`."""
+    return _from_mapping(Config, data, f"{source}: ").validate(source)
+
+
+def load_config(path: str) -> Config:
+    """Loads and validates a YAML config from a local or gs:// path."""
+    from tfvctr.io import fs
+
+    if not fs.exists(path):
+        raise ConfigError(f"{path}: config file not found")
+    with fs.open(path, "r") as f:
+        text = f.read()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    return config_from_dict(data, path)
+
+
+def save_config(config: Config, path: str) -> None:
+    from tfvctr.io import fs
+
+    with fs.open(path, "w") as f:
+        f.write(config.to_yaml())
