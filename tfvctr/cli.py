@@ -15,7 +15,7 @@ import sys
 from tfvctr.errors import TfvctrError
 
 # Order is the order of the pipeline, and of `tfvctr --help`.
-COMMANDS = ["validate_config"]  # helpers append as their commands land
+COMMANDS = ["validate_config", "demo_data"]  # helpers append as their commands land
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         argv = [a for a in argv if a != "--debug"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter hides our output
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Beam commands (preprocess, embed) pass flags they do not own on to PipelineOptions.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "beam_passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.beam_args = extra
     args.debug = debug
     try:
         return int(args.func(args) or 0)
