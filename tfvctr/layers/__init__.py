@@ -1,0 +1,29 @@
+"""Keras layers of tfvctr (re-exported here as keras-rs does in `keras_rs/api/layers`)."""
+
+from tfvctr.layers.attention import (
+    CategoryChannelAttention,
+    CategorySEAttention,
+    CategorySpatialAttention,
+    CBAMAttention,
+    CBAMChannelAttention,
+    CBAMSpatialAttention,
+    CSCNNAttention,
+    SEAttention,
+    make_attention,
+)
+from tfvctr.layers.cross import CrossNetwork
+from tfvctr.layers.embedding import NonVisualEmbedding
+
+__all__ = [
+    "CBAMAttention",
+    "CBAMChannelAttention",
+    "CBAMSpatialAttention",
+    "CSCNNAttention",
+    "CategoryChannelAttention",
+    "CategorySEAttention",
+    "CategorySpatialAttention",
+    "CrossNetwork",
+    "NonVisualEmbedding",
+    "SEAttention",
+    "make_attention",
+]

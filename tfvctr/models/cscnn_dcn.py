@@ -1,0 +1,197 @@
+"""CSCNN-DCN (Liu et al., KDD 2020, §3.2 Eqs. 3–6) and the "DCN without images" baseline."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import keras
+from keras import ops
+
+from tfvctr.config import Config
+from tfvctr.layers.cross import CrossNetwork
+from tfvctr.layers.embedding import NonVisualEmbedding, feature_specs
+from tfvctr.models.base import CTRModel
+
+
+def _dense(units: int, activation: Optional[str], seed: Optional[int], name: str) -> keras.layers.Dense:
+    init = keras.initializers.GlorotUniform(seed=seed)
+    return keras.layers.Dense(units, activation=activation, kernel_initializer=init, name=name)
+
+
+@keras.saving.register_keras_serializable(package="tfvctr")
+class DCNHead(keras.layers.Layer):
+    """The modified Deep & Cross head of CSCNN (Liu et al. 2020), Eqs. 3–6.
+
+    Eq. 3: `h_1 = [x_v, ReLU-MLP(x_nv)]`; Eq. 4: `h_{l+1} = ReLU-MLP(h_l)`;
+    Eq. 5: `z_{l+1} = z_0 z_l^T w_l + b_l + z_l` with `z_0 = x_nv`;
+    Eq. 6: `y = sigmoid(MLP([h_L, z_L]))` — this layer returns the logit.
+    With `visual_dim=0` it is the DCN baseline without the image (`h_1 = ReLU-MLP(x_nv)`).
+
+    Args:
+        features: feature dicts / `FeatureConfig`s (x_nv fields, in order).
+        vocab_sizes: embedding rows per embedded feature.
+        visual_dim: width of x_v (0: no visual input).
+        deep_layers: units of the ReLU layers, e.g. `[1024, 512, 256]`.
+        cross_layers: number of cross layers L.
+        cross_type: `"v1"` (Eq. 5) or `"v2"` (DCN-v2, keras-rs `FeatureCross`).
+        projection_dim: DCN-v2 low rank.
+        dropout: dropout after each deep layer.
+        seed: initializer seed.
+
+    Call arguments:
+        inputs: `{"features": {name: [N, ...]}, "x_v": [N, visual_dim]}` (no `x_v` when
+            `visual_dim == 0`).
+        training: enables dropout.
+
+    Returns:
+        logits `[N]`.
+
+    Example:
+        >>> head = DCNHead([{"name": "d", "kind": "categorical"}], {"d": 5}, visual_dim=3,
+        ...                deep_layers=[8, 4], cross_layers=2)
+        >>> head({"features": {"d": ids}, "x_v": x_v}).shape
+        (N,)
+    """
+
+    def __init__(
+        self,
+        features: Sequence[Any],
+        vocab_sizes: Mapping[str, int],
+        visual_dim: int,
+        deep_layers: Sequence[int],
+        cross_layers: int = 3,
+        cross_type: str = "v1",
+        projection_dim: Optional[int] = None,
+        dropout: float = 0.0,
+        seed: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if visual_dim < 0:
+            raise ValueError(f"Invalid value received for argument `visual_dim`. Expected >= 0. Received: visual_dim={visual_dim}")
+        if not deep_layers or any(int(u) < 1 for u in deep_layers):
+            raise ValueError(
+                f"Invalid value received for argument `deep_layers`. Expected a non-empty list of positive integers. "
+                f"Received: deep_layers={list(deep_layers)}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"Invalid value received for argument `dropout`. Expected a value in [0, 1). Received: dropout={dropout}")
+        self.features = feature_specs(features)
+        self.vocab_sizes = dict(vocab_sizes)
+        self.visual_dim = int(visual_dim)
+        self.deep_layers = [int(u) for u in deep_layers]
+        self.cross_layers = int(cross_layers)
+        self.cross_type = cross_type
+        self.projection_dim = projection_dim
+        self.dropout = float(dropout)
+        self.seed = seed
+        s = 0 if seed is None else seed
+        self.embedding = NonVisualEmbedding(self.features, self.vocab_sizes, merge="concat", seed=s + 100, name="x_nv")
+        self.deep = [_dense(u, "relu", s + 200 + i, f"deep_{i}") for i, u in enumerate(self.deep_layers)]
+        self.drop = [keras.layers.Dropout(self.dropout, seed=s + 300 + i) for i in range(len(self.deep_layers))]
+        self.cross = CrossNetwork(cross_layers, kind=cross_type, projection_dim=projection_dim, seed=s + 400, name="cross")
+        self.out = _dense(1, None, s + 500, "logit")
+
+    def build(self, input_shape: Any = None) -> None:
+        # Every width is known from the arguments, so the head is built without data
+        # (and a reloaded model has its weights before the first call).
+        self.embedding.build(None)
+        d_nv = self.embedding.output_dim
+        width = d_nv
+        for i, layer in enumerate(self.deep):
+            layer.build((None, width))
+            width = layer.units + (self.visual_dim if i == 0 else 0)
+        self.cross.build((None, d_nv))
+        self.out.build((None, width + d_nv))
+
+    def call(self, inputs: Mapping[str, Any], training: Optional[bool] = None) -> Any:
+        x_nv = self.embedding(inputs["features"])
+        h = x_nv
+        for i, (layer, drop) in enumerate(zip(self.deep, self.drop, strict=True)):
+            h = layer(h)
+            if i == 0 and self.visual_dim:
+                h = ops.concatenate([ops.cast(inputs["x_v"], h.dtype), h], axis=-1)  # Eq. 3
+            if self.dropout:
+                h = drop(h, training=training)
+        z = self.cross(x_nv)
+        return ops.squeeze(self.out(ops.concatenate([h, z], axis=-1)), axis=-1)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "features": self.features,
+                "vocab_sizes": self.vocab_sizes,
+                "visual_dim": self.visual_dim,
+                "deep_layers": self.deep_layers,
+                "cross_layers": self.cross_layers,
+                "cross_type": self.cross_type,
+                "projection_dim": self.projection_dim,
+                "dropout": self.dropout,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfvctr")
+class CSCNNDCN(CTRModel):
+    """CSCNN-DCN (Liu et al. 2020): the category-specific CNN feeding a Deep & Cross head.
+
+    `use_image=False` gives the paper's baseline "DCN" (no visual tower, `visual_tower`
+    is None). See `CTRModel` for the batch layout and `DCNHead` for Eqs. 3–6.
+
+    Args:
+        config: the `Config`; `config.model` gives backbone, attention, visual_dim,
+            deep_layers, cross_layers, cross_type, projection_dim, dropout.
+        num_categories: rows of the category tables (vocabulary + unknown).
+        vocab_sizes: embedding rows per feature (`FeatureEncoder.vocab_sizes`).
+        seed: initializer seed (None: `config.training.seed`).
+        use_image: False for the DCN baseline.
+
+    Call arguments:
+        batch: dict (see `CTRModel`).
+        training: enables dropout / batch-norm updates.
+
+    Returns:
+        logits `[N]`.
+    """
+
+    def __init__(
+        self,
+        config: Union[Config, Mapping[str, Any]],
+        num_categories: int,
+        vocab_sizes: Mapping[str, int],
+        seed: Optional[int] = None,
+        use_image: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("name", "cscnn_dcn" if use_image else "dcn")
+        super().__init__(config, num_categories, vocab_sizes, seed, **kwargs)
+        self.use_image = bool(use_image)
+        m = self.config.model
+        if self.use_image:
+            from tfvctr.models.visual_tower import build_visual_tower
+
+            self.visual_tower = build_visual_tower(
+                m, self.config.dataset.image_size, self.num_categories, seed=self.seed, name="visual_tower"
+            )
+        self.head = DCNHead(
+            self.config.dataset.features,
+            self.vocab_sizes,
+            visual_dim=m.visual_dim if self.use_image else 0,
+            deep_layers=m.deep_layers,
+            cross_layers=m.cross_layers,
+            cross_type=m.cross_type,
+            projection_dim=m.projection_dim,
+            dropout=m.dropout,
+            seed=self.seed,
+            name="head",
+        )
+        self.head.build(None)
+        self.built = True
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["use_image"] = self.use_image
+        return config

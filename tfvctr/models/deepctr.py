@@ -1,0 +1,322 @@
+"""DeepCTR (Chen et al., "Deep CTR Prediction in Display Advertising", 2016).
+
+Convnet (the visual tower, 128-d output) + Basicnet (a sparse fully-connected layer over
+the one-hot basic features, Eq. 4) + Combnet (fully-connected layers with batch norm,
+ReLU and dropout) → logit. Also: category pre-training of the Convnet (§4), copying the
+pre-trained weights into a CTR model's tower, and the 3-model ensemble (§6.3).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import keras
+from keras import ops
+
+from tfvctr.config import Config
+from tfvctr.errors import TfvctrError
+from tfvctr.layers.embedding import NonVisualEmbedding, feature_specs
+from tfvctr.models.base import CTRModel, as_config, tower_config
+
+
+@keras.saving.register_keras_serializable(package="tfvctr")
+class DeepCTRHead(keras.layers.Layer):
+    """Basicnet + Combnet of DeepCTR (Chen et al. 2016, Fig. 3).
+
+    Basicnet, Eq. 4: `Y_fc1 = ReLU(V W + b)` over the one-hot basic features V, computed
+    as a sum of embedding rows (`NonVisualEmbedding(merge="sum")`, never a one-hot
+    matrix). Combnet: `z = W_out · FC_L(... FC_1([conv, Y_fc1]))`, each FC followed by
+    batch normalisation, ReLU and dropout (§6.4, Figs. 6 and 8).
+
+    Args:
+        features: feature dicts / `FeatureConfig`s.
+        vocab_sizes: embedding rows per embedded feature.
+        convnet_dim: width of the Convnet output (0: Basicnet + Combnet only).
+        basicnet_dim: Basicnet output width.
+        combnet_layers: Combnet hidden units.
+        dropout: Combnet dropout rate.
+        seed: initializer seed.
+
+    Call arguments:
+        inputs: `{"features": {...}, "x_v": [N, convnet_dim]}`.
+        training: batch-norm / dropout mode.
+
+    Returns:
+        logits `[N]`.
+
+    Example:
+        >>> head = DeepCTRHead(features, vocab_sizes, convnet_dim=8, basicnet_dim=8, combnet_layers=[8])
+        >>> head({"features": encoded, "x_v": x_v}, training=True).shape
+        (N,)
+    """
+
+    def __init__(
+        self,
+        features: Sequence[Any],
+        vocab_sizes: Mapping[str, int],
+        convnet_dim: int,
+        basicnet_dim: int = 128,
+        combnet_layers: Sequence[int] = (256, 256),
+        dropout: float = 0.5,
+        seed: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if basicnet_dim < 1:
+            raise ValueError(
+                f"Invalid value received for argument `basicnet_dim`. Expected a positive integer. Received: basicnet_dim={basicnet_dim}"
+            )
+        if any(int(u) < 1 for u in combnet_layers):
+            raise ValueError(
+                f"Invalid value received for argument `combnet_layers`. Expected positive integers. "
+                f"Received: combnet_layers={list(combnet_layers)}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"Invalid value received for argument `dropout`. Expected a value in [0, 1). Received: dropout={dropout}")
+        self.features = feature_specs(features)
+        self.vocab_sizes = dict(vocab_sizes)
+        self.convnet_dim = int(convnet_dim)
+        self.basicnet_dim = int(basicnet_dim)
+        self.combnet_layers = [int(u) for u in combnet_layers]
+        self.dropout = float(dropout)
+        self.seed = seed
+        s = 0 if seed is None else seed
+        self.basicnet = NonVisualEmbedding(
+            self.features, self.vocab_sizes, merge="sum", embedding_dim=self.basicnet_dim, seed=s + 100, name="basicnet"
+        )
+        self.fc = [
+            keras.layers.Dense(u, use_bias=False, kernel_initializer=keras.initializers.HeNormal(seed=s + 200 + i), name=f"combnet_{i}")
+            for i, u in enumerate(self.combnet_layers)
+        ]
+        self.bn = [keras.layers.BatchNormalization(name=f"combnet_bn_{i}") for i in range(len(self.combnet_layers))]
+        self.drop = [keras.layers.Dropout(self.dropout, seed=s + 300 + i) for i in range(len(self.combnet_layers))]
+        self.out = keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(seed=s + 400), name="logit")
+
+    def build(self, input_shape: Any = None) -> None:
+        self.basicnet.build(None)
+        self.basicnet_bias = self.add_weight(shape=(self.basicnet_dim,), initializer="zeros", name="basicnet_bias")
+        width = self.basicnet_dim + self.convnet_dim
+        for fc, bn in zip(self.fc, self.bn, strict=True):
+            fc.build((None, width))
+            bn.build((None, fc.units))
+            width = fc.units
+        self.out.build((None, width))
+
+    def call(self, inputs: Mapping[str, Any], training: Optional[bool] = None) -> Any:
+        basic = ops.relu(self.basicnet(inputs["features"]) + self.basicnet_bias)
+        h = ops.concatenate([ops.cast(inputs["x_v"], basic.dtype), basic], axis=-1) if self.convnet_dim else basic
+        for fc, bn, drop in zip(self.fc, self.bn, self.drop, strict=True):
+            h = ops.relu(bn(fc(h), training=training))
+            if self.dropout:
+                h = drop(h, training=training)
+        return ops.squeeze(self.out(h), axis=-1)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "features": self.features,
+                "vocab_sizes": self.vocab_sizes,
+                "convnet_dim": self.convnet_dim,
+                "basicnet_dim": self.basicnet_dim,
+                "combnet_layers": self.combnet_layers,
+                "dropout": self.dropout,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfvctr")
+class DeepCTR(CTRModel):
+    """DeepCTR: Convnet + Basicnet + Combnet (Chen et al. 2016, Fig. 3).
+
+    The Convnet is the configured visual tower (`model.backbone`, e.g. `deepctr17`, with
+    `visual_dim = model.deepctr.convnet_dim`, the paper's 128-way FC after conv17).
+
+    Args: as `CTRModel`. Call arguments / Returns: as `CTRModel` (logits `[N]`).
+    """
+
+    def __init__(
+        self,
+        config: Union[Config, Mapping[str, Any]],
+        num_categories: int,
+        vocab_sizes: Mapping[str, int],
+        seed: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("name", "deepctr")
+        super().__init__(config, num_categories, vocab_sizes, seed, **kwargs)
+        from tfvctr.models.visual_tower import build_visual_tower
+
+        dc = self.config.model.deepctr
+        self.visual_tower = build_visual_tower(
+            tower_config(self.config.model, visual_dim=dc.convnet_dim),
+            self.config.dataset.image_size,
+            self.num_categories,
+            seed=self.seed,
+            name="visual_tower",
+        )
+        self.head = DeepCTRHead(
+            self.config.dataset.features,
+            self.vocab_sizes,
+            convnet_dim=dc.convnet_dim,
+            basicnet_dim=dc.basicnet_dim,
+            combnet_layers=dc.combnet_layers,
+            dropout=dc.dropout,
+            seed=self.seed,
+            name="head",
+        )
+        self.head.build(None)
+        self.built = True
+
+
+# ---------------------------------------------------------------------- pre-training
+
+
+@keras.saving.register_keras_serializable(package="tfvctr")
+class UnknownCategory(keras.layers.Layer):
+    """Category ids of 0 (unknown) for every image: `[n, H, W, 3]` → int32 `[n]`.
+
+    Category pre-training must not show the tower the label it predicts, so a
+    category-aware tower sees every image as the unknown category (row 0 of its priors).
+    """
+
+    def call(self, image: Any) -> Any:
+        return ops.zeros((ops.shape(image)[0],), dtype="int32")
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        return (input_shape[0],)
+
+
+def build_category_pretrainer(
+    config: Union[Config, Mapping[str, Any]],
+    num_categories: int,
+    hidden_units: Sequence[int] = (1024, 1024),
+    seed: Optional[int] = None,
+) -> keras.Model:
+    """The Convnet pre-training network of DeepCTR §4: Convnet → fc18, fc19 → softmax.
+
+    The paper pre-trains the Convnet on the training images' category labels with two
+    1024-unit FC layers (fc18, fc19) and a softmax over the categories (fc20), then
+    connects the Convnet to the CTR model. `pretrainer.get_layer("visual_tower")` is the
+    Convnet; copy it with `transfer_visual_weights`.
+
+    Args:
+        config: the `Config` (the tower is built as the CTR model builds it:
+            `deepctr.convnet_dim` for `deepctr`, `model.visual_dim` otherwise).
+        num_categories: classes (category vocabulary + unknown row 0).
+        hidden_units: fc18 / fc19 widths.
+        seed: initializer seed (None: `config.training.seed`).
+
+    Returns:
+        keras.Model: `{"image": [n,H,W,3]}` → class probabilities `[n, num_categories]`.
+    """
+    from tfvctr.models.visual_tower import build_visual_tower
+
+    config = as_config(config)
+    seed = config.training.seed if seed is None else seed
+    if config.model.num_categories is not None:  # as build_model does
+        num_categories = config.model.num_categories
+    m = config.model
+    if m.architecture == "deepctr":
+        m = tower_config(m, visual_dim=m.deepctr.convnet_dim)
+    size = config.dataset.image_size
+    tower = build_visual_tower(m, size, num_categories, seed=seed, name="visual_tower")
+    image = keras.Input(shape=(size, size, 3), dtype="float32", name="image")
+    x = tower({"image": image, "category": UnknownCategory(name="unknown_category")(image)})
+    for i, units in enumerate(hidden_units):
+        x = keras.layers.Dense(
+            units, activation="relu", kernel_initializer=keras.initializers.HeNormal(seed=seed + 600 + i), name=f"fc{18 + i}"
+        )(x)
+    probs = keras.layers.Dense(
+        num_categories, activation="softmax", kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 700), name="fc20"
+    )(x)
+    return keras.Model({"image": image}, probs, name="category_pretrainer")
+
+
+def _leaf_layers(layer: keras.layers.Layer, prefix: str = "") -> dict[str, keras.layers.Layer]:
+    """`{path: layer}` for the weight-holding leaves of a (nested) functional model."""
+    out = {}
+    for child in getattr(layer, "layers", []):
+        path = f"{prefix}{child.name}"
+        if getattr(child, "layers", None):
+            out.update(_leaf_layers(child, path + "/"))
+        elif child.weights:
+            out[path] = child
+    return out
+
+
+def transfer_visual_weights(src_tower: keras.Model, dst_tower: keras.Model) -> list[str]:
+    """Copies the weights of `src_tower` into `dst_tower`, layer by layer.
+
+    Layers are matched by their name path inside the tower; a layer is copied when both
+    have it with the same weight shapes (so a pre-trained plain CNN fills the conv layers
+    of a CSCNN tower and leaves its attention layers as initialised).
+
+    Returns:
+        The copied layer paths.
+
+    Raises:
+        TfvctrError: when no layer matches (the towers have different architectures).
+    """
+    src, dst = _leaf_layers(src_tower), _leaf_layers(dst_tower)
+    copied = []
+    for path, layer in dst.items():
+        other = src.get(path)
+        if other is None:
+            continue
+        weights = other.get_weights()
+        if [w.shape for w in weights] != [tuple(w.shape) for w in layer.weights]:
+            continue
+        layer.set_weights(weights)
+        copied.append(path)
+    if not copied:
+        raise TfvctrError(
+            f"transfer_visual_weights: no layer of {src_tower.name!r} matches {dst_tower.name!r} "
+            "(were they built with the same backbone?)"
+        )
+    return copied
+
+
+# ---------------------------------------------------------------------- ensemble
+
+
+@keras.saving.register_keras_serializable(package="tfvctr")
+class EnsembleModel(keras.Model):
+    """Averages the click probabilities of several CTR models (DeepCTR §6.3: 3 DeepCTRs).
+
+    Returns the logit of the mean probability, `log(p / (1 - p))` with
+    `p = mean_m sigmoid(z_m)`, so it is a drop-in for one `CTRModel` in evaluation.
+
+    Args:
+        models: the member models (same batch layout).
+
+    Call arguments:
+        batch: as `CTRModel`.
+
+    Returns:
+        logits `[N]`.
+    """
+
+    def __init__(self, models: Sequence[keras.Model], **kwargs: Any) -> None:
+        kwargs.setdefault("name", "ensemble")
+        super().__init__(**kwargs)
+        models = [keras.saving.deserialize_keras_object(m) if isinstance(m, dict) else m for m in models]
+        if not models:
+            raise ValueError("Invalid value received for argument `models`. Expected at least one model. Received: models=[]")
+        self.members = list(models)
+        self.built = True
+
+    def call(self, batch: Mapping[str, Any], training: Optional[bool] = None) -> Any:
+        probs = [ops.sigmoid(ops.cast(m(batch, training=training), "float32")) for m in self.members]
+        p = ops.clip(ops.mean(ops.stack(probs, axis=0), axis=0), 1e-7, 1.0 - 1e-7)
+        return ops.log(p) - ops.log1p(-p)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "models": [keras.saving.serialize_keras_object(m) for m in self.members]}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "EnsembleModel":
+        return cls(**config)
+

@@ -1,0 +1,247 @@
+"""The VBPR family of CSCNN's ablation study (Liu et al. 2020, §4.1 Eq. 12, Table 4).
+
+    y_{u,a} = α + β_u + β_a + γ_u·γ_a + θ_u·Φ(m_a, k_a)            (Eq. 12)
+
+User u is the `user_id` feature (required). Item a is the `ad_id` feature when the config
+declares one (`source: ad`); otherwise the ad's category stands in for the item in β_a and
+γ_a (the only ad identity the model is given), and the image/category term carries the
+rest. Φ is the visual tower followed by a linear map E to `visual_factors` (VBPR's E;
+trainable in every variant). Variants (config `model.vbpr.variant`):
+
+| variant     | Φ / item terms                                                               |
+|-------------|-------------------------------------------------------------------------------|
+| `bpr_mf`    | no image: the first four terms only                                          |
+| `vbpr`      | frozen CNN features (tower not trainable; e.g. after `tfvctr pretrain`)       |
+| `dvbpr`     | CNN trained end to end                                                       |
+| `dvbpr_c`   | items of one category share γ_a and β_a (tables keyed by category)           |
+| `sherlock`  | category-specific linear map after the CNN: Φ = E_k f                         |
+| `deepstyle` | category embedding subtracted: Φ = E f − c_k                                  |
+| `dvbpr_sca` | category-specific attention inside the CNN: `model.attention` (a `*cscnn*` one)|
+| `cscnn`     | CSCNN attention (`cscnn`) inside the CNN                                       |
+
+The SCA baseline of the paper (SCA-CNN with a category embedding in place of the caption
+feature) is not implemented as such: `dvbpr_sca` uses the configured category-specific
+attention.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Union
+
+import keras
+from keras import ops
+
+from tfvctr.config import Config
+from tfvctr.errors import ConfigError
+from tfvctr.models.base import CTRModel, tower_config
+
+VARIANTS = ("bpr_mf", "vbpr", "dvbpr", "dvbpr_c", "sherlock", "deepstyle", "dvbpr_sca", "cscnn")
+_CATEGORY_AWARE_ATTENTION = ("cscnn", "se_cscnn", "cbam_channel_cscnn", "cscnn_channel", "cscnn_spatial")
+
+
+@keras.saving.register_keras_serializable(package="tfvctr")
+class VBPRHead(keras.layers.Layer):
+    """Eq. 12 of CSCNN: `y = α + β_u + β_i + γ_u·γ_i + θ_u·Φ`, returning the logit.
+
+    Args:
+        variant: one of `VARIANTS` (decides the item key and Φ; see the module docstring).
+        num_users: rows of the user tables (`vocab_sizes["user_id"]`).
+        num_items: rows of the item tables.
+        item_key: the feature that indexes the item tables (`ad_id` or `category`).
+        num_categories: rows of the category tables (sherlock, deepstyle).
+        visual_dim: width of the tower output f (0: no visual term).
+        factors: size of γ_u, γ_i.
+        visual_factors: size of θ_u (and of Φ).
+        l2: L2 penalty on the embeddings (added to `layer.losses`).
+        seed: initializer seed.
+
+    Call arguments:
+        inputs: `{"features": {"user_id": [N], item_key: [N], "category": [N]}, "x_v": [N, visual_dim]}`.
+
+    Returns:
+        logits `[N]`.
+
+    Example:
+        >>> head = VBPRHead("dvbpr", num_users=5, num_items=4, item_key="ad_id", num_categories=3, visual_dim=6)
+        >>> head({"features": {...}, "x_v": x_v}).shape
+        (N,)
+    """
+
+    def __init__(
+        self,
+        variant: str,
+        num_users: int,
+        num_items: int,
+        item_key: str,
+        num_categories: int,
+        visual_dim: int,
+        factors: int = 10,
+        visual_factors: int = 10,
+        l2: float = 0.0,
+        seed: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if variant not in VARIANTS:
+            raise ValueError(f"Invalid value received for argument `variant`. Expected one of {VARIANTS}. Received: variant={variant!r}")
+        for name, value in (("num_users", num_users), ("num_items", num_items), ("num_categories", num_categories)):
+            if value < 1:
+                raise ValueError(f"Invalid value received for argument `{name}`. Expected a positive integer. Received: {name}={value}")
+        if (variant == "bpr_mf") != (visual_dim == 0):
+            raise ValueError(
+                f"Invalid value received for argument `visual_dim`. Expected 0 exactly for variant 'bpr_mf'. "
+                f"Received: visual_dim={visual_dim} with variant={variant!r}"
+            )
+        if factors < 1 or visual_factors < 1:
+            raise ValueError(
+                f"Invalid value received for argument `factors`/`visual_factors`. Expected positive integers. "
+                f"Received: factors={factors}, visual_factors={visual_factors}"
+            )
+        if l2 < 0:
+            raise ValueError(f"Invalid value received for argument `l2`. Expected >= 0. Received: l2={l2}")
+        self.variant = variant
+        self.num_users = int(num_users)
+        self.num_items = int(num_items)
+        self.item_key = item_key
+        self.num_categories = int(num_categories)
+        self.visual_dim = int(visual_dim)
+        self.factors = int(factors)
+        self.visual_factors = int(visual_factors)
+        self.l2 = float(l2)
+        self.seed = seed
+
+    def _init(self, offset: int, scale: float = 0.01) -> keras.initializers.Initializer:
+        s = None if self.seed is None else self.seed + offset
+        return keras.initializers.RandomNormal(stddev=scale, seed=s)
+
+    def build(self, input_shape: Any = None) -> None:
+        reg = keras.regularizers.L2(self.l2) if self.l2 else None
+
+        def weight(name: str, shape: tuple, offset: int, init: Any = None) -> keras.Variable:
+            return self.add_weight(shape=shape, initializer=init or self._init(offset), regularizer=reg, name=name)
+
+        self.alpha = self.add_weight(shape=(), initializer="zeros", name="alpha")
+        self.beta_u = weight("beta_u", (self.num_users,), 0, "zeros")
+        self.beta_i = weight("beta_i", (self.num_items,), 0, "zeros")
+        self.gamma_u = weight("gamma_u", (self.num_users, self.factors), 1)
+        self.gamma_i = weight("gamma_i", (self.num_items, self.factors), 2)
+        if self.visual_dim:
+            self.theta_u = weight("theta_u", (self.num_users, self.visual_factors), 3)
+            glorot = keras.initializers.GlorotUniform(seed=None if self.seed is None else self.seed + 4)
+            if self.variant == "sherlock":
+                self.projection = weight("projection", (self.num_categories, self.visual_dim, self.visual_factors), 4, glorot)
+            else:
+                self.projection = weight("projection", (self.visual_dim, self.visual_factors), 4, glorot)
+            if self.variant == "deepstyle":
+                self.category_style = weight("category_style", (self.num_categories, self.visual_factors), 5)
+
+    def call(self, inputs: Mapping[str, Any], training: Optional[bool] = None) -> Any:
+        features = inputs["features"]
+        u = ops.reshape(ops.cast(features["user_id"], "int32"), (-1,))
+        i = ops.reshape(ops.cast(features[self.item_key], "int32"), (-1,))
+        y = self.alpha + ops.take(self.beta_u, u, axis=0) + ops.take(self.beta_i, i, axis=0)
+        y = y + ops.sum(ops.take(self.gamma_u, u, axis=0) * ops.take(self.gamma_i, i, axis=0), axis=-1)
+        if self.visual_dim:
+            f = ops.cast(inputs["x_v"], self.compute_dtype)
+            if self.variant == "sherlock":
+                k = ops.reshape(ops.cast(features["category"], "int32"), (-1,))
+                phi = ops.einsum("nd,ndk->nk", f, ops.take(self.projection, k, axis=0))
+            else:
+                phi = ops.matmul(f, self.projection)
+            if self.variant == "deepstyle":
+                k = ops.reshape(ops.cast(features["category"], "int32"), (-1,))
+                phi = phi - ops.take(self.category_style, k, axis=0)
+            y = y + ops.sum(ops.take(self.theta_u, u, axis=0) * phi, axis=-1)
+        return y
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "variant": self.variant,
+                "num_users": self.num_users,
+                "num_items": self.num_items,
+                "item_key": self.item_key,
+                "num_categories": self.num_categories,
+                "visual_dim": self.visual_dim,
+                "factors": self.factors,
+                "visual_factors": self.visual_factors,
+                "l2": self.l2,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfvctr")
+class VBPR(CTRModel):
+    """A VBPR-family model (CSCNN Eq. 12) selected by `config.model.vbpr.variant`.
+
+    See the module docstring for the variants, and `CTRModel` for the batch layout.
+    `visual_tower` is None for `bpr_mf`; for `vbpr` it is frozen (`trainable=False`,
+    always run in inference mode), so `visual_variables` is empty.
+
+    Args: as `CTRModel`. Call arguments / Returns: as `CTRModel` (logits `[N]`).
+    """
+
+    def __init__(
+        self,
+        config: Union[Config, Mapping[str, Any]],
+        num_categories: int,
+        vocab_sizes: Mapping[str, int],
+        seed: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("name", "vbpr")
+        super().__init__(config, num_categories, vocab_sizes, seed, **kwargs)
+        m, v = self.config.model, self.config.model.vbpr
+        names = {f.name: f for f in self.config.dataset.features}
+        if "user_id" not in names or "user_id" not in self.vocab_sizes:
+            raise ConfigError("model.vbpr: the VBPR models need a categorical `user_id` feature in dataset.features")
+        if v.variant == "dvbpr_c" or "ad_id" not in names:
+            item_key, num_items = "category", self.num_categories
+        else:
+            if names["ad_id"].kind != "categorical" or names["ad_id"].source != "ad":
+                raise ConfigError("model.vbpr: the `ad_id` feature must be categorical with source: ad")
+            item_key, num_items = "ad_id", self.vocab_sizes["ad_id"]
+        if v.variant == "bpr_mf":
+            visual_dim = 0
+        else:
+            from tfvctr.models.visual_tower import build_visual_tower
+
+            if v.variant == "cscnn":
+                attention = "cscnn"
+            elif v.variant == "dvbpr_sca":
+                if m.attention not in _CATEGORY_AWARE_ATTENTION:
+                    raise ConfigError(
+                        f"model.attention: variant dvbpr_sca needs a category-specific attention "
+                        f"({', '.join(_CATEGORY_AWARE_ATTENTION)}), received {m.attention!r}"
+                    )
+                attention = m.attention
+            else:
+                attention = "none"
+            self.visual_tower = build_visual_tower(
+                tower_config(m, attention=attention),
+                self.config.dataset.image_size,
+                self.num_categories,
+                seed=self.seed,
+                name="visual_tower",
+            )
+            if v.variant == "vbpr":
+                self.visual_tower.trainable = False
+            visual_dim = m.visual_dim
+        self.head = VBPRHead(
+            v.variant,
+            num_users=self.vocab_sizes["user_id"],
+            num_items=num_items,
+            item_key=item_key,
+            num_categories=self.num_categories,
+            visual_dim=visual_dim,
+            factors=v.factors,
+            visual_factors=v.visual_factors,
+            l2=v.l2,
+            seed=self.seed,
+            name="head",
+        )
+        self.head.build(None)
+        self.built = True
