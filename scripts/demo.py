@@ -47,7 +47,7 @@ def main() -> None:
     step(
         "3/7 Beam: raw tables -> TFRecords grouped by ad (DirectRunner, 2 processes)",
         ["preprocess", "--config", args.config, "--ads", os.path.join(raw, "ads.csv"),
-         "--impressions", os.path.join(raw, "impressions.csv"), "--out", data, "--direct_num_workers", "2"],
+         "--impressions", os.path.join(raw, "impressions.csv"), "--out", data, "--direct_num_workers", "2", "--overwrite"],
     )
     step("4/7 train CSCNN-DCN", ["train", "--config", args.config, "--data", data, "--model-dir", model, *steps])
     step(
@@ -56,7 +56,7 @@ def main() -> None:
     )
     step("6/7 evaluate both on the eval day", ["evaluate", "--model-dir", baseline, "--data", data])
     step("6/7 (cont.)", ["evaluate", "--model-dir", model, "--data", data, "--baseline", os.path.join(baseline, "metrics.json")])
-    step("7/7 Beam: the visual-embedding table", ["embed", "--model", model, "--data", data, "--out", table])
+    step("7/7 Beam: the visual-embedding table", ["embed", "--model", model, "--data", data, "--out", table, "--overwrite"])
 
     metrics = {}
     for name, d in (("CSCNN-DCN", model), ("DCN, no image", baseline)):

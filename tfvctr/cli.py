@@ -15,7 +15,7 @@ import sys
 from tfvctr.errors import TfvctrError
 
 # Order is the order of the pipeline, and of `tfvctr --help`.
-COMMANDS = ["validate_config", "demo_data"]  # helpers append as their commands land
+COMMANDS = ["demo_data", "validate_config", "preprocess", "embed"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,232 @@
+"""Raw ads + impressions tables → TFRecords of SequenceExamples grouped by ad (docs/formats.md §2).
+
+    python -m beam_jobs.build_tfrecords --config configs/demo.yaml \\
+        --ads raw/ads.csv --impressions raw/impressions.csv --out data [--direct_num_workers 2]
+
+(or `tfvctr preprocess` with the same flags). The pipeline is a chain of named composite
+transforms:
+
+    ReadTable(ads) ─ ValidateAds ─────────────┐
+    ReadTable(impressions) ─ ValidateImpressions ─ JoinAndChunk ─ WriteRecords(train, eval)
+                        └─ EvalFromDay ───────┘        ├──────── WriteAdCounts
+                                                       ├──────── VocabAndStats (train split)
+    every rejected row ─────────────────────── WriteDeadLetter
+
+Counters (namespace `tfvctr`) are read after the run into `manifest.json` and the summary;
+input impressions = train + eval + dead-letter impressions, or the job fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Optional
+
+import apache_beam as beam
+
+from beam_jobs import records
+from beam_jobs.common import (
+    NAMESPACE,
+    join_path,
+    pipeline_options,
+    prepare_output,
+    read_counters,
+    read_text_file,
+    write_text_file,
+)
+from beam_jobs.flags import add_preprocess_arguments, add_runner_help
+from beam_jobs.transforms.join import EvalFromDay, JoinAndChunk
+from beam_jobs.transforms.read import ReadTable
+from beam_jobs.transforms.stats import VocabAndStats
+from beam_jobs.transforms.validate import ValidateAds, ValidateImpressions
+from beam_jobs.transforms.write import WriteAdCounts, WriteDeadLetter, WriteRecords
+from tfvctr.config import Config, load_config
+
+
+def _parse_day(value: Optional[str]) -> Optional[int]:
+    if value is None:
+        return None
+    import datetime
+
+    from tfvctr.errors import TfvctrError
+
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return (datetime.date.fromisoformat(value) - datetime.date(1970, 1, 1)).days
+    except ValueError:
+        raise TfvctrError(f"--eval-from-day: expected an integer or YYYY-MM-DD, received {value!r}") from None
+
+
+def _check_tables(args: argparse.Namespace, config: Config) -> None:
+    """Fails fast, before any worker starts, when a whole column is missing."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from tfvctr.errors import DataError
+    from tfvctr.io import tables
+
+    for path, table in ((args.ads, "ads"), (args.impressions, "impressions")):
+        tables.table_format(path)
+        matches = FileSystems.match([path])[0].metadata_list
+        if not matches:
+            raise DataError(f"{path}: file not found")
+        first = sorted(m.path for m in matches)[0]
+        tables.check_columns(first, tables.table_columns(first), table, config.dataset)
+
+
+def build_pipeline(p: beam.Pipeline, config: Config, ads_path: str, impressions_path: str, out: str,
+                   seed: int, eval_from: Optional[int] = None) -> None:
+    """Adds the whole job to `p`: the composites above, wired as in the module docstring."""
+    ds = config.dataset
+    ads_read = p | "ReadAds" >> ReadTable(ads_path, "ads")
+    imps_read = p | "ReadImpressions" >> ReadTable(impressions_path, "impressions")
+    ads = ads_read["rows"] | "ValidateAds" >> ValidateAds(ds, ads_path)
+    imps = imps_read["rows"] | "ValidateImpressions" >> ValidateImpressions(ds)
+
+    if eval_from is None:
+        eval_from_pc = imps["impressions"] | "EvalFromDay" >> EvalFromDay(ds.eval_days)
+    else:
+        eval_from_pc = p | "GivenEvalFromDay" >> beam.Create([eval_from])
+    joined = {"ads": ads["ads"], "impressions": imps["impressions"], "rejected": ads["rejected"],
+              "eval_from": eval_from_pc} | "JoinAndChunk" >> JoinAndChunk(ds, seed)
+
+    days = (imps["impressions"] | "Days" >> beam.Map(lambda kv: kv[1][records.DAY]) | "DistinctDays" >> beam.Distinct()
+            | "DayList" >> beam.combiners.ToList()
+            | "SplitDays" >> beam.Map(_split_days, beam.pvalue.AsSingleton(eval_from_pc)))
+
+    for split in ("train", "eval"):
+        _ = joined[split] | f"Write_{split}" >> WriteRecords(out, split, ds.num_shards, ds.compression)
+    _ = joined["ad_counts"] | "WriteAdCounts" >> WriteAdCounts(out)
+    _ = {"train_ads": joined["train_ads"], "train_impressions": joined["train_impressions"],
+         "days": days} | "VocabAndStats" >> VocabAndStats(ds, out)
+    dead = ((ads_read["dead"], imps_read["dead"], ads["dead"], imps["dead"], joined["dead"])
+            | "AllDead" >> beam.Flatten())
+    _ = dead | "WriteDeadLetter" >> WriteDeadLetter(out)
+
+
+def _runner(options: Any) -> str:
+    all_options = options.get_all_options()
+    runner = all_options["runner"]
+    if runner == "DirectRunner" and (all_options.get("direct_num_workers") or 1) > 1:
+        return f"DirectRunner ({all_options['direct_num_workers']} processes)"
+    return str(runner)
+
+
+def _split_days(days: list[int], eval_from: Optional[int]) -> dict[str, Any]:
+    days = sorted(days)
+    if eval_from is None:
+        return {"train": days, "eval": [], "eval_from": None}
+    return {"train": [d for d in days if d < eval_from], "eval": [d for d in days if d >= eval_from],
+            "eval_from": eval_from}
+
+
+def make_manifest(counters: dict[str, int], config: Config, seed: int, stats: dict) -> dict[str, Any]:
+    """docs/formats.md §2 `manifest.json` from the run's counters."""
+    c = lambda name: int(counters.get(name, 0))  # noqa: E731
+    splits = {}
+    for split in ("train", "eval"):
+        splits[split] = {"impressions": c(f"{split}_impressions"), "chunks": c(f"{split}_chunks"),
+                         "ads": c(f"{split}_ads"), "positives": c(f"{split}_positives"),
+                         "days": stats.get("day", {}).get(split, [])}
+    reasons = {name[len("reason_"):]: v for name, v in sorted(counters.items()) if name.startswith("reason_")}
+    chunks = splits["train"]["chunks"] + splits["eval"]["chunks"]
+    return {
+        "config": config.to_dict(),
+        "seed": seed,
+        "eval_from_day": stats.get("day", {}).get("eval_from"),
+        "splits": splits,
+        "input": {"ads": c("input_ads"), "impressions": c("input_impressions")},
+        "dead_letter": {"ads": c("dead_letter_ads"), "impressions": c("dead_letter_impressions"), "reasons": reasons},
+        "ads_written": c("ads_written"),
+        "cold_ads": c("cold_ads"),
+        "duplication_factor": chunks / c("ads_written") if c("ads_written") else 0.0,
+        "image_bytes": c("image_bytes"),
+        "unique_image_bytes": c("unique_image_bytes"),
+        "counter_namespace": NAMESPACE,
+    }
+
+
+def check_counts(manifest: dict) -> None:
+    """Every input row is accounted for: written to a split or to the dead letter."""
+    from tfvctr.errors import TfvctrError
+
+    s, d, i = manifest["splits"], manifest["dead_letter"], manifest["input"]
+    written = s["train"]["impressions"] + s["eval"]["impressions"] + d["impressions"]
+    if written != i["impressions"]:
+        raise TfvctrError(f"impression counts do not add up: input {i['impressions']} != train "
+                          f"{s['train']['impressions']} + eval {s['eval']['impressions']} + dead letter {d['impressions']}")
+    if manifest["ads_written"] + d["ads"] != i["ads"]:
+        raise TfvctrError(f"ad counts do not add up: input {i['ads']} != written {manifest['ads_written']} "
+                          f"+ dead letter {d['ads']}")
+
+
+def summary(manifest: dict, out: str, seconds: float) -> str:
+    s, d, i = manifest["splits"], manifest["dead_letter"], manifest["input"]
+    lines = [
+        f"preprocess: {out} in {seconds:.1f} s",
+        f"  input      {i['ads']} ads, {i['impressions']} impressions",
+    ]
+    for split in ("train", "eval"):
+        lines.append(f"  {split:10s} {s[split]['impressions']} impressions ({s[split]['positives']} clicks) of "
+                     f"{s[split]['ads']} ads in {s[split]['chunks']} chunks; days {s[split]['days']}")
+    reasons = ", ".join(f"{k} {v}" for k, v in d["reasons"].items()) or "none"
+    lines.append(f"  dead letter {d['ads']} ads, {d['impressions']} impressions ({reasons})")
+    lines.append(f"  {manifest['cold_ads']} cold ads (eval only); duplication factor {manifest['duplication_factor']:.2f} "
+                 f"chunks/ad; {manifest['image_bytes'] / 1e6:.1f} MB of images in records")
+    return "\n".join(lines)
+
+
+def run(argv: Optional[list[str]] = None, verbose: bool = True) -> dict[str, Any]:
+    """Runs the job; returns the manifest. Unknown flags go to Beam's `PipelineOptions`."""
+    parser = argparse.ArgumentParser(prog="python -m beam_jobs.build_tfrecords", description=__doc__.splitlines()[0])
+    add_preprocess_arguments(parser)
+    add_runner_help(parser)
+    args, beam_args = parser.parse_known_args(argv)
+    return run_args(args, beam_args, verbose)
+
+
+def run_args(args: argparse.Namespace, beam_args: list[str], verbose: bool = True) -> dict[str, Any]:
+    import os
+
+    from tfvctr.io import fs
+
+    config = load_config(args.config)
+    # Image paths resolve against the table's folder: absolute, so ad_counts.jsonl points at
+    # the images from anywhere (embed_ads reads them from there).
+    args.ads, args.impressions = (p if fs.is_remote(p) else os.path.abspath(p) for p in (args.ads, args.impressions))
+    seed = config.dataset.seed if args.seed is None else args.seed
+    eval_from = _parse_day(args.eval_from_day)
+    _check_tables(args, config)
+    prepare_output(args.out, args.overwrite)
+    options = pipeline_options(beam_args)
+    if verbose:
+        print(f"preprocess: {args.ads} + {args.impressions} -> {args.out} on {_runner(options)} ...", flush=True)
+    start = time.time()
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, config, args.ads, args.impressions, args.out, seed, eval_from)
+    result = p.run()
+    result.wait_until_finish()
+    counters = read_counters(result)
+    stats = json.loads(read_text_file(join_path(args.out, "stats.json")))
+    manifest = make_manifest(counters, config, seed, stats)
+    write_text_file(join_path(args.out, "manifest.json"), json.dumps(manifest, indent=1) + "\n")
+    check_counts(manifest)
+    if verbose:
+        print(summary(manifest, args.out, time.time() - start), flush=True)
+    return manifest
+
+
+if __name__ == "__main__":
+    try:
+        run()
+    except Exception as e:  # user errors as one line, as the `tfvctr` CLI does
+        from tfvctr.errors import TfvctrError
+
+        if not isinstance(e, TfvctrError):
+            raise
+        print(f"build_tfrecords: error: {e}", file=sys.stderr)
+        sys.exit(2)

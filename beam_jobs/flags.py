@@ -1,0 +1,48 @@
+"""The Beam jobs' own command-line flags, apart from the jobs so `tfvctr --help` does not import Beam.
+
+Flags not declared here go to Beam's `PipelineOptions` (`parse_known_args`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+TOWER_FILE = "visual_tower.keras"
+
+
+def add_runner_help(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Any other flag goes to Beam's PipelineOptions, e.g. --direct_num_workers 2 (two local processes), "
+        "or --runner DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py. "
+        "The default runner is DirectRunner (in_memory)."
+    )
+
+
+def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    """`build_tfrecords` / `tfvctr preprocess`."""
+    parser.add_argument("--config", required=True, help="YAML config (the `dataset` section drives this job)")
+    parser.add_argument("--ads", required=True, help="ads table: .csv, .jsonl or .parquet; local, gs://, or a glob")
+    parser.add_argument("--impressions", required=True, help="impressions table: .csv, .jsonl or .parquet")
+    parser.add_argument("--out", required=True, help="output folder (local or gs://)")
+    parser.add_argument("--eval-from-day", default=None,
+                        help="first eval day (integer or YYYY-MM-DD); default: the last `dataset.eval_days` "
+                             "distinct days of the data")
+    parser.add_argument("--seed", type=int, default=None, help="shuffle seed (default: dataset.seed)")
+    parser.add_argument("--overwrite", action="store_true", help="delete an earlier run's output in --out first")
+
+
+def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
+    """`embed_ads` / `tfvctr embed`."""
+    parser.add_argument("--model", required=True, help=f"model dir holding {TOWER_FILE} (and config.yaml)")
+    parser.add_argument("--data", required=True, help="the preprocess output (ad_counts.jsonl, vocab/category.txt)")
+    parser.add_argument("--out", required=True, help="output folder of the table")
+    parser.add_argument("--ads", default=None, help="ads table to embed (.csv/.jsonl/.parquet); default: every ad "
+                                                     "of DATA/ad_counts.jsonl")
+    parser.add_argument("--config", default=None, help="config (default: MODEL/config.yaml)")
+    parser.add_argument("--coverage", type=float, default=None,
+                        help="share of train impressions the kept ads must cover, in (0, 1] (default: embed.coverage)")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default=None,
+                        help="storage dtype of the vectors (default: embed.dtype)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per tower call (default: embed.batch_size)")
+    parser.add_argument("--rows-per-shard", type=int, default=100_000, help="rows per .npz shard (default: 100000)")
+    parser.add_argument("--overwrite", action="store_true", help="delete an earlier table in --out first")

@@ -1,0 +1,124 @@
+"""`ValidateAds` and `ValidateImpressions`: typed rows keyed by ad_id, or a dead letter with a reason.
+
+Each image is read, checked, resized and re-encoded here, once per ad (not once per chunk).
+Expected problems (a missing or wrong-typed field, a broken image) leave through a
+`TaggedOutput` with a readable reason; anything unexpected is caught by
+`with_exception_handling` and dead-lettered too, so no row disappears.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import apache_beam as beam
+from apache_beam import pvalue
+
+from beam_jobs import images, records
+from beam_jobs.common import dead_letter
+from tfvctr.config import DatasetConfig
+
+DEAD = "dead"
+REJECTED = "rejected"  # (ad_id, reason) of ads whose impressions must be dead-lettered too
+
+
+def _json_safe(row: object) -> object:
+    return row if isinstance(row, (dict, str)) else repr(row)
+
+
+def _unexpected(table: str):
+    """Maps a `with_exception_handling` failure (element, (type, repr, traceback)) to a dead letter."""
+
+    def fn(failure: tuple) -> tuple:
+        element, (exc_type, exc_repr, _) = failure
+        return dead_letter(table, _json_safe(element), "unexpected_error",
+                           f"{table}: unexpected {getattr(exc_type, '__name__', exc_type)}: {exc_repr}")
+
+    return fn
+
+
+def _unexpected_ad_key(failure: tuple) -> Iterable[tuple]:
+    element = failure[0]
+    if isinstance(element, dict) and element.get("ad_id") not in (None, ""):
+        ad_id = str(element["ad_id"])
+        yield (ad_id, f"ad {ad_id} rejected: unexpected error ({failure[1][1]})")
+
+
+class _ValidateAd(beam.DoFn):
+    def __init__(self, ds: DatasetConfig, table_path: str):
+        self._ds = ds
+        self._table_path = table_path
+
+    def process(self, row: dict) -> Iterable:
+        from tfvctr.io import tables
+
+        try:
+            typed = tables.coerce_row(row, "ads", self._ds)
+        except ValueError as e:
+            yield pvalue.TaggedOutput(DEAD, dead_letter("ads", row, "bad_field", f"ads: {e}"))
+            ad_id = row.get("ad_id") if isinstance(row, dict) else None
+            if ad_id not in (None, ""):
+                yield pvalue.TaggedOutput(REJECTED, (str(ad_id), f"ad {ad_id} rejected: {e}"))
+            return
+        ad_id = str(typed["ad_id"])
+        uri = tables.resolve_image_path(str(typed["image"]), self._table_path)
+        try:
+            encoded = images.load_image(uri, self._ds.image_size, self._ds.image_format, self._ds.max_image_pixels)
+        except images.ImageError as e:
+            yield pvalue.TaggedOutput(DEAD, dead_letter("ads", row, e.code, f"ad {ad_id}: {e}"))
+            yield pvalue.TaggedOutput(REJECTED, (ad_id, f"ad {ad_id} rejected: {e}"))
+            return
+        typed["image"] = uri
+        yield (ad_id, records.ad_from_row(typed, encoded, self._ds))
+
+
+class _ValidateImpression(beam.DoFn):
+    def __init__(self, ds: DatasetConfig):
+        self._ds = ds
+
+    def process(self, row: dict) -> Iterable:
+        from tfvctr.io import tables
+
+        try:
+            typed = tables.coerce_row(row, "impressions", self._ds)
+        except ValueError as e:
+            yield pvalue.TaggedOutput(DEAD, dead_letter("impressions", row, "bad_field", f"impressions: {e}"))
+            return
+        yield (str(typed["ad_id"]), records.impression_from_row(typed, self._ds))
+
+
+class ValidateAds(beam.PTransform):
+    """Ads-table rows → `(ad_id, ad tuple)` with the image prepared once.
+
+    Outputs a dict: `"ads"` (good ads), `"rejected"` (`(ad_id, reason)` of rejected ads, for
+    their impressions) and `"dead"` (dead-letter tuples of the rejected ad rows).
+    """
+
+    def __init__(self, ds: DatasetConfig, table_path: str):
+        super().__init__()
+        self._ds = ds
+        self._table_path = table_path
+
+    def expand(self, rows):
+        out = rows | "Validate" >> beam.ParDo(_ValidateAd(self._ds, self._table_path)).with_outputs(
+            DEAD, REJECTED, main="ads").with_exception_handling(dead_letter_tag="failed")
+        failed_dead = out.failed | "FailedToDead" >> beam.Map(_unexpected("ads"))
+        failed_keys = out.failed | "FailedToRejected" >> beam.FlatMap(_unexpected_ad_key)
+        return {
+            "ads": out.ads,
+            REJECTED: (out[REJECTED], failed_keys) | "Rejected" >> beam.Flatten(),
+            DEAD: (out[DEAD], failed_dead) | "Dead" >> beam.Flatten(),
+        }
+
+
+class ValidateImpressions(beam.PTransform):
+    """Impressions-table rows → `(ad_id, impression tuple)`; outputs `"impressions"` and `"dead"`."""
+
+    def __init__(self, ds: DatasetConfig):
+        super().__init__()
+        self._ds = ds
+
+    def expand(self, rows):
+        out = rows | "Validate" >> beam.ParDo(_ValidateImpression(self._ds)).with_outputs(
+            DEAD, main="impressions").with_exception_handling(dead_letter_tag="failed")
+        failed_dead = out.failed | "FailedToDead" >> beam.Map(_unexpected("impressions"))
+        return {"impressions": out.impressions, DEAD: (out[DEAD], failed_dead) | "Dead" >> beam.Flatten()}

@@ -1,0 +1,126 @@
+"""The shared image preparation and the SequenceExample layout, without Beam."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from beam_jobs import images, records
+from tests.beam_jobs import fixtures
+from tests.beam_jobs.conftest import parse
+
+
+def test_prepare_image_resizes_to_square_rgb_in_the_configured_format():
+    data = fixtures.png_bytes(12, 30, width=20)
+    for fmt, pil_format in (("png", "PNG"), ("jpeg", "JPEG")):
+        out = images.prepare_image(data, 8, fmt)
+        with Image.open(io.BytesIO(out)) as img:
+            assert (img.format, img.size, img.mode) == (pil_format, (8, 8), "RGB")
+    # PNG is lossless: the decoded pixels are exactly Pillow's bilinear resize.
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((8, 8), Image.Resampling.BILINEAR))
+    np.testing.assert_allclose(images.decode_image(images.prepare_image(data, 8, "png")), expected / 255.0)
+
+
+def test_image_over_the_pixel_limit_is_refused_from_its_header():
+    with pytest.raises(images.ImageError, match=r"img: 20x12 = 240 pixels exceeds dataset.max_image_pixels = 239") as e:
+        images.prepare_image(fixtures.png_bytes(12, 30, width=20), 8, "png", max_pixels=239, name="img")
+    assert e.value.code == "image_too_large"
+
+
+def test_truncated_jpeg_is_undecodable_and_missing_file_unreadable(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(buf, format="JPEG")
+    with pytest.raises(images.ImageError, match="cannot be decoded") as e:
+        images.prepare_image(buf.getvalue()[:150], 8, "jpeg")
+    assert e.value.code == "image_undecodable"
+    with pytest.raises(images.ImageError, match=f"image {tmp_path}/none.jpg cannot be read") as e:
+        images.load_image(str(tmp_path / "none.jpg"), 8)
+    assert e.value.code == "image_unreadable"
+
+
+def test_invalid_image_format_argument_is_rejected():
+    with pytest.raises(ValueError, match="Received: image_format='gif'"):
+        images.prepare_image(b"", 8, "gif")
+
+
+def test_sequence_example_holds_the_ad_in_context_and_impressions_as_steps():
+    ds = fixtures.config().dataset
+    ad = ("ad1", "shoes", "/x.png", b"PIXELS", ("shoes", None, 9.5))
+    imps = [(1, 3, "u1", ("u1", "ios", ("a", "b"), 2.0), (0.25,)), (0, 4, "u2", ("u2", None, (), None), (None,))]
+    ex = parse(records.make_sequence_example(ad, imps, chunk_index=2, impression_count=7, ds=ds))
+    ctx = ex.context.feature
+    assert ctx["image"].bytes_list.value == [b"PIXELS"] and ctx["category"].bytes_list.value == [b"shoes"]
+    assert ctx["chunk_index"].int64_list.value == [2] and ctx["impression_count"].int64_list.value == [7]
+    assert ctx["price"].float_list.value == [9.5] and list(ctx["brand"].bytes_list.value) == [b""]  # missing: ""
+    lists = ex.feature_lists.feature_list
+    assert sorted(lists) == ["day", "device", "interests", "label", "position", "true_ctr", "user_id"]
+    assert [f.int64_list.value[0] for f in lists["label"].feature] == [1, 0]
+    assert [list(f.bytes_list.value) for f in lists["interests"].feature] == [[b"a", b"b"], []]
+    assert [list(f.bytes_list.value) for f in lists["device"].feature] == [[b"ios"], [b""]]
+    positions = [list(f.float_list.value) for f in lists["position"].feature]
+    assert positions[0] == [2.0] and len(positions[1]) == 1 and np.isnan(positions[1][0])  # missing: NaN
+
+
+def test_serialisation_is_deterministic_and_shuffle_key_depends_on_seed():
+    ds = fixtures.config().dataset
+    ad = ("ad1", "shoes", "/x.png", b"P", ("shoes", "b", 1.0))
+    imp = (1, 3, "u1", ("u1", "ios", ("a",), 2.0), (0.5,))
+    assert records.make_sequence_example(ad, [imp], 0, 1, ds) == records.make_sequence_example(ad, [imp], 0, 1, ds)
+    assert records.shuffle_key(0, imp) == records.shuffle_key(0, imp) != records.shuffle_key(1, imp)
+    assert [len(c) for c in records.chunks(list(range(7)), 3)] == [3, 3, 1]
+
+
+def _tf_reference(ad, impressions, chunk_index, impression_count, ds) -> bytes:
+    """The same chunk built with TensorFlow's protobuf classes (the format's definition)."""
+    import tensorflow as tf
+
+    def feature(kind, v):
+        if kind == "numeric":
+            return tf.train.Feature(float_list=tf.train.FloatList(value=[float("nan") if v is None else v]))
+        if kind == "multi":
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[x.encode() for x in v]))
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"" if v is None else v.encode()]))
+
+    def ints(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+
+    ex = tf.train.SequenceExample()
+    ctx = ex.context.feature
+    ctx["ad_id"].CopyFrom(feature("categorical", ad[0]))
+    ctx["image"].bytes_list.value.append(ad[3])
+    ctx["category"].CopyFrom(feature("categorical", ad[1]))
+    ctx["impression_count"].CopyFrom(ints(impression_count))
+    ctx["chunk_index"].CopyFrom(ints(chunk_index))
+    for f, v in zip(ds.ad_features, ad[4], strict=True):
+        if f.name not in ctx:
+            ctx[f.name].CopyFrom(feature(f.kind, v))
+    lists = ex.feature_lists.feature_list
+    for imp in impressions:
+        lists["label"].feature.append(ints(imp[0]))
+        lists["day"].feature.append(ints(imp[1]))
+        lists["user_id"].feature.append(feature("categorical", imp[2]))
+        for f, v in zip(ds.impression_features, imp[3], strict=True):
+            if f.name != "user_id":
+                lists[f.name].feature.append(feature(f.kind, v))
+        for name, v in zip(ds.passthrough, imp[4], strict=True):
+            lists[name].feature.append(feature("numeric", v))
+    return ex.SerializeToString(deterministic=True)
+
+
+def test_hand_written_encoder_gives_tensorflows_deterministic_bytes():
+    ds = fixtures.config().dataset
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        ad = (f"ad{trial}", "chaussures é", "/x.png", bytes(rng.integers(0, 256, int(rng.integers(0, 300)), np.uint8)),
+              ("chaussures é", None if trial % 3 == 0 else f"b{trial}", float(rng.normal() * 1e3)))
+        imps = []
+        for i in range(int(rng.integers(1, 6))):
+            interests = tuple(f"i{j}" for j in range(int(rng.integers(0, 3))))
+            position = None if i == 2 else float(rng.normal() * 10 ** int(rng.integers(-3, 30)))
+            imps.append((int(rng.integers(0, 2)), int(rng.integers(-20_000, 30_000)), f"u{i}",
+                         (f"u{i}", None if i == 1 else "ios", interests, position), (None if i == 3 else 0.1,)))
+        count, index = int(rng.integers(1, 10**12)), trial
+        assert records.make_sequence_example(ad, imps, index, count, ds) == _tf_reference(ad, imps, index, count, ds)
