@@ -52,7 +52,7 @@ def tiny_config_dict(image_size: int = 16, **training: Any) -> dict:
             ],
         },
         "model": {
-            "architecture": "dcn",
+            "architecture": "cscnn_dcn",
             "backbone": "cnnf",
             "backbone_width": 0.0625,
             "attention": "none",
@@ -124,6 +124,7 @@ def write_dataset(
     seed: int = 0,
     max_impressions: int = 12,
     eval_ads: int = 6,
+    min_impressions: int = 1,
 ) -> dict:
     """Writes a grouped dataset under `root`; returns a summary (counts per split)."""
     import tensorflow as tf
@@ -147,7 +148,7 @@ def write_dataset(
     ad_counts = []
     for a, ad in enumerate(ads):
         # The last `eval_ads` ads appear only in eval: they are the cold ads.
-        n_train = 0 if a >= num_ads - eval_ads else int(rng.integers(1, max_impressions + 1))
+        n_train = 0 if a >= num_ads - eval_ads else int(rng.integers(min_impressions, max_impressions + 1))
         n_eval = int(rng.integers(1, 4))
         ad_counts.append(
             {"ad_id": ad["ad_id"], "category": ad["category"], "image": f"{ad['ad_id']}.png",

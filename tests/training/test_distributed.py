@@ -1,0 +1,154 @@
+"""Real multi-process tests: 2 workers over TF_CONFIG on 127.0.0.1, and SIGKILL + resume."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests import recordio_fixtures as rf
+
+WORKER = os.path.join(os.path.dirname(__file__), "train_worker.py")
+PYTHON = sys.executable
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _spec(tmp_path, name, data, model_dir, config, steps, sleep=0.0, local_cpus=0):
+    out = tmp_path / f"{name}.out.json"
+    spec = {"config": config, "data": str(data), "model_dir": str(model_dir), "steps": steps, "out": str(out),
+            "sleep_per_block": sleep, "local_cpus": local_cpus}
+    path = tmp_path / f"{name}.spec.json"
+    path.write_text(json.dumps(spec))
+    return path, out
+
+
+def _env(tf_config=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    return env
+
+
+def _start(spec, tf_config=None):
+    return subprocess.Popen([PYTHON, WORKER, str(spec)], env=_env(tf_config), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc, timeout=240):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grouped")
+    rf.write_dataset(str(root), num_ads=24, num_shards=2)
+    return root
+
+
+@pytest.mark.slow
+def test_two_workers_end_with_identical_weights_and_falling_loss_like_one_process(data_dir, tmp_path):
+    steps = 8
+    config = rf.tiny_config_dict(steps=steps, ads_per_batch=8, checkpoint_every=4, learning_rate=0.01)
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    model_dir = tmp_path / "mw"
+    procs, outs = [], []
+    for i in range(2):
+        spec, out = _spec(tmp_path, f"w{i}", data_dir, model_dir, config, steps)
+        procs.append(_start(spec, {"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        outs.append(out)
+    spec, single_out = _spec(tmp_path, "single", data_dir, tmp_path / "single", config, steps)
+    single = _start(spec)
+    logs = [_finish(p) for p in procs]
+    _finish(single)
+    w0, w1, one = (json.loads(o.read_text()) for o in (*outs, single_out))
+
+    assert w0["digest"] == w1["digest"], "workers diverged"
+    assert w0["step"] == w1["step"] == steps
+    # Each worker reads its own shard, one batch of ads_per_batch / 2 ads per step.
+    assert w0["batches_consumed"] == w1["batches_consumed"] == steps
+    assert w0["losses"] == w1["losses"]  # the reported loss is the all-reduced global one
+    assert np.mean(w0["losses"][-3:]) < np.mean(w0["losses"][:3])
+    assert np.mean(one["losses"][-3:]) < np.mean(one["losses"][:3])
+    assert one["step"] == steps and one["batches_consumed"] == steps
+    # Only the chief writes checkpoints into the real directory; no throw-away dir is left.
+    ckpts = sorted(p.name for p in (model_dir / "checkpoints").iterdir())
+    assert "ckpt-4.index" in ckpts and "ckpt-8.index" in ckpts
+    assert not [p for p in ckpts if p.startswith("tmp-worker")]
+    assert sorted(p.name for p in (model_dir / "checkpoints" / "data").iterdir()) == ["worker-0", "worker-1"]
+    assert (model_dir / "model.keras").exists()
+    assert "step 8/8" in logs[0] and "step 8/8" not in logs[1]  # progress lines from the chief only
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_reaches_final_step_like_an_uninterrupted_run(data_dir, tmp_path):
+    steps = 8
+    config = rf.tiny_config_dict(steps=steps, ads_per_batch=4, checkpoint_every=2, log_every=1)
+    spec, ref_out = _spec(tmp_path, "ref", data_dir, tmp_path / "ref", config, steps)
+    reference = _start(spec)
+
+    model_dir = tmp_path / "killed"
+    spec, out = _spec(tmp_path, "killed", data_dir, model_dir, config, steps, sleep=0.6)
+    victim = _start(spec)
+    marker = model_dir / "checkpoints" / "ckpt-4.index"
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert victim.poll() is None, victim.stdout.read()[-3000:]
+        assert time.time() < deadline, "no second checkpoint"
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    assert not out.exists()
+
+    spec, out = _spec(tmp_path, "resumed", data_dir, model_dir, config, steps)
+    log = _finish(_start(spec))
+    _finish(reference)
+    resumed, ref = json.loads(out.read_text()), json.loads(ref_out.read_text())
+    assert "resumed from" in log and "at step 4" in log
+    # The restart ran exactly the steps after the checkpoint: none twice, none skipped.
+    assert resumed["steps_run"] == [5, 6, 7, 8]
+    assert resumed["step"] == steps
+    assert resumed["batches_consumed"] == steps  # restored 4 + 4 new: each batch consumed once
+    # Same data order, same augmentation, same weights: the losses of steps 5..8 match.
+    np.testing.assert_allclose(resumed["losses"], ref["losses"][4:], rtol=1e-4, atol=1e-5)
+    for a, b in zip(resumed["weights"], ref["weights"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_two_local_replicas_match_one_replica_with_the_same_global_batch(data_dir, tmp_path):
+    # Replica r gets the r-th consecutive batch of n/2 ads: together the same ads, in the same
+    # order and with the same augmentation, as one batch of n. Their impression counts differ,
+    # so only a loss divided by the all-reduced impression count gives the same updates. The
+    # DCN head has no batch norm, whose per-replica statistics would differ legitimately.
+    steps = 3
+    config = rf.tiny_config_dict(steps=steps, ads_per_batch=4, checkpoint_every=3)
+    config["model"]["architecture"] = "dcn"
+    spec, two_out = _spec(tmp_path, "two", data_dir, tmp_path / "two", config, steps, local_cpus=2)
+    two = _start(spec)
+    spec, one_out = _spec(tmp_path, "one", data_dir, tmp_path / "one", config, steps)
+    _finish(_start(spec))
+    _finish(two)
+    two, one = json.loads(two_out.read_text()), json.loads(one_out.read_text())
+    assert two["batches_consumed"] == 2 * steps and one["batches_consumed"] == steps
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+    for a, b in zip(two["weights"], one["weights"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,41 @@
+"""`tfvctr evaluate --model-dir M --data D [--baseline metrics.json]`: offline metrics."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="AUC, per-user AUC, cold-ad AUC, log loss, calibration → M/metrics.json",
+        description="Score every impression of DATA/eval with the model in MODEL_DIR and write MODEL_DIR/metrics.json, "
+        "roc.png and calibration.png. With --baseline, also the relative AUC (DeepCTR Eq. 8).",
+    )
+    p.add_argument("--model-dir", required=True, help="a `tfvctr train` model dir")
+    p.add_argument("--data", required=True, help="output folder of `tfvctr preprocess`")
+    p.add_argument("--baseline", default=None, help="metrics.json of the baseline model (relative AUC)")
+    p.add_argument("--split", default="eval", choices=["eval", "train"], help="which split to score")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tfvctr.evaluation import evaluate
+
+    r = evaluate(args.model_dir, args.data, baseline=args.baseline, split=args.split)
+
+    def f(x):
+        return "n/a" if x is None or x != x else f"{x:.4f}"
+
+    print(f"{args.model_dir}: {r['impressions']} impressions ({r['positives']} clicks)")
+    print(f"  AUC {f(r['auc'])}  log loss {f(r['log_loss'])}  per-user AUC {f(r['per_user_auc'])} ({r['per_user_auc_users']} users)")
+    if "cold" in r:
+        print(f"  cold ads: {r['cold']['impressions']} impressions, AUC {f(r['cold']['auc'])}")
+    if "ceiling_auc" in r:
+        print(f"  simulator ceiling AUC {f(r['ceiling_auc'])}")
+    if "relative_auc" in r:
+        print(f"  relative AUC vs {r['baseline']['name']}: {100 * r['relative_auc']:+.2f}%")
+    c = r["calibration"]
+    print(f"  calibration: mean predicted {f(c['mean_predicted'])} vs observed {f(c['observed'])} (ECE {f(c['ece'])})")
+    print(f"  wrote {args.model_dir}/metrics.json, roc.png, calibration.png")
+    return 0

@@ -1,0 +1,357 @@
+"""The tf.data input pipeline over grouped TFRecords (docs/formats.md §2).
+
+A batch holds n ads with all their (at most K) impressions, the layout both papers train
+on (DeepCTR §4.2 Eq. 6, CSCNN §3.4.1): the CNN runs once per ad image and its output is
+gathered to the impressions through `ad_index`. One element of `make_dataset` is
+
+    inputs = {"image": [n,H,W,3] float32 in [0,1], "category": [n] int32,
+              "ad_index": [N] int32, <ad feature>: [n,...], <impression feature>: [N,...]}
+    labels = [N] float32
+    meta   = {"ad_id": [n] string, "user_id": [N] string, <passthrough>: [N] float32}
+
+(`meta` only when `with_meta=True`, i.e. for evaluation.)
+
+Sampling (`training.sampling`):
+
+* `grouped`: every chunk once per epoch in a seeded shuffled order, repeated forever; the
+  trainer runs a step count, so every worker runs the same number of steps.
+* `alg1`: DeepCTR Alg. 1, ads drawn with probability proportional to their impression
+  count, then k impressions uniformly with replacement. Streaming version: a chunk of L
+  impressions is kept with probability L/K (rejection sampling), so an ad, the sum of its
+  chunks, is drawn in proportion to its impressions; its k impressions are then drawn
+  uniformly with replacement from the kept chunk (the same marginal distribution of
+  impressions as drawing from the whole ad).
+* `ungrouped`: one image per impression (n = N). Only for `benchmarks/grouped_vs_ungrouped.py`.
+
+Resume: the per-worker iterator of this dataset is checkpointable (`tf.train.Checkpoint(
+iterator=...)`), including its shuffle buffer. Random augmentation and sampling use
+stateless ops seeded by (seed, element number), so a restored iterator continues the
+exact same random stream, and no stateful RNG has to be saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Callable, Iterator, Optional
+
+import tensorflow as tf
+
+from tfvctr.config import Config, DatasetConfig, FeatureConfig
+from tfvctr.errors import DataError
+from tfvctr.io import fs
+
+SPLITS = ("train", "eval")
+_PATTERNS = ("*.tfrecord", "*.tfrecord.gz")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def list_shards(data_dir: str, split: str) -> list[str]:
+    """Returns the sorted TFRecord shards of `DATA_DIR/split`; DataError if there are none."""
+    if split not in SPLITS:
+        raise ValueError(f"Invalid value received for argument `split`. Expected one of {SPLITS}. Received: split={split!r}")
+    folder = fs.join(data_dir, split)
+    files = sorted(f for p in _PATTERNS for f in fs.glob(fs.join(folder, p)))
+    if not files:
+        raise DataError(
+            f"{folder}: no TFRecord shards (*.tfrecord or *.tfrecord.gz); "
+            f"run `tfvctr preprocess` to write them, or check --data"
+        )
+    return files
+
+
+def shard_files(files: list[str], num_workers: int, worker_index: int) -> list[str]:
+    """Per-worker file sharding (DESIGN.md "Multi-worker training"): worker i reads files i, i+W, ..."""
+    if len(files) < num_workers:
+        raise DataError(
+            f"{os.path.dirname(files[0])}: {len(files)} shard(s) for {num_workers} workers; "
+            f"every worker needs at least one shard (write more shards with dataset.num_shards)"
+        )
+    return files[worker_index::num_workers]
+
+
+def _compression(path: str) -> str:
+    return "GZIP" if path.endswith(".gz") else ""
+
+
+def find_corrupt_shard(files: list[str]) -> Optional[str]:
+    """Reads every shard raw and returns the first one that is not valid TFRecord, if any."""
+    for path in files:
+        try:
+            for _ in tf.data.TFRecordDataset(path, compression_type=_compression(path)):
+                pass
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+            return path
+    return None
+
+
+@contextlib.contextmanager
+def data_errors(files: list[str]) -> Iterator[None]:
+    """Turns tf.data failures caused by the input files into one-line `DataError`s.
+
+    DataLossError does not say which file was corrupt, so the shards are scanned (only after
+    a failure) to name it.
+    """
+    try:
+        yield
+    except tf.errors.DataLossError as e:
+        bad = find_corrupt_shard(files)
+        where = bad or (os.path.dirname(files[0]) if files else "?")
+        raise DataError(f"{where}: corrupt TFRecord shard ({e.message.splitlines()[0]})") from None
+    except tf.errors.InvalidArgumentError as e:
+        message = e.message.splitlines()[0]
+        if "Feature:" in message or "Name:" in message or "Key:" in message or "decode" in message.lower():
+            where = os.path.dirname(files[0]) if files else "?"
+            raise DataError(f"{where}: records do not match the config: {message}") from None
+        raise
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _context_spec(f: FeatureConfig) -> Any:
+    if f.kind == "categorical":
+        return tf.io.FixedLenFeature([], tf.string, default_value=str(f.default) if f.default is not None else "")
+    if f.kind == "multi":
+        return tf.io.RaggedFeature(tf.string)
+    return tf.io.FixedLenFeature([], tf.float32, default_value=float(f.default) if f.default is not None else 0.0)
+
+
+def _sequence_spec(f: FeatureConfig) -> Any:
+    if f.kind == "categorical":
+        return tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=False)
+    if f.kind == "multi":
+        return tf.io.RaggedFeature(tf.string)
+    return tf.io.FixedLenSequenceFeature([], tf.float32)
+
+
+def parse_specs(dataset: DatasetConfig) -> tuple[dict, dict]:
+    """The context and feature-list specs of one chunk record (docs/formats.md §2)."""
+    context = {
+        "ad_id": tf.io.FixedLenFeature([], tf.string),
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "category": tf.io.FixedLenFeature([], tf.string),
+        "impression_count": tf.io.FixedLenFeature([], tf.int64),
+    }
+    sequence = {
+        "label": tf.io.FixedLenSequenceFeature([], tf.int64),
+        "user_id": tf.io.FixedLenSequenceFeature([], tf.string),
+    }
+    for f in dataset.ad_features:
+        if f.name != "category":  # the category is always in the context
+            context[f.name] = _context_spec(f)
+    for f in dataset.impression_features:
+        if f.name != "user_id":
+            sequence[f.name] = _sequence_spec(f)
+    for name in dataset.passthrough:
+        sequence[name] = tf.io.FixedLenSequenceFeature([], tf.float32)
+    return context, sequence
+
+
+def parse_chunk(serialized: tf.Tensor, dataset: DatasetConfig) -> dict:
+    """Parses one chunk: context scalars plus `seq/<name>` per-impression tensors [L, ...]."""
+    context_spec, sequence_spec = parse_specs(dataset)
+    context, sequence = tf.io.parse_single_sequence_example(serialized, context_spec, sequence_spec)
+    out = dict(context)
+    for name, value in sequence.items():
+        out[f"seq/{name}"] = value
+    return out
+
+
+def decode_image(encoded: tf.Tensor, size: int) -> tf.Tensor:
+    """Decodes a JPEG/PNG to float32 [size, size, 3] in [0, 1] (Beam stored it at `size`²)."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image = tf.image.resize_with_crop_or_pad(image, size, size)
+    return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def augment_image(image: tf.Tensor, seed: tf.Tensor, padding: int, crop: bool, flip: bool) -> tf.Tensor:
+    """Random crop after zero padding + horizontal flip, stateless so a resumed run repeats it."""
+    size = image.shape[0]
+    if crop and padding > 0:
+        padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
+        image = tf.image.stateless_random_crop(padded, [size, size, 3], seed=seed)
+    if flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
+    return image
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def _seed_pair(seed: int, salt: int, index: tf.Tensor) -> tf.Tensor:
+    return tf.stack([tf.constant(seed * 7919 + salt, tf.int64), tf.cast(index, tf.int64)])
+
+
+def _alg1_keep(index: tf.Tensor, chunk: dict, seed: int, k_max: int) -> tf.Tensor:
+    length = tf.shape(chunk["seq/label"], out_type=tf.int64)[0]
+    u = tf.random.stateless_uniform([], seed=_seed_pair(seed, 1, index))
+    return u < tf.cast(length, tf.float32) / float(k_max)
+
+
+def _alg1_resample(index: tf.Tensor, chunk: dict, seed: int, k: int) -> tuple[tf.Tensor, dict]:
+    length = tf.shape(chunk["seq/label"])[0]
+    picks = tf.random.stateless_uniform([k], seed=_seed_pair(seed, 2, index), minval=0, maxval=length, dtype=tf.int32)
+    out = dict(chunk)
+    for name, value in chunk.items():
+        if name.startswith("seq/"):
+            out[name] = tf.gather(value, picks)
+    return index, out
+
+
+def _ungroup(chunk: dict) -> dict:
+    """One chunk of L impressions → L rows of one-impression chunks (to `unbatch`), each with
+    its own copy of the image: what training without grouping reads and decodes."""
+    length = tf.shape(chunk["seq/label"])[0]
+    out = {}
+    for name, value in chunk.items():
+        if name.startswith("seq/"):
+            out[name] = tf.expand_dims(value, 1)  # [L, ...] → [L, 1, ...]
+        else:
+            out[name] = tf.repeat(tf.expand_dims(value, 0), length, axis=0)
+    return out
+
+
+def _flatten_batch(batch: dict, dataset: DatasetConfig) -> tuple[dict, tf.Tensor, dict]:
+    """[n ads] × ragged impressions → (raw inputs, labels [N], meta) with `ad_index` [N]."""
+    # With a fixed impression count per ad (alg1: k, ungrouped: 1) ragged_batch gives dense
+    # [n, k] tensors; make every per-impression tensor ragged so one code path flattens all.
+    batch = {
+        k: (tf.RaggedTensor.from_tensor(v) if k.startswith("seq/") and not isinstance(v, tf.RaggedTensor) else v)
+        for k, v in batch.items()
+    }
+    labels_ragged = batch["seq/label"]
+    ad_index = tf.cast(labels_ragged.value_rowids(), tf.int32)
+    raw = {"image": batch["image"], "category": batch["category"], "ad_index": ad_index}
+    for f in dataset.ad_features:
+        if f.name != "category":
+            raw[f.name] = batch[f.name]
+    for f in dataset.impression_features:
+        value = batch[f"seq/{f.name}"]
+        raw[f.name] = value.values  # [N] or, for multi, ragged [N, None]
+    labels = tf.cast(labels_ragged.values, tf.float32)
+    meta = {"ad_id": batch["ad_id"], "user_id": batch["seq/user_id"].values}
+    for name in dataset.passthrough:
+        meta[name] = batch[f"seq/{name}"].values
+    return raw, labels, meta
+
+
+def make_dataset(
+    config: Config,
+    data_dir: str,
+    split: str = "train",
+    *,
+    training: bool = True,
+    encoder: Optional[Callable[[dict], dict]] = None,
+    batch_size: Optional[int] = None,
+    num_workers: int = 1,
+    worker_index: int = 0,
+    sampling: Optional[str] = None,
+    with_meta: bool = False,
+    files: Optional[list[str]] = None,
+) -> tf.data.Dataset:
+    """Builds the batched dataset of one worker (see the module docstring for the layout).
+
+    Args:
+        config: the typed config (dataset + training sections are used).
+        data_dir: the folder written by `tfvctr preprocess`.
+        split: "train" or "eval".
+        training: shuffle, repeat forever, augment and sample; False reads every chunk once
+            in file order, without augmentation (evaluation).
+        encoder: maps raw features to ids (`tfvctr.features.FeatureEncoder`); default
+            `FeatureEncoder.from_data_dir(config.dataset, data_dir)`.
+        batch_size: ads per batch of this worker (default `training.ads_per_batch`).
+        num_workers, worker_index: file sharding across workers.
+        sampling: overrides `training.sampling`.
+        with_meta: also yield `meta` (ad_id, user_id, passthrough) for evaluation.
+        files: the shards to read (default: all of `DATA_DIR/split`).
+
+    Returns:
+        A `tf.data.Dataset` of `(inputs, labels)` or `(inputs, labels, meta)`.
+    """
+    ds_config, tr = config.dataset, config.training
+    sampling = sampling or (tr.sampling if training else "grouped")
+    if sampling not in ("grouped", "alg1", "ungrouped"):
+        raise ValueError(
+            f"Invalid value received for argument `sampling`. Expected 'grouped', 'alg1' or 'ungrouped'. Received: sampling={sampling!r}"
+        )
+    files = files or list_shards(data_dir, split)
+    files = shard_files(files, num_workers, worker_index)
+    if encoder is None:
+        from tfvctr.features import FeatureEncoder
+
+        encoder = FeatureEncoder.from_data_dir(ds_config, data_dir)
+    batch_size = batch_size or tr.ads_per_batch
+    seed = tr.seed + 1000 * worker_index
+    size = ds_config.image_size
+    augment = tr.augment
+
+    file_ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    records = file_ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=_compression(files[0])),
+        cycle_length=min(len(files), 8),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if training:
+        records = records.shuffle(tr.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    chunks = records.map(lambda r: parse_chunk(r, ds_config), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if sampling == "ungrouped":
+        chunks = chunks.map(_ungroup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+    # Element numbers seed the stateless augmentation / sampling ops (resumable randomness).
+    chunks = chunks.enumerate()
+    if sampling == "alg1":
+        k_max = ds_config.impressions_per_chunk
+        chunks = chunks.filter(lambda i, c: _alg1_keep(i, c, seed, k_max))
+        chunks = chunks.map(lambda i, c: _alg1_resample(i, c, seed, tr.impressions_per_ad))
+
+    def prepare(index, chunk):
+        chunk = dict(chunk)
+        image = decode_image(chunk.pop("image"), size)
+        if training and (augment.random_crop or augment.flip):
+            image = augment_image(image, _seed_pair(seed, 3, index), augment.crop_padding, augment.random_crop, augment.flip)
+        chunk["image"] = image
+        chunk.pop("impression_count")
+        return chunk
+
+    chunks = chunks.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batches = chunks.ragged_batch(batch_size, drop_remainder=training)
+
+    def finish(batch):
+        raw, labels, meta = _flatten_batch(batch, ds_config)
+        inputs = dict(encoder(raw))
+        inputs["image"] = raw["image"]
+        inputs["ad_index"] = raw["ad_index"]
+        return (inputs, labels, meta) if with_meta else (inputs, labels)
+
+    return batches.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def check_vocabularies(dataset: DatasetConfig, data_dir: str) -> None:
+    """DataError if a `vocabulary: auto` feature has no vocab file in DATA_DIR/vocab."""
+    missing = [
+        f.name
+        for f in dataset.features
+        if f.kind in ("categorical", "multi") and f.vocabulary == "auto" and not fs.exists(fs.join(data_dir, "vocab", f"{f.name}.txt"))
+    ]
+    if missing:
+        raise DataError(
+            f"{fs.join(data_dir, 'vocab')}: no vocabulary file for feature(s) {', '.join(missing)}; "
+            f"the config does not match the data (was it preprocessed with another config?)"
+        )
+
+
+def count_impressions(data_dir: str, split: str) -> Optional[int]:
+    """Impressions of a split from manifest.json, or None if there is no manifest."""
+    import json
+
+    path = fs.join(data_dir, "manifest.json")
+    if not fs.exists(path):
+        return None
+    with fs.open(path) as f:
+        manifest = json.load(f)
+    return int(manifest.get("splits", {}).get(split, {}).get("impressions", 0)) or None

@@ -1,0 +1,255 @@
+"""`tfvctr evaluate`: score every eval impression once and write `M/metrics.json` + plots.
+
+Shaped like orbit's evaluator: `eval_begin` → `eval_step` per batch (model outputs on
+device) → `eval_reduce` (host-side accumulation of labels, scores, users, ads) →
+`eval_end` (all metrics from the accumulated predictions, so AUC, per-user AUC and the
+cold-ad AUC are exact, not streamed approximations).
+
+Metrics (tfvctr.metrics): AUC, log loss, per-user AUC (CSCNN Eq. 13), AUC and log loss on
+cold ads (ads with no train impressions, from `DATA_DIR/ad_counts.jsonl`), calibration,
+the simulator's ceiling AUC when the passthrough `true_ctr` is present, and relative AUC
+(DeepCTR Eq. 8) against a baseline `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+from tfvctr import metrics as m
+from tfvctr.errors import DataError, TfvctrError
+from tfvctr.io import fs
+
+CEILING_COLUMN = "true_ctr"
+
+
+def read_cold_ads(data_dir: str) -> Optional[set[str]]:
+    """Ads with no train impressions (absent from training), or None without ad_counts.jsonl."""
+    path = fs.join(data_dir, "ad_counts.jsonl")
+    if not fs.exists(path):
+        return None
+    cold = set()
+    with fs.open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if int(row["train_impressions"]) == 0:
+                    cold.add(str(row["ad_id"]))
+            except (ValueError, KeyError) as e:
+                raise DataError(f"{path}:{line_no}: expected a JSON object with ad_id and train_impressions ({e})") from None
+    return cold
+
+
+class Evaluator:
+    """Accumulates predictions of `model` over batches `(inputs, labels, meta)`."""
+
+    def __init__(self, model: Any, passthrough: tuple[str, ...] = ()):
+        import tensorflow as tf
+
+        self.model = model
+        self.passthrough = tuple(passthrough)
+        # Batches differ in impression count: trace once for generalised shapes, not per batch.
+        self._predict = tf.function(
+            lambda inputs: tf.sigmoid(tf.cast(model(inputs, training=False), tf.float32)), reduce_retracing=True
+        )
+
+    def eval_begin(self) -> dict:
+        return {"labels": [], "probs": [], "users": [], "ads": [], **{p: [] for p in self.passthrough}}
+
+    def eval_step(self, batch: tuple) -> dict:
+        inputs, labels, meta = batch
+        probs = self._predict(inputs)
+        ads = meta["ad_id"].numpy()[inputs["ad_index"].numpy()]
+        out = {"labels": labels.numpy(), "probs": probs.numpy(), "users": meta["user_id"].numpy(), "ads": ads}
+        for p in self.passthrough:
+            out[p] = meta[p].numpy()
+        return out
+
+    def eval_reduce(self, state: dict, outputs: dict) -> dict:
+        for k, v in outputs.items():
+            state[k].append(v)
+        return state
+
+    def eval_end(self, state: dict) -> dict[str, np.ndarray]:
+        return {k: (np.concatenate(v) if v else np.zeros([0])) for k, v in state.items()}
+
+
+def compute_metrics(pred: dict[str, np.ndarray], cold_ads: Optional[set[str]] = None, baseline: Optional[dict] = None) -> dict:
+    """All metrics of one set of predictions (see the module docstring)."""
+    labels, probs = pred["labels"], pred["probs"]
+    user_auc, users = m.per_user_auc(labels, probs, pred["users"])
+    out: dict[str, Any] = {
+        "impressions": int(labels.size),
+        "positives": int(labels.sum()),
+        "auc": m.auc(labels, probs),
+        "log_loss": m.log_loss(labels, probs),
+        "per_user_auc": user_auc,
+        "per_user_auc_users": users,
+        "calibration": m.calibration(labels, probs),
+    }
+    if cold_ads is not None:
+        ads = np.array([a.decode() if isinstance(a, bytes) else str(a) for a in pred["ads"]])
+        cold = np.isin(ads, np.array(sorted(cold_ads))) if cold_ads else np.zeros(ads.size, bool)
+        out["cold"] = {
+            "impressions": int(cold.sum()),
+            "auc": m.auc(labels[cold], probs[cold]) if cold.any() else float("nan"),
+            "log_loss": m.log_loss(labels[cold], probs[cold]) if cold.any() else float("nan"),
+        }
+        if CEILING_COLUMN in pred and cold.any():
+            out["cold"]["ceiling_auc"] = m.auc(labels[cold], pred[CEILING_COLUMN][cold])
+    if CEILING_COLUMN in pred:
+        out["ceiling_auc"] = m.auc(labels, pred[CEILING_COLUMN])
+    if baseline is not None:
+        base_auc = float(baseline["auc"])
+        out["baseline"] = {"name": baseline.get("name", "baseline"), "auc": base_auc}
+        out["relative_auc"] = m.relative_auc(out["auc"], base_auc)
+        if "ceiling_auc" in out:
+            out["gap_closed"] = m.gap_closed(out["auc"], base_auc, out["ceiling_auc"])
+        base_cold = baseline.get("cold", {}).get("auc")
+        if base_cold is not None and "cold" in out and not math.isnan(float(base_cold)):
+            out["cold"]["relative_auc"] = m.relative_auc(out["cold"]["auc"], float(base_cold))
+    return out
+
+
+def plot_roc(labels: np.ndarray, probs: np.ndarray, path: str, title: str = "ROC") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fpr, tpr = m.roc_curve(labels, probs)
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.plot(fpr, tpr, label=f"AUC {m.auc(labels, probs):.4f}")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def plot_reliability(calib: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pred = [b["mean_predicted"] for b in calib["bins"]]
+    obs = [b["observed"] for b in calib["bins"]]
+    top = max(pred + obs + [1e-3]) * 1.05
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.plot(pred, obs, "o-", label=f"ECE {calib['ece']:.4f}")
+    ax.plot([0, top], [0, top], "k:", lw=0.8)
+    ax.set(xlabel="mean predicted CTR", ylabel="observed CTR", title="reliability", xlim=(0, top), ylim=(0, top))
+    ax.legend(loc="upper left")
+    _save(fig, path)
+
+
+def _save(fig: Any, path: str) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    with fs.open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def load_baseline(path: str) -> dict:
+    if not fs.exists(path):
+        raise TfvctrError(f"{path}: baseline metrics file not found")
+    with fs.open(path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise TfvctrError(f"{path}: not valid JSON ({e})") from None
+    if "auc" not in data:
+        raise TfvctrError(f"{path}: no `auc` key; expected a metrics.json written by `tfvctr evaluate`")
+    data.setdefault("name", path)
+    return data
+
+
+def evaluate(
+    model_dir: str,
+    data_dir: str,
+    *,
+    baseline: Optional[str] = None,
+    model: Any = None,
+    encoder: Any = None,
+    split: str = "eval",
+    batch_size: Optional[int] = None,
+    write: bool = True,
+) -> dict:
+    """Evaluates the model in `model_dir` on `DATA_DIR/split`; writes metrics.json, roc.png, calibration.png.
+
+    Args:
+        model_dir: a `tfvctr train` model dir (config.yaml, model.keras, data_dir.txt).
+        data_dir: the grouped TFRecords to score.
+        baseline: a metrics.json to compute the relative AUC against (DeepCTR Eq. 8).
+        model, encoder: use these instead of loading `model.keras` / the vocabularies.
+        split: "eval" (default) or "train".
+        batch_size: ads per batch (default `training.ads_per_batch`).
+        write: write the files (False: only return the metrics).
+
+    Returns:
+        The metrics dict that `metrics.json` holds.
+    """
+    import keras
+
+    import tfvctr.models  # noqa: F401 - registers the model classes for load_model
+    from tfvctr import data as data_lib
+    from tfvctr.config import load_config
+
+    config = load_config(fs.join(model_dir, "config.yaml"))
+    files = data_lib.list_shards(data_dir, split)
+    if encoder is None:
+        from tfvctr.features import FeatureEncoder
+
+        # Ids must be the ones the model was trained with: the training data's vocabularies.
+        vocab_dir = data_dir
+        trained_on = fs.join(model_dir, "data_dir.txt")
+        if fs.exists(trained_on):
+            with fs.open(trained_on) as f:
+                vocab_dir = f.read().strip() or data_dir
+        encoder = FeatureEncoder.from_data_dir(config.dataset, vocab_dir)
+    if model is None:
+        path = fs.join(model_dir, "model.keras")
+        if not fs.exists(path):
+            raise TfvctrError(f"{path}: no trained model; run `tfvctr train --model-dir {model_dir}` first")
+        model = keras.saving.load_model(path, compile=False)
+    passthrough = tuple(p for p in config.dataset.passthrough)
+    dataset = data_lib.make_dataset(
+        config, data_dir, split, training=False, encoder=encoder, batch_size=batch_size, with_meta=True, files=files
+    )
+    evaluator = Evaluator(model, passthrough)
+    state = evaluator.eval_begin()
+    with data_lib.data_errors(files):
+        for batch in dataset:
+            state = evaluator.eval_reduce(state, evaluator.eval_step(batch))
+    pred = evaluator.eval_end(state)
+    if pred["labels"].size == 0:
+        raise DataError(f"{fs.join(data_dir, split)}: no impressions to evaluate")
+    result = compute_metrics(pred, read_cold_ads(data_dir), load_baseline(baseline) if baseline else None)
+    result.update(split=split, data_dir=data_dir, model_dir=model_dir, name=config.name)
+    if write:
+        with fs.open(fs.join(model_dir, "metrics.json"), "w") as f:
+            json.dump(_finite(result), f, indent=2)
+        plot_roc(pred["labels"], pred["probs"], fs.join(model_dir, "roc.png"), title=f"ROC ({config.name}, {split})")
+        plot_reliability(result["calibration"], fs.join(model_dir, "calibration.png"))
+    return result
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: undefined metrics (e.g. AUC with one class) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

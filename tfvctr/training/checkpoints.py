@@ -1,0 +1,89 @@
+"""Checkpoints that survive SIGKILL and multi-worker training (DESIGN.md "Multi-worker training").
+
+Two checkpoints per save, both numbered by the global step:
+
+* the model checkpoint (model, both optimizers, step) in `M/checkpoints/ckpt-S`. Every
+  worker takes part in saving it (collectives), but only the chief writes to the real
+  folder; the others write to a throw-away folder that is deleted at once;
+* the data checkpoint of each worker (its local tf.data iterator, shuffle buffer included,
+  and its count of batches consumed) in `M/checkpoints/data/worker-I/data-S`. The
+  distributed iterator is not checkpointable on TF 2.21, a per-worker local iterator is.
+
+The data checkpoint is written first: if the process dies between the two writes, the
+latest model checkpoint is the previous one and its data checkpoint is still kept (one
+more is kept than `keep_checkpoints`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Optional
+
+import tensorflow as tf
+
+from tfvctr.errors import TfvctrError
+from tfvctr.io import fs
+
+
+class CheckpointSet:
+    """The model checkpoint plus this worker's data checkpoint."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        model_objects: dict,
+        data_objects: dict,
+        worker_index: int = 0,
+        is_chief: bool = True,
+        keep: int = 3,
+    ):
+        self.root = fs.join(model_dir, "checkpoints")
+        self.is_chief = is_chief
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.model_checkpoint = tf.train.Checkpoint(step=self.step, **model_objects)
+        write_dir = self.root if is_chief else fs.join(self.root, f"tmp-worker-{worker_index}")
+        self._write_dir = write_dir
+        # Non-chief workers never write through the manager (see `save`); it only reads.
+        self.model_manager = tf.train.CheckpointManager(self.model_checkpoint, self.root, max_to_keep=keep, checkpoint_name="ckpt")
+        self.data_checkpoint = tf.train.Checkpoint(**data_objects)
+        self.data_dir = fs.join(self.root, "data", f"worker-{worker_index}")
+        self.data_manager = tf.train.CheckpointManager(self.data_checkpoint, self.data_dir, max_to_keep=keep + 1, checkpoint_name="data")
+
+    def latest(self) -> Optional[str]:
+        """The chief's latest model checkpoint (every worker resumes from it)."""
+        return tf.train.latest_checkpoint(self.root)
+
+    def restore(self) -> int:
+        """Restores the latest checkpoint and this worker's data position; returns the step (0: none)."""
+        path = self.latest()
+        if path is None:
+            return 0
+        self.model_checkpoint.restore(path).expect_partial()
+        step = int(self.step.numpy())
+        data_path = fs.join(self.data_dir, f"data-{step}")
+        if not tf.io.gfile.exists(data_path + ".index"):
+            raise TfvctrError(
+                f"{data_path}: no data position for checkpoint step {step}; resuming would repeat or skip data "
+                f"(was the run restarted with another number of workers?)"
+            )
+        self.data_checkpoint.restore(data_path).expect_partial()
+        return step
+
+    def save(self, step: int) -> str:
+        self.step.assign(step)
+        self.data_manager.save(checkpoint_number=step)
+        if self.is_chief:
+            return self.model_manager.save(checkpoint_number=step)
+        # A non-chief worker must still run the save (it takes part in its collectives), but
+        # into a throw-away folder, so workers never overwrite the chief's files.
+        path = self.model_checkpoint.write(fs.join(self._write_dir, f"ckpt-{step}"))
+        if fs.is_remote(self._write_dir):
+            tf.io.gfile.rmtree(self._write_dir)
+        else:
+            shutil.rmtree(self._write_dir, ignore_errors=True)
+        return path
+
+    @property
+    def saved_steps(self) -> list[int]:
+        return [int(os.path.basename(p).split("-")[-1]) for p in self.model_manager.checkpoints]

@@ -1,0 +1,114 @@
+"""The outer training loop (orbit's `Controller` shape): blocks of steps, one log line and
+one set of summaries per block, checkpoints every `checkpoint_every` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Iterator, Optional
+
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from tfvctr.training.checkpoints import CheckpointSet
+from tfvctr.training.loop import Trainer
+from tfvctr.training.optimizers import current_learning_rate
+
+# The summary tags one block writes (TensorBoard, under M/tensorboard/<name>).
+SUMMARY_TAGS = ("loss", "auc", "learning_rate/cnn", "learning_rate/rest", "images_per_sec", "impressions_per_sec")
+
+
+def scalar(tag: str, value: float) -> None:
+    """A TensorBoard scalar without the `tensorboard` package (not installed beside TF 2.21
+    here): `tf.summary.scalar` needs it, the core `tf.summary.write` with the scalars
+    plugin's metadata writes the same event."""
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    tf.summary.write(tag, tf.constant(value, tf.float32), metadata=metadata)
+
+
+def format_progress(step: int, total: int, figures: dict, cnn_lr: float, lr: float, width: int = 20) -> str:
+    """`[#####.....] step 40/100 loss 0.6412 auc 0.6120 lr 1e-03/1e-03 210 img/s 4100 imp/s`."""
+    done = int(width * step / max(total, 1))
+    parts = [f"[{'#' * done}{'.' * (width - done)}] step {step}/{total}", f"loss {figures['loss']:.4f}"]
+    if "auc" in figures:
+        parts.append(f"auc {figures['auc']:.4f}")
+    if "accuracy" in figures:
+        parts.append(f"acc {figures['accuracy']:.4f}")
+    parts.append(f"lr {cnn_lr:.3g}/{lr:.3g}")
+    parts.append(f"{figures['images_per_sec']:.1f} img/s {figures['impressions_per_sec']:.1f} imp/s")
+    return "  ".join(parts)
+
+
+class Controller:
+    """Runs `trainer` from the restored step to `total_steps`.
+
+    Args:
+        trainer: the inner loop.
+        iterator: this worker's local iterator (checkpointed with the data checkpoint).
+        checkpoints: the `CheckpointSet`.
+        total_steps: the step to stop at.
+        checkpoint_every, log_every: intervals in steps.
+        summary_dir: TensorBoard folder (chief only; None writes no summaries).
+        log: where progress lines go (None: silent).
+    """
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        iterator: Iterator,
+        checkpoints: CheckpointSet,
+        total_steps: int,
+        checkpoint_every: int,
+        log_every: int,
+        summary_dir: Optional[str] = None,
+        log: Optional[Callable[[str], None]] = None,
+    ):
+        self.trainer = trainer
+        self.iterator = iterator
+        self.checkpoints = checkpoints
+        self.total_steps = total_steps
+        self.checkpoint_every = checkpoint_every
+        self.log_every = max(1, log_every)
+        self.writer = tf.summary.create_file_writer(summary_dir) if summary_dir else tf.summary.create_noop_writer()
+        self.log = log
+        self.history: list[dict] = []
+
+    def _next_block(self, step: int) -> int:
+        """Steps until the next log point, checkpoint point or the end, whichever is first."""
+        to_log = self.log_every - step % self.log_every
+        to_ckpt = self.checkpoint_every - step % self.checkpoint_every
+        return min(to_log, to_ckpt, self.total_steps - step)
+
+    def run(self, start_step: int) -> dict:
+        step = start_step
+        last: dict = {}
+        while step < self.total_steps:
+            n = self._next_block(step)
+            figures = self.trainer.train(self.iterator, n, first_step=step + 1)
+            step += n
+            cnn_lr = current_learning_rate(self.trainer.cnn_optimizer)
+            lr = current_learning_rate(self.trainer.optimizer)
+            figures.update(step=step, cnn_learning_rate=cnn_lr, learning_rate=lr)
+            self.history.append(figures)
+            last = figures
+            with self.writer.as_default(step=step):
+                scalar("loss", figures["loss"])
+                if "auc" in figures:
+                    scalar("auc", figures["auc"])
+                else:
+                    scalar("accuracy", figures.get("accuracy", 0.0))
+                scalar("learning_rate/cnn", cnn_lr)
+                scalar("learning_rate/rest", lr)
+                scalar("images_per_sec", figures["images_per_sec"])
+                scalar("impressions_per_sec", figures["impressions_per_sec"])
+            self.writer.flush()
+            if self.log:
+                self.log(format_progress(step, self.total_steps, figures, cnn_lr, lr))
+            if step % self.checkpoint_every == 0 or step == self.total_steps:
+                self.checkpoints.save(step)
+        return last
+
+
+def print_line(line: str) -> None:
+    print(line, flush=True, file=sys.stdout)

@@ -1,0 +1,250 @@
+"""`train` and `pretrain`: build data, model and optimizers under the strategy, resume, run
+the controller, and write the model directory (docs/formats.md §3).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional
+
+import keras
+import tensorflow as tf
+
+from tfvctr import data as data_lib
+from tfvctr.config import Config, save_config
+from tfvctr.errors import ConfigError, TfvctrError
+from tfvctr.io import fs
+from tfvctr.training.checkpoints import CheckpointSet
+from tfvctr.training.controller import Controller, print_line
+from tfvctr.training.loop import Trainer, category_objective, ctr_objective
+from tfvctr.training.optimizers import make_optimizers
+from tfvctr.training.strategy import WorkerInfo, make_strategy, worker_info
+
+
+def _set_precision(config: Config, log: Optional[Callable[[str], None]]) -> None:
+    if not config.training.mixed_precision:
+        return
+    if tf.config.list_physical_devices("GPU"):
+        # bfloat16 keeps float32's exponent range, so no loss scaling is needed.
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    elif log:
+        log("training.mixed_precision is ignored: no GPU (mixed precision only pays on GPUs)")
+
+
+def _per_replica_batch(config: Config, strategy: tf.distribute.Strategy) -> int:
+    n, replicas = config.training.ads_per_batch, strategy.num_replicas_in_sync
+    if n % replicas:
+        raise ConfigError(
+            f"training.ads_per_batch: {n} ads cannot be split evenly over {replicas} replicas; use a multiple of {replicas}"
+        )
+    return n // replicas
+
+
+def _default_encoder(config: Config, data_dir: str):
+    from tfvctr.features import FeatureEncoder
+
+    return FeatureEncoder.from_data_dir(config.dataset, data_dir)
+
+
+def visual_tower_of(model: Any) -> Any:
+    """The CTR model's `visual_tower`, or the pretrainer's layer named "visual_tower", or None."""
+    tower = getattr(model, "visual_tower", None)
+    if tower is None and isinstance(model, keras.Model):
+        try:
+            tower = model.get_layer("visual_tower")
+        except ValueError:
+            tower = None
+    return tower
+
+
+def _write_model_dir(config: Config, data_dir: str, model_dir: str, model: Any) -> None:
+    save_config(config, fs.join(model_dir, "config.yaml"))
+    with fs.open(fs.join(model_dir, "data_dir.txt"), "w") as f:
+        f.write(os.path.abspath(data_dir) if not fs.is_remote(data_dir) else data_dir)
+    tower = visual_tower_of(model)
+    if tower is not None:
+        tower.save(fs.join(model_dir, "visual_tower.keras"))
+    model.save(fs.join(model_dir, "model.keras"))
+
+
+def _run(
+    config: Config,
+    data_dir: str,
+    model_dir: str,
+    *,
+    steps: Optional[int],
+    strategy: Optional[tf.distribute.Strategy],
+    encoder: Any,
+    make_model: Callable[[Any], Any],
+    objective: Any,
+    variables_of: Callable[[Any], tuple[list, list]],
+    init_model: Callable[[Any], None],
+    freeze_visual: bool,
+    log: Optional[Callable[[str], None]],
+    summary_name: str,
+) -> dict:
+    strategy = strategy or make_strategy()
+    info: WorkerInfo = worker_info(strategy)
+    log = log if info.is_chief else None
+    tr = config.training
+    total = steps if steps is not None else tr.steps
+    if total < 1:
+        raise ConfigError(f"--steps: expected a positive number of steps, received {total}")
+    files = data_lib.list_shards(data_dir, "train")
+    data_lib.check_vocabularies(config.dataset, data_dir)
+    _set_precision(config, log)
+    encoder = encoder or _default_encoder(config, data_dir)
+    batch = _per_replica_batch(config, strategy)
+    def make():
+        return data_lib.make_dataset(
+            config, data_dir, "train", training=True, encoder=encoder, batch_size=batch,
+            num_workers=info.num_workers, worker_index=info.worker_index, files=files,
+        )
+
+    dataset = make()
+    keras.utils.set_random_seed(tr.seed)
+    with data_lib.data_errors(files):
+        # A first batch from a separate dataset builds the variables. Not from another
+        # iterator of `dataset`: its seeded shuffle would then hand the training iterator
+        # the second epoch order instead of the first.
+        sample_inputs, _ = next(iter(make()))
+    with strategy.scope():
+        model = make_model(encoder)
+        model(sample_inputs) if objective is not category_objective else model({"image": sample_inputs["image"]})
+        cnn_optimizer, optimizer = make_optimizers(tr)
+        cnn_vars, other_vars = variables_of(model)
+        cnn_optimizer.build(cnn_vars)
+        optimizer.build(other_vars)
+    if freeze_visual and getattr(model, "visual_tower", None) is not None:
+        # Frozen means inference mode too: batch-norm statistics stay as pre-trained.
+        model.visual_tower.trainable = False
+    iterator = iter(dataset)
+    trainer = Trainer(
+        strategy, model, cnn_optimizer, optimizer, objective, dataset.element_spec,
+        local_replicas=info.local_replicas, clip_norm=tr.clip_norm, freeze_visual=freeze_visual,
+        variables=(cnn_vars, other_vars),
+    )
+    checkpoints = CheckpointSet(
+        model_dir,
+        {"model": model, "cnn_optimizer": cnn_optimizer, "optimizer": optimizer},
+        {"iterator": iterator, "batches_consumed": trainer.batches_consumed},
+        worker_index=info.worker_index, is_chief=info.is_chief, keep=tr.keep_checkpoints,
+    )
+    start = checkpoints.restore()
+    if start == 0:
+        init_model(model)
+    elif log:
+        log(f"resumed from {checkpoints.latest()} at step {start}")
+    if start >= total:
+        if log:
+            log(f"already at step {start} of {total}; nothing to train")
+        figures: dict = {"step": start}
+    else:
+        controller = Controller(
+            trainer, iterator, checkpoints, total, tr.checkpoint_every, tr.log_every,
+            summary_dir=fs.join(model_dir, "tensorboard", summary_name) if info.is_chief else None, log=log,
+        )
+        with data_lib.data_errors(files):
+            figures = controller.run(start)
+        figures["history"] = controller.history
+    if info.is_chief:
+        _write_model_dir(config, data_dir, model_dir, model)
+    figures["batches_consumed"] = int(trainer.batches_consumed.numpy())
+    figures["model"] = model
+    return figures
+
+
+def train(
+    config: Config,
+    data_dir: str,
+    model_dir: str,
+    *,
+    steps: Optional[int] = None,
+    strategy: Optional[tf.distribute.Strategy] = None,
+    encoder: Any = None,
+    model_fn: Optional[Callable[..., Any]] = None,
+    loss_fn: Optional[Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = None,
+    log: Optional[Callable[[str], None]] = print_line,
+) -> dict:
+    """Trains the CTR model of `config` on `DATA_DIR/train`, resuming from `MODEL_DIR` if it holds a checkpoint.
+
+    Args:
+        config: the typed config.
+        data_dir: the output of `tfvctr preprocess`.
+        model_dir: where checkpoints, summaries and the saved model go.
+        steps: total steps (default `training.steps`); a resumed run stops at the same step.
+        strategy: default: from the environment (`make_strategy`).
+        encoder: raw features → ids (default `FeatureEncoder.from_data_dir`).
+        model_fn: `(config, num_categories, vocab_sizes, seed) -> model` (default
+            `tfvctr.models.factory.build_model`).
+        loss_fn: `(labels, logits) -> summed loss` (default `tfvctr.models.losses.pointwise_loss`).
+        log: progress lines (chief only); None for silence.
+
+    Returns:
+        The last block's figures (loss, auc, images_per_sec, impressions_per_sec, step,
+        learning rates), `history` (one entry per block), `batches_consumed` and `model`.
+    """
+    if model_fn is None:
+        from tfvctr.models.factory import build_model as model_fn
+    if loss_fn is None:
+        from tfvctr.models.losses import pointwise_loss as loss_fn
+    tr = config.training
+
+    def make_model(enc):
+        return model_fn(config, enc.num_categories, enc.vocab_sizes, seed=tr.seed)
+
+    def init_model(model):
+        if tr.pretrained_cnn:
+            load_pretrained_cnn(tr.pretrained_cnn, model)
+            if log:
+                log(f"visual tower initialised from {tr.pretrained_cnn}")
+
+    if tr.freeze_cnn and not tr.pretrained_cnn:
+        raise ConfigError("training.freeze_cnn: a frozen CNN needs training.pretrained_cnn (a `tfvctr pretrain` model dir)")
+    return _run(
+        config, data_dir, model_dir, steps=steps, strategy=strategy, encoder=encoder, make_model=make_model,
+        objective=ctr_objective(loss_fn), variables_of=lambda m: (list(m.visual_variables), list(m.non_visual_variables)),
+        init_model=init_model, freeze_visual=tr.freeze_cnn, log=log, summary_name="train",
+    )
+
+
+def load_pretrained_cnn(pretrain_dir: str, model: Any) -> None:
+    """Copies the visual tower of a `tfvctr pretrain` model dir into `model`."""
+    from tfvctr.models.deepctr import transfer_visual_weights
+
+    path = fs.join(pretrain_dir, "model.keras")
+    if not fs.exists(path):
+        raise TfvctrError(f"{path}: training.pretrained_cnn names no `tfvctr pretrain` model dir (model.keras missing)")
+    source = keras.saving.load_model(path, compile=False)
+    if getattr(model, "visual_tower", None) is None:
+        raise ConfigError("training.pretrained_cnn: the model has no visual tower to initialise (model.architecture has no CNN)")
+    transfer_visual_weights(visual_tower_of(source), model.visual_tower)
+
+
+def pretrain(
+    config: Config,
+    data_dir: str,
+    model_dir: str,
+    *,
+    steps: Optional[int] = None,
+    strategy: Optional[tf.distribute.Strategy] = None,
+    encoder: Any = None,
+    model_fn: Optional[Callable[..., Any]] = None,
+    log: Optional[Callable[[str], None]] = print_line,
+) -> dict:
+    """DeepCTR's Convnet pre-training on category labels (softmax over categories).
+
+    Same loop, checkpoints and resume as `train`; `model_fn(config, num_categories) -> model`
+    maps images [n,H,W,3] to category logits (default
+    `tfvctr.models.deepctr.build_category_pretrainer`). `train` starts from the result with
+    `training.pretrained_cnn: MODEL_DIR` (and keeps it fixed with `training.freeze_cnn`).
+    """
+    if model_fn is None:
+        from tfvctr.models.deepctr import build_category_pretrainer as model_fn
+
+    return _run(
+        config, data_dir, model_dir, steps=steps, strategy=strategy, encoder=encoder,
+        make_model=lambda enc: model_fn(config, enc.num_categories), objective=category_objective,
+        variables_of=lambda m: ([], list(m.trainable_variables)), init_model=lambda m: None,
+        freeze_visual=False, log=log, summary_name="pretrain",
+    )
