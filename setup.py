@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "pillow>=10",
     "tqdm",
     "matplotlib",
+    "tensorboard>=2.21,<2.22",  # `tensorboard --logdir M/tensorboard`; tensorflow-cpu does not pull it in
 ]
 
 setup(

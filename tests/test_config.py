@@ -133,3 +133,18 @@ def test_cli_debug_flag_shows_the_traceback(tmp_path):
     path.write_text(yaml.safe_dump(_with("model.crossing_layers", 3)))
     with pytest.raises(ConfigError):
         main(["--debug", "validate-config", str(path)])
+
+
+def test_set_overrides_values_and_is_validated(repo_root, tmp_path):
+    demo = str(repo_root / "configs" / "demo.yaml")
+    config = load_config(demo, ["model.architecture=dcn", "training.steps=7", "model.deep_layers=[8, 4]"])
+    assert (config.model.architecture, config.training.steps, config.model.deep_layers) == ("dcn", 7, [8, 4])
+    with pytest.raises(ConfigError, match=r"with --set model\.crossing_layers=2\): model\.crossing_layers: unknown key"):
+        load_config(demo, ["model.crossing_layers=2"])
+    with pytest.raises(ConfigError, match=r"--set 'steps': expected KEY\.PATH=VALUE"):
+        load_config(demo, ["steps"])
+
+
+def test_cli_set_flag(repo_root, capsys):
+    assert main(["validate-config", str(repo_root / "configs" / "demo.yaml"), "--set", "model.cross_layers=5"]) == 0
+    assert "cross 5 (v1)" in capsys.readouterr().out

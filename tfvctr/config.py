@@ -341,8 +341,38 @@ def config_from_dict(data: Any, source: str = "config") -> Config:
     return _from_mapping(Config, data, f"{source}: ").validate(source)
 
 
-def load_config(path: str) -> Config:
-    """Loads and validates a YAML config from a local or gs:// path."""
+def apply_overrides(data: Any, overrides: list[str], source: str = "--set") -> Any:
+    """Applies `key.path=value` overrides (values parsed as YAML) to parsed config data.
+
+    Lets one config drive variants from the command line, e.g. the image-free baseline:
+    `--set model.architecture=dcn`. Keys are validated with the rest of the config.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"{source} {item!r}: expected KEY.PATH=VALUE, e.g. model.architecture=dcn")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part) if isinstance(node, dict) else None
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source} {item!r}: {part} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str, overrides: Optional[list[str]] = None) -> Config:
+    """Loads and validates a YAML config from a local or gs:// path.
+
+    `overrides` are `key.path=value` strings applied before validation (`--set`).
+    """
     from tfvctr.io import fs
 
     if not fs.exists(path):
@@ -353,6 +383,11 @@ def load_config(path: str) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = apply_overrides(data, overrides)
+        path = f"{path} (with --set {' '.join(overrides)})"
     return config_from_dict(data, path)
 
 

@@ -160,7 +160,7 @@ def test_train_command_trains_and_reports_the_final_step(data_dir, tmp_path, cap
 
     config_path = tmp_path / "c.yaml"
     config_path.write_text(_config(steps=2, checkpoint_every=2).to_yaml())
-    args = argparse.Namespace(config=str(config_path), data=data_dir, model_dir=str(tmp_path / "m"), steps=None)
+    args = argparse.Namespace(config=str(config_path), data=data_dir, model_dir=str(tmp_path / "m"), steps=None, overrides=[])
     assert command.run(args) == 0
     out = capsys.readouterr().out
     assert "step 2/2" in out and f"trained to step 2; model dir: {tmp_path / 'm'}" in out

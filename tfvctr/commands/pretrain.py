@@ -16,6 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="output folder of `tfvctr preprocess`")
     p.add_argument("--model-dir", required=True, help="where the pre-trained model goes")
     p.add_argument("--steps", type=int, default=None, help="total steps (default: training.steps)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="override a config value, e.g. --set training.steps=100 (repeatable)",
+    )
     p.set_defaults(func=run)
 
 
@@ -26,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from tfvctr.config import load_config
     from tfvctr.training.trainer import pretrain
 
-    config = load_config(args.config)
+    config = load_config(args.config, args.overrides)
     result = pretrain(config, args.data, args.model_dir, steps=args.steps, strategy=strategy)
     print(f"pre-trained to step {result['step']}; model dir: {args.model_dir}")
     return 0

@@ -17,6 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="output folder of `tfvctr preprocess`")
     p.add_argument("--model-dir", required=True, help="checkpoints, TensorBoard summaries and the saved model go here")
     p.add_argument("--steps", type=int, default=None, help="total steps (default: training.steps)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="override a config value, e.g. --set model.architecture=dcn (repeatable)",
+    )
     p.set_defaults(func=run)
 
 
@@ -28,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from tfvctr.config import load_config
     from tfvctr.training.trainer import train
 
-    config = load_config(args.config)
+    config = load_config(args.config, args.overrides)
     result = train(config, args.data, args.model_dir, steps=args.steps, strategy=strategy)
     print(f"trained to step {result['step']}; model dir: {args.model_dir}")
     return 0

@@ -14,13 +14,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", help="path to the YAML config (local or gs://)")
     p.add_argument("--print", action="store_true", dest="print_full", help="print the full config with defaults filled in")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="override a config value, e.g. --set training.steps=100 (repeatable)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from tfvctr.config import load_config
 
-    config = load_config(args.config)
+    config = load_config(args.config, args.overrides)
     if args.print_full:
         print(config.to_yaml(), end="")
         return 0
