@@ -180,6 +180,24 @@ def summary(manifest: dict, out: str, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def dead_letter_examples(out: str, limit: int = 3) -> list[str]:
+    """One line per dead letter (the first `limit`), so a user sees what went wrong at once."""
+    from tfvctr.io import fs
+
+    lines: list[str] = []
+    paths = fs.glob(join_path(out, "dead_letter", "part*.jsonl"))
+    for path in paths:
+        with fs.open(path) as f:
+            for text in f:
+                if len(lines) == limit:
+                    break
+                letter = json.loads(text)
+                lines.append(f"  dead letter ({letter.get('table')}): {letter.get('reason')}")
+    if lines:
+        lines.append(f"  all dead letters: {join_path(out, 'dead_letter')}/")
+    return lines
+
+
 def run(argv: Optional[list[str]] = None, verbose: bool = True) -> dict[str, Any]:
     """Runs the job; returns the manifest. Unknown flags go to Beam's `PipelineOptions`."""
     parser = argparse.ArgumentParser(prog="python -m beam_jobs.build_tfrecords", description=__doc__.splitlines()[0])
@@ -217,6 +235,8 @@ def run_args(args: argparse.Namespace, beam_args: list[str], verbose: bool = Tru
     check_counts(manifest)
     if verbose:
         print(summary(manifest, args.out, time.time() - start), flush=True)
+        for line in dead_letter_examples(args.out):
+            print(line, flush=True)
     return manifest
 
 

@@ -63,12 +63,13 @@ def main() -> None:
         with open(os.path.join(d, "metrics.json")) as f:
             metrics[name] = json.load(f)
     print(f"\n=== done in {time.time() - started:.0f} s\n")
-    print(f"{'model':16s} {'AUC':>7s} {'cold AUC':>9s} {'logloss':>8s} {'user AUC':>9s}")
+    nan = float("nan")
+    print(f"{'eval day (day 6)':22s} {'AUC':>7s} {'cold AUC':>9s} {'log loss':>9s} {'user AUC':>9s}")
     for name, m in metrics.items():
-        print(f"{name:16s} {m['auc']:7.4f} {m.get('cold_auc', float('nan')):9.4f} {m['logloss']:8.4f} {m.get('user_auc', float('nan')):9.4f}")
-    ceiling = metrics["CSCNN-DCN"].get("ceiling_auc")
-    if ceiling:
-        print(f"{'simulator (ceiling)':16s} {ceiling:7.4f} {metrics['CSCNN-DCN'].get('ceiling_cold_auc', float('nan')):9.4f}")
+        cold = m.get("cold", {})
+        print(f"{name:22s} {m['auc']:7.4f} {cold.get('auc', nan):9.4f} {m['log_loss']:9.4f} {m.get('per_user_auc', nan):9.4f}")
+    m = metrics["CSCNN-DCN"]
+    print(f"{'simulator (ceiling)':22s} {m.get('ceiling_auc', nan):7.4f} {m.get('cold', {}).get('ceiling_auc', nan):9.4f}")
     print("\nOutputs:")
     for label, path in (("raw tables + images", raw), ("grouped TFRecords, vocab, stats, manifest", data),
                         ("CSCNN-DCN model dir (checkpoints, .keras, metrics.json, plots)", model),
