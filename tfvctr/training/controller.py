@@ -30,7 +30,8 @@ def scalar(tag: str, value: float) -> None:
 def format_progress(step: int, total: int, figures: dict, cnn_lr: float, lr: float, width: int = 20) -> str:
     """`[#####.....] step 40/100 loss 0.6412 auc 0.6120 lr 1e-03/1e-03 210 img/s 4100 imp/s`."""
     done = int(width * step / max(total, 1))
-    parts = [f"[{'#' * done}{'.' * (width - done)}] step {step}/{total}", f"loss {figures['loss']:.4f}"]
+    loss_name = figures.get("loss_name", "loss")  # "bpr_loss" under the pair-wise objective
+    parts = [f"[{'#' * done}{'.' * (width - done)}] step {step}/{total}", f"{loss_name} {figures['loss']:.4f}"]
     if "auc" in figures:
         parts.append(f"auc {figures['auc']:.4f}")
     if "accuracy" in figures:

@@ -23,21 +23,68 @@ AUC_BINS = 1000  # histogram resolution of the streaming train AUC
 Objective = Callable[[Any, dict, tf.Tensor], tuple]
 
 
+# The raw user id of every impression, added to a batch's inputs for the pair-wise objective
+# (`with_pair_users`); the objective takes it out again before the model sees the batch.
+PAIR_USER_KEY = "pair_user_id"
+
+
+def _auc_histograms(labels: tf.Tensor, logits: tf.Tensor) -> dict:
+    """Per-bin label counts of the predicted probabilities (the train AUC, `histogram_auc`)."""
+    probs = tf.sigmoid(logits)
+    bins = tf.clip_by_value(tf.cast(probs * AUC_BINS, tf.int32), 0, AUC_BINS - 1)
+    return {
+        "positives": tf.math.unsorted_segment_sum(labels, bins, AUC_BINS),
+        "negatives": tf.math.unsorted_segment_sum(1.0 - labels, bins, AUC_BINS),
+    }
+
+
 def ctr_objective(loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> Objective:
     """Point-wise CTR loss summed over impressions, plus label histograms for the train AUC."""
 
     def objective(model, inputs, labels):
         logits = tf.cast(model(inputs, training=True), tf.float32)
         loss_sum = loss_fn(labels, logits)
-        probs = tf.sigmoid(logits)
-        bins = tf.clip_by_value(tf.cast(probs * AUC_BINS, tf.int32), 0, AUC_BINS - 1)
-        extras = {
-            "positives": tf.math.unsorted_segment_sum(labels, bins, AUC_BINS),
-            "negatives": tf.math.unsorted_segment_sum(1.0 - labels, bins, AUC_BINS),
-        }
-        return loss_sum, tf.cast(tf.shape(labels)[0], tf.float32), extras
+        return loss_sum, tf.cast(tf.shape(labels)[0], tf.float32), _auc_histograms(labels, logits)
 
     return objective
+
+
+def with_pair_users(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`(inputs, labels, meta)` → `(inputs + {PAIR_USER_KEY: meta["user_id"]}, labels)`.
+
+    Pairs are formed on the raw `user_id` strings, not on the encoded feature: hashed or
+    out-of-vocabulary ids would pair impressions of different users.
+    """
+
+    def attach(inputs, labels, meta):
+        return {**inputs, PAIR_USER_KEY: meta["user_id"]}, labels
+
+    return dataset.map(attach, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def model_inputs(inputs: dict) -> dict:
+    """The batch without `PAIR_USER_KEY` (what the model is called with)."""
+    return {k: v for k, v in inputs.items() if k != PAIR_USER_KEY}
+
+
+def bpr_objective(model: Any, inputs: dict, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, dict]:
+    """Pair-wise BPR objective (CSCNN Appendix A, Eq. 14; Rendle et al. 2009) over in-batch pairs.
+
+    `sum over (u, i⁺, j⁻) of -ln σ(y_ui − y_uj)`: every clicked impression of user u paired
+    with every non-clicked impression of the same u in the batch (`in_batch_pairs`, on the
+    raw user ids of `with_pair_users`). The count is the number of pairs, so the trainer
+    divides by the global number of pairs of the step. The label histograms still give the
+    train AUC on impressions.
+    """
+    from tfvctr.models.losses import pairwise_loss
+
+    users = inputs[PAIR_USER_KEY]
+    logits = tf.cast(model(model_inputs(inputs), training=True), tf.float32)
+    loss_sum, pairs = pairwise_loss(labels, logits, users)
+    return loss_sum, tf.cast(pairs, tf.float32), _auc_histograms(labels, logits)
+
+
+bpr_objective.loss_name = "bpr_loss"  # the progress line says which objective is optimised
 
 
 def category_objective(model, inputs, labels):
@@ -66,7 +113,8 @@ class Trainer:
         strategy: the `tf.distribute.Strategy` the variables were created under.
         model: the model; `visual_variables` / `non_visual_variables` split its weights.
         cnn_optimizer, optimizer: for the visual tower and for the rest.
-        objective: see `Objective`.
+        objective: see `Objective`; its optional `loss_name` attribute (default "loss") names
+            the loss in the block figures and the progress line.
         element_spec: the per-worker dataset's element spec (the step is traced once for it:
             under MultiWorkerMirroredStrategy a retrace on one worker only would misalign the
             collectives and hang).
@@ -110,6 +158,8 @@ class Trainer:
         signature = [tuple([element_spec] * local_replicas)]
         self._step = tf.function(self._distributed_step, input_signature=signature)
         self._totals: dict[str, Any] = {}
+        # What `loss` is, for the progress line: "loss" (point-wise), "bpr_loss" (pair-wise).
+        self.loss_name = getattr(objective, "loss_name", "loss")
 
     # ------------------------------------------------------------------ one step
 
@@ -125,6 +175,14 @@ class Trainer:
             # all impressions of the global batch (a per-replica mean would over-weight the
             # impressions of replicas that happened to get few).
             loss = loss_sum / tf.maximum(global_count, 1.0)
+            penalty = self._regularization()
+            if penalty is not None:
+                # λR of the objective (e.g. VBPR's L2, CSCNN Eq. 14) is a once-per-step term:
+                # each replica adds its share so the optimizer's SUM applies it once. A step
+                # with no examples anywhere (a BPR step without a pair) adds nothing, so its
+                # gradient is exactly zero.
+                share = penalty / float(ctx.num_replicas_in_sync)
+                loss = loss + tf.where(global_count > 0.0, share, tf.zeros_like(share))
         all_vars = self.cnn_variables + self.variables
         grads = tape.gradient(loss, all_vars)
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, all_vars, strict=True)]
@@ -151,6 +209,13 @@ class Trainer:
             state = [tf.identity(tf.convert_to_tensor(v)) * 1.0 for v in self._synced_state]
             out["_state"] = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, state)
         return out
+
+    def _regularization(self) -> Optional[tf.Tensor]:
+        """Sum of the model's `losses` (weight regularizers, `add_loss`) as float32, or None."""
+        losses = list(getattr(self.model, "losses", None) or [])
+        if not losses:
+            return None
+        return tf.add_n([tf.cast(x, tf.float32) for x in losses])
 
     def _distributed_step(self, batches):
         if self.local_replicas == 1:
@@ -192,6 +257,7 @@ class Trainer:
         seconds = max(time.perf_counter() - self._start, 1e-9)
         result = {
             "loss": float(t["loss_sum"]) / max(float(t["count"]), 1.0),
+            "loss_name": self.loss_name,
             "images_per_sec": float(t["images"]) / seconds,
             "impressions_per_sec": float(t["impressions"]) / seconds,
             "images": float(t["images"]),

@@ -16,7 +16,14 @@ from tfvctr.errors import ConfigError, TfvctrError
 from tfvctr.io import fs
 from tfvctr.training.checkpoints import CheckpointSet
 from tfvctr.training.controller import Controller, print_line
-from tfvctr.training.loop import Trainer, category_objective, ctr_objective
+from tfvctr.training.loop import (
+    Trainer,
+    bpr_objective,
+    category_objective,
+    ctr_objective,
+    model_inputs,
+    with_pair_users,
+)
 from tfvctr.training.optimizers import make_optimizers
 from tfvctr.training.strategy import WorkerInfo, make_strategy, worker_info
 
@@ -82,6 +89,7 @@ def _run(
     freeze_visual: bool,
     log: Optional[Callable[[str], None]],
     summary_name: str,
+    pair_users: bool = False,
 ) -> dict:
     strategy = strategy or make_strategy()
     info: WorkerInfo = worker_info(strategy)
@@ -96,10 +104,11 @@ def _run(
     encoder = encoder or _default_encoder(config, data_dir)
     batch = _per_replica_batch(config, strategy)
     def make():
-        return data_lib.make_dataset(
+        ds = data_lib.make_dataset(
             config, data_dir, "train", training=True, encoder=encoder, batch_size=batch,
-            num_workers=info.num_workers, worker_index=info.worker_index, files=files,
+            num_workers=info.num_workers, worker_index=info.worker_index, files=files, with_meta=pair_users,
         )
+        return with_pair_users(ds) if pair_users else ds
 
     dataset = make()
     keras.utils.set_random_seed(tr.seed)
@@ -110,7 +119,7 @@ def _run(
         sample_inputs, _ = next(iter(make()))
     with strategy.scope():
         model = make_model(encoder)
-        model(sample_inputs) if objective is not category_objective else model({"image": sample_inputs["image"]})
+        model(model_inputs(sample_inputs)) if objective is not category_objective else model({"image": sample_inputs["image"]})
         cnn_optimizer, optimizer = make_optimizers(tr)
         cnn_vars, other_vars = variables_of(model)
         cnn_optimizer.build(cnn_vars)
@@ -177,7 +186,9 @@ def train(
         encoder: raw features → ids (default `FeatureEncoder.from_data_dir`).
         model_fn: `(config, num_categories, vocab_sizes, seed) -> model` (default
             `tfvctr.models.factory.build_model`).
-        loss_fn: `(labels, logits) -> summed loss` (default `tfvctr.models.losses.pointwise_loss`).
+        loss_fn: `(labels, logits) -> summed loss` (default `tfvctr.models.losses.pointwise_loss`);
+            point-wise only: with `model.architecture: vbpr` and `model.vbpr.loss: pairwise` the
+            objective is BPR over in-batch pairs (`tfvctr.training.loop.bpr_objective`).
         log: progress lines (chief only); None for silence.
 
     Returns:
@@ -186,6 +197,9 @@ def train(
     """
     if model_fn is None:
         from tfvctr.models.factory import build_model as model_fn
+    pairwise = config.model.architecture == "vbpr" and config.model.vbpr.loss == "pairwise"
+    if pairwise and loss_fn is not None:
+        raise TfvctrError("train: loss_fn is a point-wise loss; model.vbpr.loss: pairwise trains the BPR objective")
     if loss_fn is None:
         from tfvctr.models.losses import pointwise_loss as loss_fn
     tr = config.training
@@ -203,8 +217,9 @@ def train(
         raise ConfigError("training.freeze_cnn: a frozen CNN needs training.pretrained_cnn (a `tfvctr pretrain` model dir)")
     return _run(
         config, data_dir, model_dir, steps=steps, strategy=strategy, encoder=encoder, make_model=make_model,
-        objective=ctr_objective(loss_fn), variables_of=lambda m: (list(m.visual_variables), list(m.non_visual_variables)),
-        init_model=init_model, freeze_visual=tr.freeze_cnn, log=log, summary_name="train",
+        objective=bpr_objective if pairwise else ctr_objective(loss_fn),
+        variables_of=lambda m: (list(m.visual_variables), list(m.non_visual_variables)),
+        init_model=init_model, freeze_visual=tr.freeze_cnn, log=log, summary_name="train", pair_users=pairwise,
     )
 
 

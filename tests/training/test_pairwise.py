@@ -1,0 +1,165 @@
+"""The pair-wise (BPR) objective of the VBPR family (CSCNN Appendix A, Eq. 14) in the
+training loop: in-batch same-user pairs, the loss over the global pair count, zero-pair
+steps, and the model's regularization losses in both modes."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import recordio_fixtures as rf
+from tfvctr import data
+from tfvctr.config import config_from_dict
+from tfvctr.errors import TfvctrError
+from tfvctr.features import FeatureEncoder
+from tfvctr.models import build_model
+from tfvctr.training import Trainer, train
+from tfvctr.training.loop import PAIR_USER_KEY, bpr_objective, model_inputs, with_pair_users
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("grouped"))
+    rf.write_dataset(root, num_ads=16, num_shards=2)
+    return root
+
+
+def _config(variant="bpr_mf", loss="pairwise", l2=0.0, **training):
+    d = rf.tiny_config_dict(**{"augment": {"random_crop": False, "flip": False}, **training})
+    # The ad's identity as the item of Eq. 12 (without it the category stands in).
+    d["dataset"]["features"].append({"name": "ad_id", "source": "ad", "kind": "categorical", "hash_buckets": 32})
+    d["model"].update(
+        architecture="vbpr", vbpr={"variant": variant, "factors": 3, "visual_factors": 3, "loss": loss, "l2": l2}
+    )
+    return config_from_dict(d)
+
+
+def _numpy_bpr(logits, labels, users):
+    """Sum of -ln σ(y_ui − y_uj) over (clicked a, non-clicked b) of one user, and the pair count."""
+    total, count = 0.0, 0
+    for a in range(len(labels)):
+        for b in range(len(labels)):
+            if labels[a] == 1 and labels[b] == 0 and users[a] == users[b]:
+                total += float(np.log1p(np.exp(-(float(logits[a]) - float(logits[b])))))
+                count += 1
+    return total, count
+
+
+def _fresh_model(config, enc, inputs):
+    model = build_model(config, enc.num_categories, enc.vocab_sizes, seed=config.training.seed)
+    model(model_inputs(inputs))
+    return model
+
+
+def test_step_loss_is_numpy_bpr_over_the_global_pair_count(data_dir, tmp_path):
+    config = _config("dvbpr", steps=1)
+    enc = FeatureEncoder.from_data_dir(config.dataset, data_dir)
+    inputs, labels, meta = next(iter(data.make_dataset(config, data_dir, encoder=enc, with_meta=True)))
+    model = _fresh_model(config, enc, inputs)
+    logits = model(inputs, training=True).numpy()
+    total, count = _numpy_bpr(logits, labels.numpy(), meta["user_id"].numpy())
+    assert count > 0
+
+    loss_sum, pairs, extras = bpr_objective(model, {**inputs, PAIR_USER_KEY: meta["user_id"]}, labels)
+    assert float(pairs) == count and float(loss_sum) == pytest.approx(total, rel=1e-5)
+    # The train AUC still comes from every impression, not from the pairs.
+    assert float(tf.reduce_sum(extras["positives"] + extras["negatives"])) == labels.shape[0]
+
+    lines = []
+    result = train(config, data_dir, str(tmp_path), encoder=enc, log=lines.append)
+    assert result["loss"] == pytest.approx(total / count, rel=1e-5)
+    assert result["loss_name"] == "bpr_loss" and "  bpr_loss " in lines[-1]
+    assert result["impressions"] == labels.shape[0] and "auc" in result
+
+
+def test_a_few_pairwise_steps_reduce_the_bpr_loss_on_the_training_data(data_dir, tmp_path):
+    config = _config("bpr_mf", steps=12, log_every=12, checkpoint_every=12, learning_rate=0.05)
+    enc = FeatureEncoder.from_data_dir(config.dataset, data_dir)
+    # Every training impression in one batch, in file order.
+    everything = data.make_dataset(config, data_dir, training=False, encoder=enc, batch_size=64, with_meta=True)
+    inputs, labels, meta = next(iter(everything))
+
+    def bpr(model):
+        total, count = _numpy_bpr(model(inputs, training=False).numpy(), labels.numpy(), meta["user_id"].numpy())
+        assert count > 0
+        return total / count
+
+    before = bpr(_fresh_model(config, enc, inputs))
+    assert before == pytest.approx(np.log(2.0), abs=0.01)  # near-zero init: σ(0) for every pair
+    after = bpr(train(config, data_dir, str(tmp_path), encoder=enc, log=None)["model"])
+    assert after < 0.8 * before
+
+
+def test_a_step_without_pairs_has_zero_loss_and_zero_gradient_even_with_l2(data_dir):
+    config = _config("bpr_mf", l2=0.5)
+    enc = FeatureEncoder.from_data_dir(config.dataset, data_dir)
+    dataset = with_pair_users(data.make_dataset(config, data_dir, encoder=enc, with_meta=True))
+    inputs, labels = next(iter(dataset))
+    no_clicks = tf.data.Dataset.from_tensors((inputs, tf.zeros_like(labels))).repeat()
+    model = _fresh_model(config, enc, inputs)
+    cnn_optimizer, optimizer = keras.optimizers.SGD(0.1), keras.optimizers.SGD(0.1)
+    cnn_optimizer.build(model.visual_variables)
+    optimizer.build(model.non_visual_variables)
+    trainer = Trainer(tf.distribute.get_strategy(), model, cnn_optimizer, optimizer, bpr_objective, no_clicks.element_spec)
+    before = [v.numpy() for v in model.trainable_variables]
+    figures = trainer.train(iter(no_clicks), 2, first_step=1)
+    assert figures["loss"] == 0.0 and figures["loss_name"] == "bpr_loss"
+    for a, b in zip(before, model.trainable_variables, strict=True):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+@pytest.mark.parametrize("loss", ["pointwise", "pairwise"])
+def test_the_model_l2_is_added_to_the_objective(data_dir, tmp_path, loss):
+    # One SGD step (momentum starts at zero) from the same weights and batch, with and without
+    # l2: the updates differ by -lr · ∂(l2 · Σw²)/∂w = -lr · 2 · l2 · w0 on each table.
+    lr, l2 = 0.1, 0.5
+    plain = _config("bpr_mf", loss=loss, steps=1, optimizer="sgd", learning_rate=lr)
+    penalised = _config("bpr_mf", loss=loss, l2=l2, steps=1, optimizer="sgd", learning_rate=lr)
+    enc = FeatureEncoder.from_data_dir(plain.dataset, data_dir)
+    inputs, _ = next(iter(data.make_dataset(plain, data_dir, encoder=enc)))
+    w0 = _fresh_model(plain, enc, inputs).head
+    a = train(plain, data_dir, str(tmp_path / "plain"), encoder=enc, log=None)["model"].head
+    b = train(penalised, data_dir, str(tmp_path / "l2"), encoder=enc, log=None)["model"].head
+    for name in ("gamma_u", "gamma_i"):
+        initial = getattr(w0, name).numpy()
+        assert np.abs(initial).max() > 0
+        diff = getattr(b, name).numpy() - getattr(a, name).numpy()
+        np.testing.assert_allclose(diff, -lr * 2 * l2 * initial, rtol=1e-3, atol=1e-8)
+
+
+def test_a_pointwise_loss_fn_with_the_pairwise_objective_is_refused(data_dir, tmp_path):
+    from tfvctr.models import pointwise_loss
+
+    with pytest.raises(TfvctrError, match=r"^train: loss_fn is a point-wise loss; model.vbpr.loss: pairwise trains the BPR objective$"):
+        train(_config(), data_dir, str(tmp_path), loss_fn=pointwise_loss, log=None)
+
+
+@pytest.mark.slow
+def test_two_local_replicas_apply_the_l2_once_and_carry_the_pair_users(data_dir, tmp_path):
+    # Pair-wise under a MirroredStrategy of 2 CPU replicas (the raw user-id strings travel to
+    # both), one SGD step with and without l2: the penalty must count once in the summed
+    # replica gradients, so the updates differ by -lr · 2 · l2 · w0, not twice that.
+    from tests.training import test_distributed as dist
+
+    lr, l2 = 0.1, 0.5
+    configs = {name: _config("bpr_mf", l2=v, steps=1, ads_per_batch=4, checkpoint_every=1, optimizer="sgd", learning_rate=lr)
+               for name, v in (("plain", 0.0), ("l2", l2))}
+    runs = {}
+    for name, config in configs.items():
+        spec, out = dist._spec(tmp_path, name, data_dir, tmp_path / name, config.to_dict(), 1, local_cpus=2)
+        runs[name] = (dist._start(spec), out)
+    results = {}
+    for name, (proc, out) in runs.items():
+        log = dist._finish(proc)
+        assert "bpr_loss" in log
+        results[name] = json.loads(out.read_text())
+        assert results[name]["batches_consumed"] == 2 and np.isfinite(results[name]["losses"]).all()
+    enc = FeatureEncoder.from_data_dir(configs["plain"].dataset, data_dir)
+    inputs, _ = next(iter(data.make_dataset(configs["plain"], data_dir, encoder=enc)))
+    initial = _fresh_model(configs["plain"], enc, inputs).get_weights()
+    assert max(np.abs(w).max() for w in initial) > 0
+    for w0, a, b in zip(initial, results["plain"]["weights"], results["l2"]["weights"], strict=True):
+        diff = np.asarray(b) - np.asarray(a)
+        np.testing.assert_allclose(diff, -lr * 2 * l2 * w0.astype(np.float64).ravel(), rtol=1e-3, atol=1e-8)
