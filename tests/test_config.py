@@ -34,7 +34,7 @@ def _with(path: str, value, base=MINIMAL) -> dict:
     return data
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "jd_cscnn_dcn.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "demo_vbpr.yaml", "jd_cscnn_dcn.yaml"])
 def test_shipped_configs_load_and_round_trip(repo_root, tmp_path, name):
     config = load_config(str(repo_root / "configs" / name))
     out = tmp_path / "saved.yaml"
@@ -116,7 +116,7 @@ def test_load_config_reports_missing_file_and_bad_yaml(tmp_path):
 def test_cli_validate_config_prints_summary(repo_root, capsys):
     assert main(["validate-config", str(repo_root / "configs" / "demo.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "demo.yaml: OK" in out and "x_nv=37" in out
+    assert "demo.yaml: OK" in out and "x_nv=33" in out
 
 
 def test_cli_reports_a_bad_config_in_one_line_without_traceback(tmp_path, capsys):
