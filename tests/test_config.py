@@ -87,6 +87,7 @@ def test_integers_are_accepted_where_numbers_are_expected():
         ("dataset.features.0", {"name": "device", "source": "user", "kind": "categorical", "vocabulary": "auto"}, r"source: expected one of 'ad', 'impression', received 'user'"),
         ("dataset.features.0", {"source": "impression", "kind": "categorical", "vocabulary": "auto"}, r"dataset\.features\[0\]\.name: missing required key"),
         ("dataset", "oops", r"dataset: expected a mapping, received 'oops'"),
+        ("model.vbpr", {"loss": "pairwise"}, r"model\.vbpr\.loss: pairwise training applies to architecture 'vbpr' only"),
     ],
 )
 def test_invalid_values_name_the_key_and_the_problem(path, value, message):

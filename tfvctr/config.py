@@ -170,6 +170,11 @@ class ModelConfig:
             raise ConfigError(f"{where}.cross_layers: expected an integer >= 0, received {self.cross_layers}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{where}.dropout: expected a value in [0, 1), received {self.dropout}")
+        if self.vbpr.loss == "pairwise" and self.architecture != "vbpr":
+            raise ConfigError(
+                f"{where}.vbpr.loss: pairwise training applies to architecture 'vbpr' only; "
+                f"received architecture {self.architecture!r}"
+            )
         if not self.deep_layers or any(u < 1 for u in self.deep_layers):
             raise ConfigError(f"{where}.deep_layers: expected a non-empty list of positive integers, received {self.deep_layers}")
 
