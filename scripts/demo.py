@@ -52,7 +52,7 @@ def main() -> None:
     step("4/7 train CSCNN-DCN", ["train", "--config", args.config, "--data", data, "--model-dir", model, *steps])
     step(
         "5/7 train the DCN without images (baseline)",
-        ["train", "--config", args.config, "--data", data, "--model-dir", baseline, "--set", "model.architecture=dcn", *steps],
+        ["train", "--config", args.config, "--data", data, "--model-dir", baseline, "--set", "model.architecture=dcn", "--set", "name=dcn_no_image", *steps],
     )
     step("6/7 evaluate both on the eval day", ["evaluate", "--model-dir", baseline, "--data", data])
     step("6/7 (cont.)", ["evaluate", "--model-dir", model, "--data", data, "--baseline", os.path.join(baseline, "metrics.json")])

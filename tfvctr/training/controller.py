@@ -27,7 +27,7 @@ def scalar(tag: str, value: float) -> None:
     tf.summary.write(tag, tf.constant(value, tf.float32), metadata=metadata)
 
 
-def format_progress(step: int, total: int, figures: dict, cnn_lr: float, lr: float, width: int = 20) -> str:
+def format_progress(step: int, total: int, figures: dict, cnn_lr: Optional[float], lr: float, width: int = 20) -> str:
     """`[#####.....] step 40/100 loss 0.6412 auc 0.6120 lr 1e-03/1e-03 210 img/s 4100 imp/s`."""
     done = int(width * step / max(total, 1))
     loss_name = figures.get("loss_name", "loss")  # "bpr_loss" under the pair-wise objective
@@ -36,7 +36,9 @@ def format_progress(step: int, total: int, figures: dict, cnn_lr: float, lr: flo
         parts.append(f"auc {figures['auc']:.4f}")
     if "accuracy" in figures:
         parts.append(f"acc {figures['accuracy']:.4f}")
-    parts.append(f"lr {cnn_lr:.3g}/{lr:.3g}")
+    # cnn_lr is None when nothing trains in a CNN (no tower, or a frozen one): its optimizer
+    # never steps, so its schedule would show a learning rate that applies to nothing.
+    parts.append(f"lr {'-' if cnn_lr is None else f'{cnn_lr:.3g}'}/{lr:.3g}")
     parts.append(f"{figures['images_per_sec']:.1f} img/s {figures['impressions_per_sec']:.1f} imp/s")
     return "  ".join(parts)
 
@@ -105,7 +107,8 @@ class Controller:
                 scalar("impressions_per_sec", figures["impressions_per_sec"])
             self.writer.flush()
             if self.log:
-                self.log(format_progress(step, self.total_steps, figures, cnn_lr, lr))
+                shown_cnn_lr = cnn_lr if getattr(self.trainer.model, "visual_variables", None) else None
+                self.log(format_progress(step, self.total_steps, figures, shown_cnn_lr, lr))
             if step % self.checkpoint_every == 0 or step == self.total_steps:
                 self.checkpoints.save(step)
         return last
