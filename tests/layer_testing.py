@@ -58,12 +58,18 @@ def _call(layer: keras.layers.Layer, data: Any, kwargs: dict[str, Any]) -> Any:
 def _symbolic_inputs(data: Any) -> Any:
     """`keras.Input`s with the structure, trailing shape and dtype of `data`."""
 
-    def make(t: tf.Tensor) -> keras.KerasTensor:
-        return keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype.name, batch_size=None)
+    def make(t: tf.Tensor, name: Any = None) -> keras.KerasTensor:
+        return keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype.name, batch_size=None, name=name)
 
-    if isinstance(data, tuple):
-        return tuple(make(t) for t in data)
-    return keras.tree.map_structure(make, data)
+    def named(x: Any, path: str) -> Any:
+        # Inputs of a dict are named by their key path: a functional Model warns otherwise.
+        if isinstance(x, dict):
+            return {k: named(v, f"{path}{k}" if not path else f"{path}.{k}") for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(named(v, None) for v in x)
+        return make(x, path or None)
+
+    return named(data, "")
 
 
 def _model_inputs(symbolic: Any) -> Any:
