@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
     def progress(iterable, total):
-        return tqdm(iterable, total=total, desc="rendering images", unit="img", disable=args.no_progress, leave=False)
+        return tqdm(iterable, total=total, desc="rendering images", unit="img", disable=True if args.no_progress else None, leave=False)  # None: no bar when not a terminal (CI logs)
 
     s = generate(
         args.out,
