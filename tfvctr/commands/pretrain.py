@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tfvctr.commands import add_set_argument
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,10 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="output folder of `tfvctr preprocess`")
     p.add_argument("--model-dir", required=True, help="where the pre-trained model goes")
     p.add_argument("--steps", type=int, default=None, help="total steps (default: training.steps)")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-        help="override a config value, e.g. --set training.steps=100 (repeatable)",
-    )
+    add_set_argument(p, "training.steps=100")
     p.set_defaults(func=run)
 
 

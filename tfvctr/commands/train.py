@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tfvctr.commands import add_set_argument
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,10 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="output folder of `tfvctr preprocess`")
     p.add_argument("--model-dir", required=True, help="checkpoints, TensorBoard summaries and the saved model go here")
     p.add_argument("--steps", type=int, default=None, help="total steps (default: training.steps)")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-        help="override a config value, e.g. --set model.architecture=dcn (repeatable)",
-    )
+    add_set_argument(p)
     p.set_defaults(func=run)
 
 

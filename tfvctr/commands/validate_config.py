@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tfvctr.commands import add_set_argument
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,10 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", help="path to the YAML config (local or gs://)")
     p.add_argument("--print", action="store_true", dest="print_full", help="print the full config with defaults filled in")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-        help="override a config value, e.g. --set training.steps=100 (repeatable)",
-    )
+    add_set_argument(p, "training.steps=100")
     p.set_defaults(func=run)
 
 
