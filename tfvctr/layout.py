@@ -1,0 +1,52 @@
+"""The names of the files and folders that stages exchange (docs/formats.md).
+
+Stages meet only through files, so every name a stage writes and another reads lives
+here, once. Paths are joined with `tfvctr.io.fs.join` (local paths and `gs://` alike).
+A module of constants and tiny helpers only: importing it costs nothing, so the Beam
+workers (which do not import TensorFlow) can use it too.
+"""
+
+from __future__ import annotations
+
+# --------------------------------------------------------------- data dir (preprocess)
+TRAIN = "train"
+VALID = "valid"  # held out of the train days: the model-selection split
+EVAL = "eval"
+SPLITS = (TRAIN, VALID, EVAL)
+SHARD_PATTERNS = ("*.tfrecord", "*.tfrecord.gz")
+VOCAB_DIR = "vocab"
+CATEGORY_VOCAB = "category.txt"
+STATS = "stats.json"
+AD_COUNTS = "ad_counts.jsonl"
+DEAD_LETTER_DIR = "dead_letter"
+MANIFEST = "manifest.json"
+
+# --------------------------------------------------------------- model dir (train)
+CONFIG = "config.yaml"
+DATA_DIR_POINTER = "data_dir.txt"
+CHECKPOINTS_DIR = "checkpoints"
+MODEL = "model.keras"
+VISUAL_TOWER = "visual_tower.keras"
+TENSORBOARD_DIR = "tensorboard"
+METRICS = "metrics.json"
+FINGERPRINT = "fingerprint.json"  # what the model was trained on (features, vocabularies, image size, architecture)
+SELECTION = "selection.json"  # the validation history and the chosen (best) step
+
+# --------------------------------------------------------------- embedding table (embed)
+TABLE_INDEX = "index.json"
+CATEGORY_MEANS = "category_means.npz"
+
+
+def table_shard(index: int) -> str:
+    """The name of shard `index` of the visual-embedding table."""
+    return f"part-{index:05d}.npz"
+
+
+def vocab_file(feature: str) -> str:
+    """`vocab/<feature>.txt`, relative to the data dir."""
+    return f"{VOCAB_DIR}/{feature}.txt"
+
+
+# --------------------------------------------------------------- export (TF Serving layout)
+WARMUP_DIR = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"
