@@ -40,7 +40,7 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     (impossible on locked-down hosts), so DirectRunner is named explicitly. With
     `--direct_num_workers N > 1` the DirectRunner runs in `multi_processing` mode; its
     `multi_threading` mode lost impressions without an error in our CoGroupByKey job
-    (DESIGN.md), so it is refused.
+    (docs/design.md), so it is refused.
     """
     if _QUIET not in logging.getLogger().filters:
         logging.getLogger().addFilter(_QUIET)
@@ -52,7 +52,7 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     if direct.direct_running_mode == "multi_threading":
         from tfvctr.errors import TfvctrError
 
-        raise TfvctrError("--direct_running_mode multi_threading loses data in CoGroupByKey jobs (DESIGN.md); "
+        raise TfvctrError("--direct_running_mode multi_threading loses data in CoGroupByKey jobs (docs/design.md); "
                           "use in_memory (default) or --direct_num_workers N (multi_processing)")
     if (direct.direct_num_workers or 1) > 1 and direct.direct_running_mode == "in_memory":
         direct.direct_running_mode = "multi_processing"

@@ -1,7 +1,7 @@
 """The plain tuples that cross the Beam shuffles, and the SequenceExample built from them.
 
 Ads and impressions travel as plain tuples, not NamedTuples or dicts: Beam pickles a
-NamedTuple at every shuffle, which made the whole job 10-20% slower (DESIGN.md).
+NamedTuple at every shuffle, which made the whole job 10-20% slower (docs/design.md).
 
     ad         = (ad_id, category, image_uri, image_bytes, ad_values)
     impression = (label, day, user_id, impression_values, passthrough_values)

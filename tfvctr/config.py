@@ -69,7 +69,7 @@ class FeatureConfig:
 
 @dataclasses.dataclass
 class DatasetConfig:
-    """The raw-data contract (DESIGN.md "Data contract") and the Beam job's settings."""
+    """The raw-data contract (docs/formats.md §1) and the Beam job's settings."""
 
     features: list[FeatureConfig]
     image_size: int = 64  # training resolution, square; Beam resizes once to this

@@ -63,7 +63,7 @@ def list_shards(data_dir: str, split: str) -> list[str]:
 
 
 def shard_files(files: list[str], num_workers: int, worker_index: int) -> list[str]:
-    """Per-worker file sharding (DESIGN.md "Multi-worker training"): worker i reads files i, i+W, ..."""
+    """Per-worker file sharding (docs/design.md "Scale: what gives first"): worker i reads files i, i+W, ..."""
     if len(files) < num_workers:
         raise DataError(
             f"{os.path.dirname(files[0])}: {len(files)} shard(s) for {num_workers} workers; "

@@ -138,7 +138,7 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def gap_closed(value: float, floor: float, ceiling: float) -> Optional[float]:
-    """Share of the floor → ceiling AUC gap that `value` closes (DESIGN.md quality yardstick)."""
+    """Share of the floor → ceiling AUC gap that `value` closes (docs/design.md "Yardsticks")."""
     if ceiling == floor or any(np.isnan(v) for v in (value, floor, ceiling)):
         return None
     return float((value - floor) / (ceiling - floor))

@@ -1,7 +1,7 @@
 """`EvalFromDay`, `JoinAndChunk`: the ad ↔ impression join, the day split and the chunks of ≤ K.
 
 The join is a `CoGroupByKey` on ad_id, never an `AsDict` side input of all ads (one
-worker would have to hold the whole catalogue, DESIGN.md scale notes). Within an ad the
+worker would have to hold the whole catalogue, docs/design.md scale notes). Within an ad the
 impressions of each split are shuffled deterministically (sorted by a hash of seed and
 content) and cut into chunks of at most K: one `SequenceExample` per chunk.
 """

@@ -195,7 +195,7 @@ def simulator_record(world: sim.World, seed: int, days: int, image_size: int) ->
             "cold_impressions": int(cold.sum()),
             "max_impressions_per_ad": int(counts.max()),
             "median_impressions_per_ad": float(np.median(counts)),
-            # The quality yardstick (DESIGN.md): AUC of the true probability (the ceiling)
+            # The quality yardstick (docs/design.md): AUC of the true probability (the ceiling)
             # and of the true logit less its visual term, on the eval day and on the cold
             # ads. On cold ads the latter is the best an image-blind model can do (they
             # have no click history); on warm ads an image-blind model can beat it by

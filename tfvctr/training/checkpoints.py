@@ -1,4 +1,4 @@
-"""Checkpoints that survive SIGKILL and multi-worker training (DESIGN.md "Multi-worker training").
+"""Checkpoints that survive SIGKILL and multi-worker training (docs/design.md "Scale: what gives first").
 
 Two checkpoints per save, both numbered by the global step:
 

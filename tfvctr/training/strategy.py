@@ -1,4 +1,4 @@
-"""The tf.distribute strategy from the environment (DESIGN.md "Stack").
+"""The tf.distribute strategy from the environment (docs/design.md "The stack, and why").
 
 * TF_CONFIG naming several tasks → `MultiWorkerMirroredStrategy` (must be created before
   any other TensorFlow op runs in the process);
