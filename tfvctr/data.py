@@ -37,12 +37,13 @@ from typing import Any, Callable, Iterator, Optional
 
 import tensorflow as tf
 
+from tfvctr import layout
 from tfvctr.config import Config, DatasetConfig, FeatureConfig
 from tfvctr.errors import DataError
 from tfvctr.io import fs
 
 SPLITS = ("train", "eval")
-_PATTERNS = ("*.tfrecord", "*.tfrecord.gz")
+_PATTERNS = layout.SHARD_PATTERNS
 
 
 # --------------------------------------------------------------------------- files
@@ -336,7 +337,7 @@ def check_vocabularies(dataset: DatasetConfig, data_dir: str) -> None:
     missing = [
         f.name
         for f in dataset.features
-        if f.kind in ("categorical", "multi") and f.vocabulary == "auto" and not fs.exists(fs.join(data_dir, "vocab", f"{f.name}.txt"))
+        if f.kind in ("categorical", "multi") and f.vocabulary == "auto" and not fs.exists(fs.join(data_dir, layout.vocab_file(f.name)))
     ]
     if missing:
         raise DataError(
@@ -349,7 +350,7 @@ def count_impressions(data_dir: str, split: str) -> Optional[int]:
     """Impressions of a split from manifest.json, or None if there is no manifest."""
     import json
 
-    path = fs.join(data_dir, "manifest.json")
+    path = fs.join(data_dir, layout.MANIFEST)
     if not fs.exists(path):
         return None
     with fs.open(path) as f:
