@@ -42,6 +42,7 @@ from beam_jobs.transforms.read import ReadTable
 from beam_jobs.transforms.stats import VocabAndStats
 from beam_jobs.transforms.validate import ValidateAds, ValidateImpressions
 from beam_jobs.transforms.write import WriteAdCounts, WriteDeadLetter, WriteRecords
+from tfvctr import layout
 from tfvctr.config import Config, load_config
 
 
@@ -185,7 +186,7 @@ def dead_letter_examples(out: str, limit: int = 3) -> list[str]:
     from tfvctr.io import fs
 
     lines: list[str] = []
-    paths = fs.glob(join_path(out, "dead_letter", "part*.jsonl"))
+    paths = fs.glob(join_path(out, layout.DEAD_LETTER_DIR, "part*.jsonl"))
     for path in paths:
         with fs.open(path) as f:
             for text in f:
@@ -229,9 +230,9 @@ def run_args(args: argparse.Namespace, beam_args: list[str], verbose: bool = Tru
     result = p.run()
     result.wait_until_finish()
     counters = read_counters(result)
-    stats = json.loads(read_text_file(join_path(args.out, "stats.json")))
+    stats = json.loads(read_text_file(join_path(args.out, layout.STATS)))
     manifest = make_manifest(counters, config, seed, stats)
-    write_text_file(join_path(args.out, "manifest.json"), json.dumps(manifest, indent=1) + "\n")
+    write_text_file(join_path(args.out, layout.MANIFEST), json.dumps(manifest, indent=1) + "\n")
     check_counts(manifest)
     if verbose:
         print(summary(manifest, args.out, time.time() - start), flush=True)

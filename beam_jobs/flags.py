@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-TOWER_FILE = "visual_tower.keras"
+from tfvctr import layout
+
+TOWER_FILE = layout.VISUAL_TOWER
 
 
 def add_runner_help(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +35,7 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     """`embed_ads` / `tfvctr embed`."""
-    parser.add_argument("--model", required=True, help=f"model dir holding {TOWER_FILE} (and config.yaml)")
+    parser.add_argument("--model", required=True, help=f"model dir holding {TOWER_FILE} (and {layout.CONFIG})")
     parser.add_argument("--data", required=True, help="the preprocess output (ad_counts.jsonl, vocab/category.txt)")
     parser.add_argument("--out", required=True, help="output folder of the table")
     parser.add_argument("--ads", default=None, help="ads table to embed (.csv/.jsonl/.parquet); default: every ad "

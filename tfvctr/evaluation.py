@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from tfvctr import layout
 from tfvctr import metrics as m
 from tfvctr.errors import DataError, TfvctrError
 from tfvctr.io import fs
@@ -28,7 +29,7 @@ CEILING_COLUMN = "true_ctr"
 
 def read_cold_ads(data_dir: str) -> Optional[set[str]]:
     """Ads with no train impressions (absent from training), or None without ad_counts.jsonl."""
-    path = fs.join(data_dir, "ad_counts.jsonl")
+    path = fs.join(data_dir, layout.AD_COUNTS)
     if not fs.exists(path):
         return None
     cold = set()
@@ -205,20 +206,20 @@ def evaluate(
     from tfvctr import data as data_lib
     from tfvctr.config import load_config
 
-    config = load_config(fs.join(model_dir, "config.yaml"))
+    config = load_config(fs.join(model_dir, layout.CONFIG))
     files = data_lib.list_shards(data_dir, split)
     if encoder is None:
         from tfvctr.features import FeatureEncoder
 
         # Ids must be the ones the model was trained with: the training data's vocabularies.
         vocab_dir = data_dir
-        trained_on = fs.join(model_dir, "data_dir.txt")
+        trained_on = fs.join(model_dir, layout.DATA_DIR_POINTER)
         if fs.exists(trained_on):
             with fs.open(trained_on) as f:
                 vocab_dir = f.read().strip() or data_dir
         encoder = FeatureEncoder.from_data_dir(config.dataset, vocab_dir)
     if model is None:
-        path = fs.join(model_dir, "model.keras")
+        path = fs.join(model_dir, layout.MODEL)
         if not fs.exists(path):
             raise TfvctrError(f"{path}: no trained model; run `tfvctr train --model-dir {model_dir}` first")
         model = keras.saving.load_model(path, compile=False)
@@ -237,10 +238,10 @@ def evaluate(
     result = compute_metrics(pred, read_cold_ads(data_dir), load_baseline(baseline) if baseline else None)
     result.update(split=split, data_dir=data_dir, model_dir=model_dir, name=config.name)
     if write:
-        with fs.open(fs.join(model_dir, "metrics.json"), "w") as f:
+        with fs.open(fs.join(model_dir, layout.METRICS), "w") as f:
             json.dump(_finite(result), f, indent=2)
-        plot_roc(pred["labels"], pred["probs"], fs.join(model_dir, "roc.png"), title=f"ROC ({config.name}, {split})")
-        plot_reliability(result["calibration"], fs.join(model_dir, "calibration.png"))
+        plot_roc(pred["labels"], pred["probs"], fs.join(model_dir, layout.ROC_PLOT), title=f"ROC ({config.name}, {split})")
+        plot_reliability(result["calibration"], fs.join(model_dir, layout.CALIBRATION_PLOT))
     return result
 
 

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Union
 import keras
 import tensorflow as tf
 
+from tfvctr import layout
 from tfvctr.config import DatasetConfig, FeatureConfig
 from tfvctr.errors import ConfigError, DataError
 from tfvctr.io import fs
@@ -142,18 +143,18 @@ class FeatureEncoder(keras.layers.Layer):
     @classmethod
     def from_data_dir(cls, dataset_config: DatasetConfig, data_dir: str, **kwargs: Any) -> "FeatureEncoder":
         """Reads `data_dir/vocab/*.txt` and `data_dir/stats.json` (docs/formats.md §2)."""
-        vocabularies = {CATEGORY: read_vocabulary(fs.join(data_dir, "vocab", "category.txt"))}
+        vocabularies = {CATEGORY: read_vocabulary(fs.join(data_dir, layout.VOCAB_DIR, layout.CATEGORY_VOCAB))}
         for f in dataset_config.features:
             if f.kind == "numeric" or f.hash_buckets is not None or f.name == CATEGORY:
                 continue
-            path = fs.join(data_dir, "vocab", f"{f.name}.txt") if f.vocabulary == "auto" else f.vocabulary
+            path = fs.join(data_dir, layout.vocab_file(f.name)) if f.vocabulary == "auto" else f.vocabulary
             if not fs.exists(path):
                 raise DataError(
                     f"{path}: vocabulary file for feature {f.name!r} not found; is {data_dir} the output of "
                     f"`tfvctr preprocess` with this config?"
                 )
             vocabularies[f.name] = read_vocabulary(path)
-        stats_path = fs.join(data_dir, "stats.json")
+        stats_path = fs.join(data_dir, layout.STATS)
         stats: dict[str, Any] = {}
         if any(f.kind == "numeric" for f in dataset_config.features):
             if not fs.exists(stats_path):

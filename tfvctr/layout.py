@@ -29,6 +29,8 @@ MODEL = "model.keras"
 VISUAL_TOWER = "visual_tower.keras"
 TENSORBOARD_DIR = "tensorboard"
 METRICS = "metrics.json"
+ROC_PLOT = "roc.png"  # beside metrics.json
+CALIBRATION_PLOT = "calibration.png"
 FINGERPRINT = "fingerprint.json"  # what the model was trained on (features, vocabularies, image size, architecture)
 SELECTION = "selection.json"  # the validation history and the chosen (best) step
 

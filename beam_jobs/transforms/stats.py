@@ -19,6 +19,7 @@ import apache_beam as beam
 
 from beam_jobs import records
 from beam_jobs.common import join_path, write_text_file
+from tfvctr import layout
 from tfvctr.config import DatasetConfig, FeatureConfig
 
 
@@ -183,7 +184,7 @@ class VocabAndStats(beam.PTransform):
 
     def _write_vocab(self, kv: tuple) -> str:
         feature, values = kv
-        path = join_path(self._out, "vocab", f"{feature}.txt")
+        path = join_path(self._out, layout.vocab_file(feature))
         write_text_file(path, "".join(f"{v}\n" for v in values))
         return path
 
@@ -203,11 +204,11 @@ class VocabAndStats(beam.PTransform):
             elif f.vocabulary == "auto":
                 if "vocab_size" not in entry:  # every value was below min_frequency: the file is still written
                     entry["vocab_size"] = 0
-                    write_text_file(join_path(self._out, "vocab", f"{f.name}.txt"), "")
+                    write_text_file(join_path(self._out, layout.vocab_file(f.name)), "")
             else:
                 entry["hash_buckets"] = f.hash_buckets
         stats.setdefault("label", {"count": 0, "positives": 0})
         stats["day"] = days
-        path = join_path(self._out, "stats.json")
+        path = join_path(self._out, layout.STATS)
         write_text_file(path, json.dumps(stats, indent=1, sort_keys=True) + "\n")
         return path

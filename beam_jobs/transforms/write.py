@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 
 from beam_jobs.common import FormatDeadLetter, counter, join_path
+from tfvctr import layout
 
 
 class _CountRecord(beam.DoFn):
@@ -69,7 +70,7 @@ class WriteAdCounts(beam.PTransform):
 
     def expand(self, rows):
         return (rows | "Format" >> beam.ParDo(_FormatAdCount())
-                | "Write" >> beam.io.WriteToText(join_path(self._out, "ad_counts"), file_name_suffix=".jsonl",
+                | "Write" >> beam.io.WriteToText(join_path(self._out, layout.AD_COUNTS.removesuffix(".jsonl")), file_name_suffix=".jsonl",
                                                  shard_name_template=""))
 
 
@@ -82,4 +83,4 @@ class WriteDeadLetter(beam.PTransform):
 
     def expand(self, dead):
         return (dead | "Format" >> beam.ParDo(FormatDeadLetter())
-                | "Write" >> beam.io.WriteToText(join_path(self._out, "dead_letter", "part"), file_name_suffix=".jsonl"))
+                | "Write" >> beam.io.WriteToText(join_path(self._out, layout.DEAD_LETTER_DIR, "part"), file_name_suffix=".jsonl"))

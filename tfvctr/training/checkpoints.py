@@ -22,6 +22,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tfvctr import layout
 from tfvctr.errors import TfvctrError
 from tfvctr.io import fs
 
@@ -38,7 +39,7 @@ class CheckpointSet:
         is_chief: bool = True,
         keep: int = 3,
     ):
-        self.root = fs.join(model_dir, "checkpoints")
+        self.root = fs.join(model_dir, layout.CHECKPOINTS_DIR)
         self.is_chief = is_chief
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.model_checkpoint = tf.train.Checkpoint(step=self.step, **model_objects)

@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from tfvctr import data as data_lib
+from tfvctr import layout
 from tfvctr.config import Config, save_config
 from tfvctr.errors import ConfigError, TfvctrError
 from tfvctr.io import fs
@@ -65,13 +66,13 @@ def visual_tower_of(model: Any) -> Any:
 
 
 def _write_model_dir(config: Config, data_dir: str, model_dir: str, model: Any) -> None:
-    save_config(config, fs.join(model_dir, "config.yaml"))
-    with fs.open(fs.join(model_dir, "data_dir.txt"), "w") as f:
+    save_config(config, fs.join(model_dir, layout.CONFIG))
+    with fs.open(fs.join(model_dir, layout.DATA_DIR_POINTER), "w") as f:
         f.write(os.path.abspath(data_dir) if not fs.is_remote(data_dir) else data_dir)
     tower = visual_tower_of(model)
     if tower is not None:
-        tower.save(fs.join(model_dir, "visual_tower.keras"))
-    model.save(fs.join(model_dir, "model.keras"))
+        tower.save(fs.join(model_dir, layout.VISUAL_TOWER))
+    model.save(fs.join(model_dir, layout.MODEL))
 
 
 def _run(
@@ -98,7 +99,7 @@ def _run(
     total = steps if steps is not None else tr.steps
     if total < 1:
         raise ConfigError(f"--steps: expected a positive number of steps, received {total}")
-    files = data_lib.list_shards(data_dir, "train")
+    files = data_lib.list_shards(data_dir, layout.TRAIN)
     data_lib.check_vocabularies(config.dataset, data_dir)
     _set_precision(config, log)
     encoder = encoder or _default_encoder(config, data_dir)
@@ -151,7 +152,7 @@ def _run(
     else:
         controller = Controller(
             trainer, iterator, checkpoints, total, tr.checkpoint_every, tr.log_every,
-            summary_dir=fs.join(model_dir, "tensorboard", summary_name) if info.is_chief else None, log=log,
+            summary_dir=fs.join(model_dir, layout.TENSORBOARD_DIR, summary_name) if info.is_chief else None, log=log,
         )
         with data_lib.data_errors(files):
             figures = controller.run(start)
@@ -227,7 +228,7 @@ def load_pretrained_cnn(pretrain_dir: str, model: Any) -> None:
     """Copies the visual tower of a `tfvctr pretrain` model dir into `model`."""
     from tfvctr.models.deepctr import transfer_visual_weights
 
-    path = fs.join(pretrain_dir, "model.keras")
+    path = fs.join(pretrain_dir, layout.MODEL)
     if not fs.exists(path):
         raise TfvctrError(f"{path}: training.pretrained_cnn names no `tfvctr pretrain` model dir (model.keras missing)")
     source = keras.saving.load_model(path, compile=False)
