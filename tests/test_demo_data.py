@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from tfvctr.config import load_config
 from tfvctr.demo_data import ADS_COLUMNS, CATEGORIES, IMPRESSIONS_COLUMNS, auc, generate, simulate
 from tfvctr.demo_data import images as images_lib
 from tfvctr.demo_data import simulator as sim
+from tfvctr.demo_data.scenarios import SCENARIOS
 from tfvctr.errors import TfvctrError
 from tfvctr.io.tables import read_table, required_columns, resolve_image_path
 
@@ -282,7 +284,7 @@ def test_cli_writes_the_dataset_and_prints_a_summary(tmp_path, capsys):
                  "--format", "csv", "--seed", "5", "--no-progress"])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0
-    assert sorted(os.listdir(out)) == ["ads.csv", "images", "impressions.csv", "simulator.json"]
+    assert sorted(os.listdir(out)) == ["ad_effects.csv", "ads.csv", "images", "impressions.csv", "simulator.json"]
     assert len(os.listdir(out / "images")) == 20
     assert "20 ads (2 cold: last day only)" in printed
     assert "400 impressions" in printed
@@ -298,8 +300,10 @@ def test_cli_writes_the_dataset_and_prints_a_summary(tmp_path, capsys):
         ),
         (["--days", "1"], "--days: expected an integer >= 2 (the last day is the eval day), received 1"),
         (["--image-size", "4"], "--image-size: expected an integer in [8, 1024], received 4"),
+        (["--scenario", "mars"], "--scenario: expected one of " + ", ".join(SCENARIOS) + ", received 'mars'"),
+        (["--scenario", "texture", "--categories", "7"], "--categories: expected an integer in [1, 6], received 7"),
     ],
-    ids=["no_ads", "too_few_impressions", "one_day", "tiny_images"],
+    ids=["no_ads", "too_few_impressions", "one_day", "tiny_images", "unknown_scenario", "too_many_categories"],
 )
 def test_cli_rejects_bad_flags_with_one_line_and_exit_code_2(tmp_path, capsys, flags, message):
     code = main(["demo-data", "--out", str(tmp_path / "x")] + flags)
@@ -326,3 +330,188 @@ def test_generate_rejects_bad_arguments_by_name(tmp_path):
         TfvctrError, match=r"^formats: expected a non-empty selection of csv, jsonl, parquet, received \['xml'\]$"
     ):
         generate(str(tmp_path), num_ads=5, num_impressions=10, formats=("xml",))
+
+
+# --------------------------------------------------------------------------- scenarios
+
+# md5 of the default dataset's tables and of one image (seed 0, 60 ads, 3,000 impressions,
+# 16 px), recorded before scenarios existed: the default scenario must keep writing them.
+DEMO_DIGESTS = {
+    "ads.csv": "a25f1864e118c575e7b6a27e123d9b8e",
+    "impressions.csv": "38a46949a373dd41f1e189e0505219ac",
+    "impressions.jsonl": "1d957fe1813c7f05924a4d7025ec15ab",
+    "images/ad00007.jpg": "a5105d7777c2b1216de8f605e5575a37",
+}
+
+
+def test_the_default_scenario_writes_the_pre_scenario_demo_data_byte_for_byte(small, tmp_path):
+    import hashlib
+
+    out, _ = small
+    files = _files(out)
+    assert {k: hashlib.md5(files[k]).hexdigest() for k in DEMO_DIGESTS} == DEMO_DIGESTS
+    generate(str(tmp_path), seed=0, scenario="demo", **SMALL)
+    assert _files(tmp_path) == files
+
+
+def test_every_scenario_covers_the_ranges_the_suite_needs():
+    params = {name: s.simulator_params() for name, s in SCENARIOS.items()}
+    assert len(SCENARIOS) >= 6
+    assert min(p.target_ctr for p in params.values()) <= 0.01 and max(p.target_ctr for p in params.values()) >= 0.08
+    sizes = [s.num_impressions for s in SCENARIOS.values()]
+    assert min(sizes) <= 50_000 and max(sizes) >= 1_000_000
+    assert len({p.user_bias_std for p in params.values()}) >= 3  # how much the user matters
+    assert any(p.visual_strength == 0 for p in params.values())  # a control without a visual effect
+    assert all(p.cold_fraction == 0.1 for p in params.values())
+    # Each visual family appears, and inside a scenario categories read different properties.
+    used = {r for s in SCENARIOS.values() for r in s.rules.values()}
+    for family in ("red", "large", "left", "high", "contrast", "stripes", "top_left"):
+        assert family in used, family
+    for s in SCENARIOS.values():
+        assert len({s.rules[c] for c in CATEGORIES[: s.num_categories]}) >= 3, s.name
+
+
+@pytest.mark.parametrize("name", [n for n in SCENARIOS if n != "large"])
+def test_each_scenario_hits_its_ctr_and_writes_the_true_visual_effect(name, tmp_path):
+    scenario = SCENARIOS[name]
+    summary = generate(
+        str(tmp_path), scenario=name, num_ads=200, num_impressions=20_000, image_size=8, formats=("csv",)
+    )
+    record = json.loads((tmp_path / "simulator.json").read_text())
+    assert record["scenario"] == name == summary["scenario"]
+    p = scenario.simulator_params()
+    assert record["summary"]["mean_true_ctr"] == pytest.approx(p.target_ctr, abs=1e-4)
+    assert summary["cold_ads"] == 20
+    effects = list(csv.DictReader((tmp_path / "ad_effects.csv").open()))
+    assert list(effects[0]) == ["ad_id", "category", "cold", "visual_rule", "visual_score", "true_visual_logit"]
+    assert len(effects) == 200 and sum(int(e["cold"]) for e in effects) == 20
+    logit = np.array([float(e["true_visual_logit"]) for e in effects])
+    score = np.array([float(e["visual_score"]) for e in effects])
+    np.testing.assert_allclose(logit, p.visual_strength * score, atol=2e-6)
+    assert all(e["visual_rule"] == scenario.rules[e["category"]] for e in effects)
+    # The cold ads in ad_effects.csv are exactly those seen only on the last day.
+    impressions = list(csv.DictReader((tmp_path / "impressions.csv").open()))
+    early = {r["ad_id"] for r in impressions if int(r["day"]) < 6}
+    assert {e["ad_id"] for e in effects if e["cold"] == "1"} == {e["ad_id"] for e in effects} - early
+    if p.visual_strength > 0:
+        assert record["summary"]["cold_auc_true_ctr"] > record["summary"]["cold_auc_without_visual_term"]
+    else:
+        assert record["summary"]["eval_auc_true_ctr"] == record["summary"]["eval_auc_without_visual_term"]
+
+
+def test_true_ctr_is_the_sigmoid_of_the_nonvisual_and_visual_logits():
+    s = SCENARIOS["geometry"]
+    world = simulate(300, 5000, 7, seed=2, params=s.simulator_params(), rules=s.rules)
+    visual = world.ad_visual_logit[world.imp_ad]
+    np.testing.assert_allclose(world.imp_visual_logit, visual)
+    np.testing.assert_allclose(world.true_ctr, 1 / (1 + np.exp(-(world.imp_nonvisual_logit + visual))))
+
+
+@pytest.mark.parametrize("rule", sorted(sim.RULES))
+def test_every_rule_scores_in_range_and_varies(rule):
+    visuals = sim.sample_visuals(np.random.default_rng(0), 4000)
+    score = sim.RULES[rule].score(visuals)
+    assert score.shape == (4000,)
+    assert score.min() >= -1.0 and score.max() <= 1.0
+    assert score.std() > 0.3, rule  # the category alone cannot predict it
+    assert abs(score.mean()) < 0.35, rule
+
+
+# Rules the demo does not use, with a parameter setting that lowers and one that raises
+# the score, and a pixel statistic that must move the same way.
+def _contrast_stat(p, base):
+    m = _object_mask(p, base)
+    return abs(p[m].mean() - p[:3, :3].mean())
+
+
+def _minus_contrast_stat(p, base):
+    return -_contrast_stat(p, base)
+
+
+def _centrality(p, base):
+    yx = np.argwhere(_object_mask(p, base)).mean(axis=0)
+    return -np.hypot(*(yx - (np.array(p.shape[:2]) - 1) / 2))
+
+
+def _top_left(p, base):
+    yx = np.argwhere(_object_mask(p, base)).mean(axis=0)
+    return -(yx[0] + yx[1])
+
+
+def _vertical_minus_horizontal(p, base):
+    g = p.mean(axis=-1)
+    return np.abs(np.diff(g, axis=1)).mean() - np.abs(np.diff(g, axis=0)).mean()
+
+
+def _greenness(p, base):
+    m = _object_mask(p, base)
+    return (p[..., 1] - (p[..., 0] + p[..., 2]) / 2)[m].mean()
+
+
+def _blueness(p, base):
+    m = _object_mask(p, base)
+    return (p[..., 2] - (p[..., 0] + p[..., 1]) / 2)[m].mean()
+
+
+OTHER_RULE_CASES = {
+    "green": ({"hue": 0.85}, {"hue": 1 / 3}, _greenness),
+    "blue": ({"hue": 1 / 6}, {"hue": 2 / 3}, _blueness),
+    "muted": ({"sat": 1.0}, {"sat": 0.4}, lambda p, b: -_saturation(p, b)),
+    "right": ({"cx": 0.32}, {"cx": 0.68}, lambda p, b: -_minus_x(p, b)),
+    "low": ({"cy": 0.32}, {"cy": 0.68}, lambda p, b: -_minus_y(p, b)),
+    "top_left": ({"cx": 0.62, "cy": 0.62}, {"cx": 0.38, "cy": 0.38}, _top_left),
+    "bottom_right": ({"cx": 0.38, "cy": 0.38}, {"cx": 0.62, "cy": 0.62}, lambda p, b: -_top_left(p, b)),
+    "centred": ({"cx": 0.34, "cy": 0.66}, {"cx": 0.5, "cy": 0.5}, _centrality),
+    "light_background": ({"bg_val": 0.15}, {"bg_val": 0.95}, lambda p, b: -_darkness(p, b)),
+    "bright_object": ({"val": 0.4}, {"val": 1.0}, lambda p, b: p[_object_mask(p, b)].mean()),
+    "contrast": ({"val": 0.9, "bg_val": 0.9}, {"val": 0.9, "bg_val": 0.15}, _contrast_stat),
+    "low_contrast": ({"val": 0.9, "bg_val": 0.15}, {"val": 0.9, "bg_val": 0.9}, _minus_contrast_stat),
+    "plain": ({"texture": 1}, {"texture": 0}, lambda p, b: -_texture(p, b)),
+    "vertical_stripes": ({"texture": 1, "stripe_angle": 90.0}, {"texture": 1, "stripe_angle": 0.0},
+                         _vertical_minus_horizontal),
+}  # fmt: skip
+
+
+def test_every_rule_has_a_pixel_check():
+    assert set(sim.RULES) == ({sim.DEMO_RULES[c] for c in RULE_CASES} | set(OTHER_RULE_CASES))
+
+
+@pytest.mark.parametrize("rule", sorted(OTHER_RULE_CASES))
+def test_each_other_rule_is_visible_in_the_pixels(rule):
+    low, high, statistic = OTHER_RULE_CASES[rule]
+    base = {
+        "hue": 0.6, "sat": 0.8, "val": 0.8, "texture": 0, "stripe_angle": 45.0, "scale": 0.55, "cx": 0.5, "cy": 0.5,
+        "bg_hue": 0.1, "bg_sat": 0.05, "bg_val": 0.95, "noise": 0.0,
+    }  # fmt: skip
+    stats, scores = [], []
+    for change in (low, high):
+        visual = dict(base, **change)
+        pixels = np.asarray(images_lib.render_ad("bags", visual, 48, np.random.default_rng(0)), dtype=np.float32)
+        background = np.asarray(images_lib._rgb(visual["bg_hue"], visual["bg_sat"], visual["bg_val"]))
+        stats.append(statistic(pixels, background))
+        scores.append(sim.RULES[rule].score({k: np.array([v]) for k, v in visual.items()})[0])
+    assert scores[1] > scores[0]
+    assert stats[1] > stats[0], (rule, stats)
+
+
+def test_list_scenarios_prints_every_scenario(capsys):
+    assert main(["demo-data", "--list-scenarios"]) == 0
+    printed = capsys.readouterr().out
+    for name, s in SCENARIOS.items():
+        assert any(line.split()[:3] == [name, str(s.num_ads), str(s.num_impressions)] for line in printed.splitlines())
+
+
+def test_cli_scenario_flag_writes_that_scenario(tmp_path, capsys):
+    out = tmp_path / "x"
+    code = main(["demo-data", "--out", str(out), "--scenario", "texture", "--ads", "30", "--impressions", "600",
+                 "--image-size", "8", "--format", "csv", "--no-progress"])  # fmt: skip
+    assert code == 0
+    assert "(scenario texture)" in capsys.readouterr().out
+    record = json.loads((out / "simulator.json").read_text())
+    assert record["categories"] == list(CATEGORIES[:6])
+    assert record["visual_rule_names"]["phones"] == "plain"
+
+
+def test_cli_without_out_is_a_one_line_error(capsys):
+    assert main(["demo-data"]) == 2
+    assert capsys.readouterr().err == "tfvctr demo-data: error: --out: expected an output folder, received nothing\n"

@@ -6,6 +6,9 @@ Layout (docs/formats.md §1, docs/demo_data.md)::
     OUT/impressions.{csv,jsonl}   ad_id, label, day, user_id, user_age, device, hour,
                                   position, user_interests, true_ctr
     OUT/images/<ad_id>.jpg        one JPEG per ad
+    OUT/ad_effects.csv            ad_id, category, cold, visual_rule, visual_score,
+                                  true_visual_logit: the true per-ad visual effect, for
+                                  benchmarks only (never a model feature)
     OUT/simulator.json            every simulator parameter, the visual rules in words,
                                   and the AUC ceilings (with and without the image)
 
@@ -22,6 +25,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from tfvctr.demo_data import images as images_lib
+from tfvctr.demo_data import scenarios as scenarios_lib
 from tfvctr.demo_data import simulator as sim
 from tfvctr.errors import TfvctrError
 from tfvctr.io import fs
@@ -31,6 +35,8 @@ ADS_COLUMNS = ("ad_id", "category", "image", "brand", "price", "keywords")
 IMPRESSIONS_COLUMNS = (
     "ad_id", "label", "day", "user_id", "user_age", "device", "hour", "position", "user_interests", "true_ctr",
 )  # fmt: skip
+AD_EFFECTS_COLUMNS = ("ad_id", "category", "cold", "visual_rule", "visual_score", "true_visual_logit")
+AD_EFFECTS_FILE = "ad_effects.csv"
 MULTI_COLUMNS = ("keywords", "user_interests")
 MAX_IMAGE_SIZE = 1024
 
@@ -46,6 +52,7 @@ def check_arguments(
     formats: Sequence[str],
     num_categories: int,
     names: Optional[dict[str, str]] = None,
+    scenario: str = scenarios_lib.DEFAULT_SCENARIO,
 ) -> None:
     """Raises `TfvctrError` (one line) for an impossible request; `names` maps argument
     names to what the user typed (the CLI passes its flags)."""
@@ -68,8 +75,11 @@ def check_arguments(
         fail("image_size", f"an integer in [8, {MAX_IMAGE_SIZE}]", image_size)
     if not formats or any(f not in FORMATS for f in formats):
         fail("formats", f"a non-empty selection of {', '.join(FORMATS)}", list(formats))
-    if not 1 <= num_categories <= len(sim.CATEGORIES):
-        fail("num_categories", f"an integer in [1, {len(sim.CATEGORIES)}]", num_categories)
+    if scenario not in scenarios_lib.SCENARIOS:
+        fail("scenario", f"one of {', '.join(scenarios_lib.SCENARIOS)}", scenario)
+    most = scenarios_lib.SCENARIOS[scenario].num_categories
+    if not 1 <= num_categories <= most:
+        fail("num_categories", f"an integer in [1, {most}]", num_categories)
 
 
 def _id_width(n: int) -> int:
@@ -106,6 +116,20 @@ def build_tables(world: sim.World) -> tuple[dict[str, list[Any]], dict[str, list
         "true_ctr": [min(max(round(float(p), 6), 1e-6), 1 - 1e-6) for p in world.true_ctr],
     }
     return ads, impressions
+
+
+def build_ad_effects(world: sim.World) -> dict[str, list[Any]]:
+    """ad_effects.csv: each ad's true visual effect (the logit term its image adds)."""
+    A = world.num_ads
+    categories = [world.categories[c] for c in world.ad_category.tolist()]
+    return {
+        "ad_id": [f"ad{i:0{_id_width(A)}d}" for i in range(A)],
+        "category": categories,
+        "cold": world.ad_cold.astype(int).tolist(),
+        "visual_rule": [world.rules[c] for c in categories],
+        "visual_score": [round(float(x), 6) for x in world.ad_visual_score],
+        "true_visual_logit": [round(float(x), 6) for x in world.ad_visual_logit],
+    }
 
 
 def _rows(columns: dict[str, list[Any]], names: Sequence[str]) -> Iterable[list[Any]]:
@@ -147,13 +171,16 @@ def _round(x: float) -> Optional[float]:
     return None if np.isnan(x) else round(float(x), 6)
 
 
-def simulator_record(world: sim.World, seed: int, days: int, image_size: int) -> dict[str, Any]:
+def simulator_record(
+    world: sim.World, seed: int, days: int, image_size: int, scenario: str = scenarios_lib.DEFAULT_SCENARIO
+) -> dict[str, Any]:
     """simulator.json: what was simulated, in numbers and words, and how hard it is."""
     last = world.imp_day == days - 1
     cold = world.ad_cold[world.imp_ad]
     counts = np.bincount(world.imp_ad, minlength=world.num_ads)
     return {
         "generator": "tfvctr demo-data",
+        "scenario": scenario,
         "seed": seed,
         "num_ads": world.num_ads,
         "num_impressions": len(world.label),
@@ -175,7 +202,8 @@ def simulator_record(world: sim.World, seed: int, days: int, image_size: int) ->
         "devices": list(sim.DEVICES),
         "category_effects": {c: _round(e) for c, e in zip(world.categories, world.category_effects, strict=True)},
         "brand_effects": {b: _round(e) for b, e in world.brand_effects.items()},
-        "visual_rules": {c: sim.VISUAL_RULES[c] for c in world.categories},
+        "visual_rules": {c: sim.RULES[world.rules[c]].words for c in world.categories},
+        "visual_rule_names": dict(world.rules),
         "shapes": {c: images_lib.SHAPE_DESCRIPTIONS[c] for c in world.categories},
         "visual_parameters": {
             "hue": "object colour hue in [0, 1) (HSV)",
@@ -238,28 +266,34 @@ def render_images(
 
 def generate(
     out_dir: str,
-    num_ads: int = 2000,
-    num_impressions: int = 200_000,
-    days: int = 7,
+    num_ads: Optional[int] = None,
+    num_impressions: Optional[int] = None,
+    days: Optional[int] = None,
     seed: int = 0,
     image_size: int = 64,
     formats: Sequence[str] = ("csv", "jsonl"),
-    num_categories: int = len(sim.CATEGORIES),
+    num_categories: Optional[int] = None,
     progress: Optional[Progress] = None,
+    scenario: str = scenarios_lib.DEFAULT_SCENARIO,
 ) -> dict[str, Any]:
-    """Simulates and writes the demo dataset under `out_dir` (local or gs://).
+    """Simulates and writes the demo dataset (or another scenario's) under `out_dir` (local or gs://).
 
     Args:
         out_dir: output folder (created if needed; files in it are overwritten).
-        num_ads: ads; about 10% are cold (only on the last day).
-        num_impressions: impressions, >= num_ads (every ad gets at least one).
-        days: days 0..days-1; the last one is the eval day.
+        num_ads: ads; about 10% are cold (only on the last day). None: the scenario's
+            (2000 for the demo).
+        num_impressions: impressions, >= num_ads (every ad gets at least one). None: the
+            scenario's (200,000 for the demo).
+        days: days 0..days-1; the last one is the eval day. None: the scenario's (7).
         seed: everything (tables and pixels) is a function of it.
         image_size: JPEG side in pixels.
         formats: table formats to write, from "csv", "jsonl", "parquet".
-        num_categories: the first n of `simulator.CATEGORIES`.
+        num_categories: the first n of `simulator.CATEGORIES`. None: the scenario's (10
+            for the demo).
         progress: optional wrapper `progress(iterable, total)` around the image loop
             (the CLI passes a tqdm bar).
+        scenario: a name in `scenarios.SCENARIOS`: which visual rules, CTR level, user
+            effects and default sizes (docs/demo_data.md#scenarios).
 
     Returns:
         A summary: the paths written, counts, CTR, cold ads, AUC ceilings, seconds.
@@ -269,10 +303,25 @@ def generate(
         >>> summary["num_ads"]
         50
     """
+    if scenario not in scenarios_lib.SCENARIOS:
+        raise TfvctrError(f"scenario: expected one of {', '.join(scenarios_lib.SCENARIOS)}, received {scenario!r}")
+    sc = scenarios_lib.SCENARIOS[scenario]
+    num_ads = sc.num_ads if num_ads is None else num_ads
+    num_impressions = sc.num_impressions if num_impressions is None else num_impressions
+    days = sc.days if days is None else days
+    num_categories = sc.num_categories if num_categories is None else num_categories
     formats = tuple(dict.fromkeys(formats))
-    check_arguments(num_ads, num_impressions, days, seed, image_size, formats, num_categories)
+    check_arguments(num_ads, num_impressions, days, seed, image_size, formats, num_categories, scenario=scenario)
     start = time.perf_counter()
-    world = sim.simulate(num_ads, num_impressions, days, seed, num_categories=num_categories)
+    world = sim.simulate(
+        num_ads,
+        num_impressions,
+        days,
+        seed,
+        num_categories=num_categories,
+        params=sc.simulator_params(),
+        rules=sc.rules,
+    )
     ads, impressions = build_tables(world)
     fs.makedirs(out_dir)
     paths: dict[str, str] = {}
@@ -281,7 +330,9 @@ def generate(
             path = fs.join(out_dir, f"{name}.{fmt}")
             _WRITERS[fmt](path, columns, names)
             paths[f"{name}_{fmt}"] = path
-    record = simulator_record(world, seed, days, image_size)
+    paths["ad_effects"] = fs.join(out_dir, AD_EFFECTS_FILE)
+    write_csv(paths["ad_effects"], build_ad_effects(world), AD_EFFECTS_COLUMNS)
+    record = simulator_record(world, seed, days, image_size, scenario)
     paths["simulator"] = fs.join(out_dir, "simulator.json")
     with fs.open(paths["simulator"], "w") as f:
         f.write(json.dumps(record, indent=2) + "\n")
@@ -290,6 +341,7 @@ def generate(
     last = world.imp_day == days - 1
     return {
         "out_dir": out_dir,
+        "scenario": scenario,
         "paths": paths,
         "num_ads": num_ads,
         "num_impressions": num_impressions,

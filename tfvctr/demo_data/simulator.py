@@ -18,7 +18,7 @@ category alone cannot predict it. Everything is vectorised over ads and impressi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -27,18 +27,12 @@ CATEGORIES: tuple[str, ...] = (
     "shoes", "bags", "phones", "bottles", "shirts", "watches", "hats", "laptops", "cups", "lamps",
 )  # fmt: skip
 
-VISUAL_RULES: dict[str, str] = {
-    "shoes": "the object's colour is red (hue near 0) raises CTR; cyan lowers it (score = cos(2*pi*hue))",
-    "bags": "a large object raises CTR (score rises linearly with object size)",
-    "phones": "a striped texture raises CTR (score +1 for stripes, -0.5 otherwise)",
-    "bottles": "the object on the left of the image raises CTR (score falls linearly with its x position)",
-    "shirts": "a dotted texture raises CTR (score +1 for dots, -0.5 otherwise)",
-    "watches": "a dark background raises CTR (score falls linearly with background brightness)",
-    "hats": "a small object raises CTR (score falls linearly with object size)",
-    "laptops": "the object high in the image raises CTR (score falls linearly with its y position)",
-    "cups": "a vivid, saturated colour raises CTR (score rises linearly with saturation)",
-    "lamps": "a yellow object raises CTR; blue lowers it (score = cos(2*pi*(hue - 1/6)))",
-}
+# Each category's rule in the default (demo) scenario: a name in `RULES`. Other scenarios
+# (scenarios.py) map categories onto other rules.
+DEMO_RULES: dict[str, str] = {
+    "shoes": "red", "bags": "large", "phones": "stripes", "bottles": "left", "shirts": "dots",
+    "watches": "dark_background", "hats": "small", "laptops": "high", "cups": "saturated", "lamps": "yellow",
+}  # fmt: skip
 
 KEYWORDS: dict[str, tuple[str, ...]] = {
     "shoes": ("running", "leather", "sneaker", "casual", "sport", "comfort", "boot", "slip-on"),
@@ -98,6 +92,9 @@ BG_VAL_RANGE = (0.12, 0.97)
 TEXTURES = ("plain", "stripes", "dots")
 
 
+Visuals = dict[str, np.ndarray]
+
+
 def sample_visuals(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     """Rendering parameters of n ads, independent of every non-visual feature."""
     return {
@@ -121,29 +118,127 @@ def _linear(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return 2.0 * (x - lo) / (hi - lo) - 1.0
 
 
-def visual_scores(visuals: dict[str, np.ndarray]) -> np.ndarray:
-    """Every category's visual score of every ad, [n, len(CATEGORIES)], each in [-1, 1]."""
-    v = visuals
-    stripes = np.where(v["texture"] == TEXTURES.index("stripes"), 1.0, -0.5)
-    dots = np.where(v["texture"] == TEXTURES.index("dots"), 1.0, -0.5)
-    by_category = {
-        "shoes": np.cos(2 * np.pi * v["hue"]),
-        "bags": _linear(v["scale"], *SCALE_RANGE),
-        "phones": stripes,
-        "bottles": -_linear(v["cx"], *CENTER_RANGE),
-        "shirts": dots,
-        "watches": -_linear(v["bg_val"], *BG_VAL_RANGE),
-        "hats": -_linear(v["scale"], *SCALE_RANGE),
-        "laptops": -_linear(v["cy"], *CENTER_RANGE),
-        "cups": _linear(v["sat"], *SAT_RANGE),
-        "lamps": np.cos(2 * np.pi * (v["hue"] - 1.0 / 6.0)),
-    }
-    return np.stack([by_category[c] for c in CATEGORIES], axis=1)
+def _cosine_hue(target: float) -> Callable[[Visuals], np.ndarray]:
+    return lambda v: np.cos(2 * np.pi * (v["hue"] - target))
 
 
-def visual_score(visuals: dict[str, np.ndarray], category_index: np.ndarray) -> np.ndarray:
+def _texture_is(name: str) -> Callable[[Visuals], np.ndarray]:
+    # +1 for the texture, -0.5 for the two others: mean 0 over the uniform texture draw.
+    return lambda v: np.where(v["texture"] == TEXTURES.index(name), 1.0, -0.5)
+
+
+def _contrast(v: Visuals) -> np.ndarray:
+    # Brightness difference between the object and the background, 0 (none) .. 0.6+ (strong).
+    return np.clip(_linear(np.abs(v["val"] - v["bg_val"]), 0.0, 0.6), -1.0, 1.0)
+
+
+def _quarter(v: Visuals, left: bool, top: bool) -> np.ndarray:
+    # +1 inside the quarter, -1/3 elsewhere: mean 0 over the uniform position draw.
+    inside = ((v["cx"] < 0.5) == left) & ((v["cy"] < 0.5) == top)
+    return np.where(inside, 1.0, -1.0 / 3.0)
+
+
+def _centred(v: Visuals) -> np.ndarray:
+    distance = np.hypot(v["cx"] - 0.5, v["cy"] - 0.5)  # 0 .. 0.25
+    return np.clip(1.0 - distance / 0.14, -1.0, 1.0)  # 0.14: about the median distance
+
+
+def _stripe_orientation(v: Visuals) -> np.ndarray:
+    # Angle 0 draws vertical stripes (the phase runs along x), 90 horizontal ones.
+    stripes = v["texture"] == TEXTURES.index("stripes")
+    return np.where(
+        stripes & (v["stripe_angle"] == 0.0), 1.0, np.where(stripes & (v["stripe_angle"] == 90.0), -1.0, 0.0)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualRule:
+    """What raises CTR, in words, and the score in [-1, 1] computed from the rendering parameters."""
+
+    words: str
+    score: Callable[[Visuals], np.ndarray]
+
+
+# Every rule a scenario can give a category. Each reads parameters `images.render_ad`
+# draws, so the effect is in the pixels (tests/test_demo_data.py checks each one).
+RULES: dict[str, VisualRule] = {
+    # colour
+    "red": VisualRule("the object's colour is red (hue near 0) raises CTR; cyan lowers it (score = cos(2*pi*hue))",
+                      _cosine_hue(0.0)),
+    "yellow": VisualRule("a yellow object raises CTR; blue lowers it (score = cos(2*pi*(hue - 1/6)))", _cosine_hue(1 / 6)),
+    "green": VisualRule("a green object raises CTR; magenta lowers it (score = cos(2*pi*(hue - 1/3)))", _cosine_hue(1 / 3)),
+    "blue": VisualRule("a blue object raises CTR; yellow lowers it (score = cos(2*pi*(hue - 2/3)))", _cosine_hue(2 / 3)),
+    "saturated": VisualRule("a vivid, saturated colour raises CTR (score rises linearly with saturation)",
+                            lambda v: _linear(v["sat"], *SAT_RANGE)),
+    "muted": VisualRule("a muted, greyish colour raises CTR (score falls linearly with saturation)",
+                        lambda v: -_linear(v["sat"], *SAT_RANGE)),
+    # object size
+    "large": VisualRule("a large object raises CTR (score rises linearly with object size)",
+                        lambda v: _linear(v["scale"], *SCALE_RANGE)),
+    "small": VisualRule("a small object raises CTR (score falls linearly with object size)",
+                        lambda v: -_linear(v["scale"], *SCALE_RANGE)),
+    # position
+    "left": VisualRule("the object on the left of the image raises CTR (score falls linearly with its x position)",
+                       lambda v: -_linear(v["cx"], *CENTER_RANGE)),
+    "right": VisualRule("the object on the right of the image raises CTR (score rises linearly with its x position)",
+                        lambda v: _linear(v["cx"], *CENTER_RANGE)),
+    "high": VisualRule("the object high in the image raises CTR (score falls linearly with its y position)",
+                       lambda v: -_linear(v["cy"], *CENTER_RANGE)),
+    "low": VisualRule("the object low in the image raises CTR (score rises linearly with its y position)",
+                      lambda v: _linear(v["cy"], *CENTER_RANGE)),
+    # a region of the image
+    "top_left": VisualRule("the object's centre in the top-left quarter raises CTR (score +1 there, -1/3 elsewhere)",
+                           lambda v: _quarter(v, left=True, top=True)),
+    "bottom_right": VisualRule(
+        "the object's centre in the bottom-right quarter raises CTR (score +1 there, -1/3 elsewhere)",
+        lambda v: _quarter(v, left=False, top=False),
+    ),
+    "centred": VisualRule("the object near the image centre raises CTR (score 1 - distance/0.14, clipped)", _centred),
+    # brightness and contrast
+    "dark_background": VisualRule("a dark background raises CTR (score falls linearly with background brightness)",
+                                  lambda v: -_linear(v["bg_val"], *BG_VAL_RANGE)),
+    "light_background": VisualRule("a light background raises CTR (score rises linearly with background brightness)",
+                                   lambda v: _linear(v["bg_val"], *BG_VAL_RANGE)),
+    "bright_object": VisualRule("a bright object raises CTR (score rises linearly with the object colour's value)",
+                                lambda v: _linear(v["val"], *VAL_RANGE)),
+    "contrast": VisualRule(
+        "strong object/background brightness contrast raises CTR (score rises with |value - background brightness|)",
+        _contrast,
+    ),
+    "low_contrast": VisualRule("an object that blends into the background raises CTR (score falls with the contrast)",
+                               lambda v: -_contrast(v)),
+    # texture
+    "stripes": VisualRule("a striped texture raises CTR (score +1 for stripes, -0.5 otherwise)", _texture_is("stripes")),
+    "dots": VisualRule("a dotted texture raises CTR (score +1 for dots, -0.5 otherwise)", _texture_is("dots")),
+    "plain": VisualRule("a plain, untextured object raises CTR (score +1 plain, -0.5 otherwise)", _texture_is("plain")),
+    "vertical_stripes": VisualRule(
+        "vertical stripes raise CTR, horizontal ones lower it (score +1 / -1; 0 for other textures and angles)",
+        _stripe_orientation,
+    ),
+}  # fmt: skip
+
+VISUAL_RULES: dict[str, str] = {c: RULES[r].words for c, r in DEMO_RULES.items()}
+
+
+def visual_scores(
+    visuals: Visuals, rules: Optional[Mapping[str, str]] = None, categories: Sequence[str] = CATEGORIES
+) -> np.ndarray:
+    """Every category's visual score of every ad, [n, len(categories)], each in [-1, 1].
+
+    `rules` maps each category onto a name in `RULES` (default: the demo's `DEMO_RULES`).
+    """
+    rules = DEMO_RULES if rules is None else rules
+    return np.stack([RULES[rules[c]].score(visuals) for c in categories], axis=1)
+
+
+def visual_score(
+    visuals: Visuals,
+    category_index: np.ndarray,
+    rules: Optional[Mapping[str, str]] = None,
+    categories: Sequence[str] = CATEGORIES,
+) -> np.ndarray:
     """Each ad's visual score under its own category's rule, [n] in [-1, 1]."""
-    scores = visual_scores(visuals)
+    scores = visual_scores(visuals, rules, categories)
     return scores[np.arange(len(category_index)), category_index]
 
 
@@ -156,6 +251,7 @@ class World:
 
     params: SimulatorParams
     categories: tuple[str, ...]
+    rules: dict[str, str]  # category -> name in RULES
     bias: float
     # ads
     ad_category: np.ndarray  # [A] int index into categories
@@ -166,6 +262,7 @@ class World:
     ad_popularity: np.ndarray
     visuals: dict[str, np.ndarray]
     ad_visual_score: np.ndarray  # [A]
+    ad_visual_logit: np.ndarray  # [A] visual_strength * visual score: the true per-ad visual effect
     ad_nonvisual_logit: np.ndarray  # [A] category + brand + price
     category_effects: np.ndarray
     brand_effects: dict[str, float]
@@ -213,12 +310,16 @@ def simulate(
     seed: int,
     num_categories: int = len(CATEGORIES),
     params: SimulatorParams | None = None,
+    rules: Optional[Mapping[str, str]] = None,
 ) -> World:
     """Samples the ads, users and impressions of the demo dataset (deterministic for a seed).
 
     Every ad has at least one impression: warm ads one on a day before the last, cold ads
     one on the last day; the remaining impressions go to ads in proportion to a skewed
     (lognormal) popularity, on a uniformly drawn day, among the ads alive that day.
+    `rules` maps each category onto a name in `RULES` (default `DEMO_RULES`); it draws
+    no random numbers, so the same seed gives the same ads, users and impressions under
+    any rules.
     """
     p = params or SimulatorParams()
     if num_impressions < num_ads:
@@ -228,6 +329,10 @@ def simulate(
     rng = np.random.default_rng(seed)
     categories = CATEGORIES[:num_categories]
     C = len(categories)
+    rules = dict(DEMO_RULES if rules is None else rules)
+    unknown = sorted({c for c in categories if rules.get(c) not in RULES})
+    if unknown:
+        raise ValueError(f"rules: no rule of {sorted(RULES)} for categories {unknown}")
 
     # ---- ads
     A = num_ads
@@ -255,7 +360,7 @@ def simulate(
         picks = sorted(rng.choice(len(words), k, replace=False).tolist())
         ad_keywords.append([words[i] for i in picks])
     visuals = sample_visuals(rng, A)
-    ad_visual = visual_score(visuals, ad_category)
+    ad_visual = visual_score(visuals, ad_category, rules, categories)
     ad_nonvisual = category_effects[ad_category] + ad_brand_effect + p.price_slope * log_price_z
     num_cold = min(int(round(p.cold_fraction * A)), A - 1)
     ad_cold = np.zeros(A, dtype=bool)
@@ -320,6 +425,7 @@ def simulate(
     return World(
         params=p,
         categories=categories,
+        rules={c: rules[c] for c in categories},
         bias=float(bias),
         ad_category=ad_category,
         ad_brand=ad_brand,
@@ -329,6 +435,7 @@ def simulate(
         ad_popularity=ad_popularity,
         visuals=visuals,
         ad_visual_score=ad_visual,
+        ad_visual_logit=p.visual_strength * ad_visual,
         ad_nonvisual_logit=ad_nonvisual,
         category_effects=category_effects,
         brand_effects=brand_effects,
