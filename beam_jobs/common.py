@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -125,9 +125,3 @@ def join_path(*parts: str) -> str:
     from apache_beam.io.filesystems import FileSystems
 
     return FileSystems.join(*parts)
-
-
-def first_or_none(values: Iterable[Any]) -> Optional[Any]:
-    for v in values:
-        return v
-    return None

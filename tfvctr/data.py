@@ -344,15 +344,3 @@ def check_vocabularies(dataset: DatasetConfig, data_dir: str) -> None:
             f"{fs.join(data_dir, 'vocab')}: no vocabulary file for feature(s) {', '.join(missing)}; "
             f"the config does not match the data (was it preprocessed with another config?)"
         )
-
-
-def count_impressions(data_dir: str, split: str) -> Optional[int]:
-    """Impressions of a split from manifest.json, or None if there is no manifest."""
-    import json
-
-    path = fs.join(data_dir, layout.MANIFEST)
-    if not fs.exists(path):
-        return None
-    with fs.open(path) as f:
-        manifest = json.load(f)
-    return int(manifest.get("splits", {}).get(split, {}).get("impressions", 0)) or None

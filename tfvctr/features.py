@@ -79,9 +79,16 @@ class FeatureEncoder(keras.layers.Layer):
         dict: categorical int32 `[N]`, multi int32 `[N, max_length]`, numeric float32
         `[N]` (normalize) or int32 `[N]` (bucketize), `category` int32 `[n]`.
 
+    `FeatureEncoder.from_data_dir(config.dataset, DATA_DIR)` reads both from a preprocess
+    output.
+
     Example:
-        >>> enc = FeatureEncoder.from_data_dir(config.dataset, "data/grouped")
-        >>> enc({"device": tf.constant(["ios", "?"]), "category": tf.constant(["shoes"]), ...})
+        >>> enc = FeatureEncoder(
+        ...     {"features": [{"name": "device", "source": "impression", "kind": "categorical", "vocabulary": "auto"}]},
+        ...     vocabularies={"device": ["ios", "android"], "category": ["shoes", "bags"]}, stats={})
+        >>> out = enc({"device": tf.constant(["ios", "desktop", ""]), "category": tf.constant(["bags", "hats"])})
+        >>> out["device"].numpy().tolist(), out["category"].numpy().tolist()  # in vocab, OOV, padding; known, unknown
+        ([2, 1, 0], [2, 0])
     """
 
     def __init__(

@@ -25,6 +25,8 @@ from typing import Any, Optional
 import keras
 import tensorflow as tf
 
+from tfvctr.layers.initializers import clone_initializer
+
 UNKNOWN_CATEGORY = 0
 
 ATTENTION_NAMES = (
@@ -55,15 +57,6 @@ def category_index(category_ids: Any, num_categories: int) -> Any:
     return keras.ops.where(valid, ids, keras.ops.zeros_like(ids) + UNKNOWN_CATEGORY)
 
 
-def _initializer(identifier: Any, seed: Optional[int]) -> keras.initializers.Initializer:
-    """A fresh initializer copy (never shared between weights), re-seeded when `seed` is set."""
-    init = keras.initializers.get(identifier)
-    config = init.get_config()
-    if seed is not None and "seed" in config:
-        config["seed"] = seed
-    return init.__class__.from_config(config)
-
-
 def _offset(seed: Optional[int], offset: int) -> Optional[int]:
     return None if seed is None else seed + offset
 
@@ -89,16 +82,44 @@ def _check_feature_map_shape(shape: Any, layer_name: str) -> None:
 
 
 class _Attention(keras.layers.Layer):
-    """Shared argument handling; subclasses implement `_refine(feature_map, category_ids)`."""
+    """Shared arguments (kernel initializer, seed) and the category prior of the CSCNN variants.
 
-    def __init__(self, kernel_initializer: Any = "glorot_uniform", seed: Optional[int] = None, **kwargs: Any) -> None:
+    A layer is category-specific when `num_categories` is set: it then owns prior tables
+    (initialized by `prior_initializer`) whose rows it looks up with `prior_rows`, and
+    `get_config` returns both arguments. Subclasses implement `_refine(feature_map,
+    category_ids)`.
+    """
+
+    def __init__(
+        self,
+        kernel_initializer: Any = "glorot_uniform",
+        seed: Optional[int] = None,
+        num_categories: Optional[int] = None,
+        prior_initializer: Any = "random_normal",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(
                 f"Invalid value received for argument `seed`. Expected an integer or None. Received: seed={seed!r}"
             )
+        if num_categories is not None:
+            _check_positive_int(num_categories, "num_categories")
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.seed = seed
+        self.num_categories = num_categories
+        self.prior_initializer = keras.initializers.get(prior_initializer)
+
+    @property
+    def uses_prior(self) -> bool:
+        """Whether the layer is category-specific (has prior tables)."""
+        return self.num_categories is not None
+
+    def prior_rows(self, category_ids: Any, what: str) -> Any:
+        """The prior-table rows of `category_ids` [B] (unknown ids: row 0); `what` names the map for the error."""
+        if category_ids is None:
+            raise ValueError(f"Layer {self.name!r} needs `category_ids`: its {what} attention is category-specific.")
+        return category_index(category_ids, self.num_categories)
 
     def call(self, feature_map: Any, category_ids: Any = None, return_attention: bool = False) -> Any:
         _check_feature_map_shape(feature_map.shape, self.name)
@@ -106,11 +127,17 @@ class _Attention(keras.layers.Layer):
         return (refined, maps) if return_attention else refined
 
     def get_config(self) -> dict[str, Any]:
-        return {
+        config = {
             **super().get_config(),
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "seed": self.seed,
         }
+        if self.uses_prior:
+            config.update(
+                num_categories=self.num_categories,
+                prior_initializer=keras.initializers.serialize(self.prior_initializer),
+            )
+        return config
 
 
 class _ChannelAttention(_Attention):
@@ -118,27 +145,13 @@ class _ChannelAttention(_Attention):
 
     _POOLS: tuple[str, ...] = ("avg", "max")
 
-    def __init__(
-        self,
-        reduction: int = 4,
-        num_categories: Optional[int] = None,
-        prior_dim: int = 0,
-        prior_initializer: Any = "random_normal",
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, reduction: int = 4, prior_dim: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         _check_positive_int(reduction, "reduction")
-        if num_categories is not None:
-            _check_positive_int(num_categories, "num_categories")
+        if self.uses_prior:
             _check_positive_int(prior_dim, "prior_dim")
         self.reduction = reduction
-        self.num_categories = num_categories
         self.prior_dim = prior_dim
-        self.prior_initializer = keras.initializers.get(prior_initializer)
-
-    @property
-    def uses_prior(self) -> bool:
-        return self.num_categories is not None
 
     def build(self, feature_map_shape: Any, category_ids_shape: Any = None) -> None:
         _check_feature_map_shape(feature_map_shape, self.name)
@@ -149,20 +162,20 @@ class _ChannelAttention(_Attention):
         self.hidden_kernel = self.add_weight(
             name="hidden_kernel",
             shape=(channels + prior_dim, hidden),
-            initializer=_initializer(self.kernel_initializer, _offset(self.seed, 0)),
+            initializer=clone_initializer(self.kernel_initializer, _offset(self.seed, 0)),
         )
         self.hidden_bias = self.add_weight(name="hidden_bias", shape=(hidden,), initializer="zeros")
         self.output_kernel = self.add_weight(
             name="output_kernel",
             shape=(hidden, channels),
-            initializer=_initializer(self.kernel_initializer, _offset(self.seed, 1)),
+            initializer=clone_initializer(self.kernel_initializer, _offset(self.seed, 1)),
         )
         self.output_bias = self.add_weight(name="output_bias", shape=(channels,), initializer="zeros")
         if self.uses_prior:
             self.channel_prior = self.add_weight(
                 name="channel_prior",
                 shape=(self.num_categories, self.prior_dim),
-                initializer=_initializer(self.prior_initializer, _offset(self.seed, 2)),
+                initializer=clone_initializer(self.prior_initializer, _offset(self.seed, 2)),
             )
 
     def _mlp(self, x: Any) -> Any:
@@ -177,11 +190,7 @@ class _ChannelAttention(_Attention):
         }
         prior = None
         if self.uses_prior:
-            if category_ids is None:
-                raise ValueError(
-                    f"Layer {self.name!r} needs `category_ids`: its channel attention is category-specific."
-                )
-            rows = category_index(category_ids, self.num_categories)
+            rows = self.prior_rows(category_ids, "channel")
             prior = keras.ops.cast(keras.ops.take(self.channel_prior, rows, axis=0), feature_map.dtype)
         logits = 0.0
         for pool in self._POOLS:
@@ -198,11 +207,7 @@ class _ChannelAttention(_Attention):
     def get_config(self) -> dict[str, Any]:
         config = {**super().get_config(), "reduction": self.reduction}
         if self.uses_prior:
-            config.update(
-                num_categories=self.num_categories,
-                prior_dim=self.prior_dim,
-                prior_initializer=keras.initializers.serialize(self.prior_initializer),
-            )
+            config["prior_dim"] = self.prior_dim
         return config
 
 
@@ -354,27 +359,13 @@ class CategoryChannelAttention(_ChannelAttention):
 class _SpatialAttention(_Attention):
     """M_s = sigmoid(Conv_kxk([MaxPool_c(F), AvgPool_c(F)(, resize(As_k))])); F'' = M_s * F."""
 
-    def __init__(
-        self,
-        kernel_size: int = 7,
-        num_categories: Optional[int] = None,
-        prior_size: int = 7,
-        prior_initializer: Any = "random_normal",
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, kernel_size: int = 7, prior_size: int = 7, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         _check_positive_int(kernel_size, "kernel_size")
-        if num_categories is not None:
-            _check_positive_int(num_categories, "num_categories")
+        if self.uses_prior:
             _check_positive_int(prior_size, "prior_size")
         self.kernel_size = kernel_size
-        self.num_categories = num_categories
         self.prior_size = prior_size
-        self.prior_initializer = keras.initializers.get(prior_initializer)
-
-    @property
-    def uses_prior(self) -> bool:
-        return self.num_categories is not None
 
     def build(self, feature_map_shape: Any, category_ids_shape: Any = None) -> None:
         _check_feature_map_shape(feature_map_shape, self.name)
@@ -382,19 +373,19 @@ class _SpatialAttention(_Attention):
         self.kernel = self.add_weight(
             name="kernel",
             shape=(self.kernel_size, self.kernel_size, in_maps, 1),
-            initializer=_initializer(self.kernel_initializer, _offset(self.seed, 0)),
+            initializer=clone_initializer(self.kernel_initializer, _offset(self.seed, 0)),
         )
         self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros")
         if self.uses_prior:
             self.spatial_prior = self.add_weight(
                 name="spatial_prior",
                 shape=(self.num_categories, self.prior_size, self.prior_size),
-                initializer=_initializer(self.prior_initializer, _offset(self.seed, 1)),
+                initializer=clone_initializer(self.prior_initializer, _offset(self.seed, 1)),
             )
 
     def resized_prior(self, category_ids: Any, size: Any) -> Any:
         """As_k: the H' x W' prior of each category bilinearly resized to `size`, [B, H, W, 1]."""
-        rows = category_index(category_ids, self.num_categories)
+        rows = self.prior_rows(category_ids, "spatial")
         prior = keras.ops.take(self.spatial_prior, rows, axis=0)[..., None]
         # CSCNN §3.3.1: learn a small H' x W' prior and resize it by linear interpolation,
         # so the prior costs H'W'|K| parameters per layer whatever the feature-map size.
@@ -404,10 +395,6 @@ class _SpatialAttention(_Attention):
         """The spatial attention map M_s [B, H, W, 1], values in (0, 1)."""
         maps = [keras.ops.max(feature_map, axis=-1, keepdims=True), keras.ops.mean(feature_map, axis=-1, keepdims=True)]
         if self.uses_prior:
-            if category_ids is None:
-                raise ValueError(
-                    f"Layer {self.name!r} needs `category_ids`: its spatial attention is category-specific."
-                )
             size = keras.ops.shape(feature_map)[1:3]
             maps.append(keras.ops.cast(self.resized_prior(category_ids, size), feature_map.dtype))
         stacked = keras.ops.concatenate(maps, axis=-1)
@@ -421,11 +408,7 @@ class _SpatialAttention(_Attention):
     def get_config(self) -> dict[str, Any]:
         config = {**super().get_config(), "kernel_size": self.kernel_size}
         if self.uses_prior:
-            config.update(
-                num_categories=self.num_categories,
-                prior_size=self.prior_size,
-                prior_initializer=keras.initializers.serialize(self.prior_initializer),
-            )
+            config["prior_size"] = self.prior_size
         return config
 
 
@@ -506,25 +489,20 @@ class _ChannelThenSpatial(_Attention):
         self,
         reduction: int = 4,
         kernel_size: int = 7,
-        num_categories: Optional[int] = None,
         channel_prior_dim: int = 20,
         spatial_prior_size: int = 7,
-        prior_initializer: Any = "random_normal",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         _check_positive_int(reduction, "reduction")
         _check_positive_int(kernel_size, "kernel_size")
-        if num_categories is not None:
-            _check_positive_int(num_categories, "num_categories")
+        if self.uses_prior:
             _check_positive_int(channel_prior_dim, "channel_prior_dim")
             _check_positive_int(spatial_prior_size, "spatial_prior_size")
         self.reduction = reduction
         self.kernel_size = kernel_size
-        self.num_categories = num_categories
         self.channel_prior_dim = channel_prior_dim
         self.spatial_prior_size = spatial_prior_size
-        self.prior_initializer = keras.initializers.get(prior_initializer)
 
     def _make_channel(self) -> _ChannelAttention:
         raise NotImplementedError
@@ -674,10 +652,8 @@ class CSCNNAttention(_ChannelThenSpatial):
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
-            "num_categories": self.num_categories,
             "channel_prior_dim": self.channel_prior_dim,
             "spatial_prior_size": self.spatial_prior_size,
-            "prior_initializer": keras.initializers.serialize(self.prior_initializer),
         }
 
 

@@ -8,14 +8,7 @@ import keras
 import keras_rs
 from keras import ops
 
-
-def _clone_initializer(init: Any, seed: Optional[int]) -> keras.initializers.Initializer:
-    init = keras.initializers.get(init)
-    config = init.get_config()
-    # Keras 3 initializers with an int seed repeat their values: give each copy its own seed.
-    if seed is not None and "seed" in config:
-        config["seed"] = seed
-    return init.__class__.from_config(config)
+from tfvctr.layers.initializers import clone_initializer
 
 
 @keras.saving.register_keras_serializable(package="tfvctr")
@@ -44,6 +37,7 @@ class CrossNetwork(keras.layers.Layer):
         float tensor `[N, d]` (z_L).
 
     Example:
+        >>> import numpy as np
         >>> tuple(CrossNetwork(num_layers=3)(np.ones((2, 5), "float32")).shape)
         (2, 5)
     """
@@ -89,7 +83,7 @@ class CrossNetwork(keras.layers.Layer):
         self.cross_layers: list = []
 
     def _kernel_init(self, i: int) -> keras.initializers.Initializer:
-        return _clone_initializer(self.kernel_initializer, None if self.seed is None else self.seed + i)
+        return clone_initializer(self.kernel_initializer, None if self.seed is None else self.seed + i)
 
     def build(self, input_shape: Any) -> None:
         d = int(input_shape[-1])
@@ -101,13 +95,13 @@ class CrossNetwork(keras.layers.Layer):
                     )
                 )
                 self.biases.append(
-                    self.add_weight(shape=(d,), initializer=_clone_initializer(self.bias_initializer, None), name=f"b_{i}")
+                    self.add_weight(shape=(d,), initializer=clone_initializer(self.bias_initializer, None), name=f"b_{i}")
                 )
             else:
                 layer = keras_rs.layers.FeatureCross(
                     projection_dim=self.projection_dim,
                     kernel_initializer=self._kernel_init(i),
-                    bias_initializer=_clone_initializer(self.bias_initializer, None),
+                    bias_initializer=clone_initializer(self.bias_initializer, None),
                     kernel_regularizer=self.kernel_regularizer,
                     name=f"feature_cross_{i}",
                 )

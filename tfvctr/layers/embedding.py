@@ -8,6 +8,8 @@ from typing import Any, Mapping, Optional, Sequence
 import keras
 from keras import ops
 
+from tfvctr.layers.initializers import clone_initializer
+
 _FEATURE_KEYS = ("name", "kind", "embedding_dim", "combiner", "transform")
 _KINDS = ("categorical", "multi", "numeric")
 
@@ -62,6 +64,7 @@ class NonVisualEmbedding(keras.layers.Layer):
         float tensor `[N, output_dim]`.
 
     Example:
+        >>> import numpy as np
         >>> layer = NonVisualEmbedding(
         ...     [{"name": "device", "kind": "categorical", "embedding_dim": 2}], {"device": 5})
         >>> tuple(layer({"device": np.array([0, 3], "int32")}).shape)
@@ -139,8 +142,7 @@ class NonVisualEmbedding(keras.layers.Layer):
             # A seeded Keras 3 initializer repeats its values on every call: one seed per table.
             seed = None if self.seed is None else self.seed + i
             return keras.initializers.RandomUniform(-0.05, 0.05, seed=seed)
-        init = keras.initializers.get(self.embeddings_initializer)
-        return init.__class__.from_config(init.get_config())
+        return clone_initializer(self.embeddings_initializer)
 
     def build(self, input_shape: Any = None) -> None:
         for i, spec in enumerate(self._specs):

@@ -47,10 +47,12 @@ class DCNHead(keras.layers.Layer):
         logits `[N]`.
 
     Example:
-        >>> head = DCNHead([{"name": "d", "kind": "categorical"}], {"d": 5}, visual_dim=3,
-        ...                deep_layers=[8, 4], cross_layers=2)
-        >>> head({"features": {"d": ids}, "x_v": x_v}).shape
-        (N,)
+        >>> import numpy as np
+        >>> head = DCNHead([{"name": "device", "kind": "categorical", "embedding_dim": 2}], {"device": 5},
+        ...                visual_dim=3, deep_layers=[8, 4], cross_layers=2, seed=0)
+        >>> logits = head({"features": {"device": np.array([1, 4], "int32")}, "x_v": np.ones((2, 3), "float32")})
+        >>> tuple(logits.shape)
+        (2,)
     """
 
     def __init__(

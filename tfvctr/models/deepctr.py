@@ -45,9 +45,13 @@ class DeepCTRHead(keras.layers.Layer):
         logits `[N]`.
 
     Example:
-        >>> head = DeepCTRHead(features, vocab_sizes, convnet_dim=8, basicnet_dim=8, combnet_layers=[8])
-        >>> head({"features": encoded, "x_v": x_v}, training=True).shape
-        (N,)
+        >>> import numpy as np
+        >>> head = DeepCTRHead([{"name": "device", "kind": "categorical"}], {"device": 5},
+        ...                    convnet_dim=3, basicnet_dim=8, combnet_layers=[8], seed=0)
+        >>> logits = head({"features": {"device": np.array([1, 4], "int32")}, "x_v": np.ones((2, 3), "float32")},
+        ...               training=True)
+        >>> tuple(logits.shape)
+        (2,)
     """
 
     def __init__(

@@ -62,9 +62,12 @@ class VBPRHead(keras.layers.Layer):
         logits `[N]`.
 
     Example:
-        >>> head = VBPRHead("dvbpr", num_users=5, num_items=4, item_key="ad_id", num_categories=3, visual_dim=6)
-        >>> head({"features": {...}, "x_v": x_v}).shape
-        (N,)
+        >>> import numpy as np
+        >>> head = VBPRHead("vbpr", num_users=5, num_items=4, item_key="ad_id", num_categories=3, visual_dim=6, seed=0)
+        >>> ids = {"user_id": np.array([1, 2], "int32"), "ad_id": np.array([3, 0], "int32"),
+        ...        "category": np.array([1, 2], "int32")}
+        >>> tuple(head({"features": ids, "x_v": np.ones((2, 6), "float32")}).shape)
+        (2,)
     """
 
     def __init__(

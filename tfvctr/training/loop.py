@@ -19,7 +19,8 @@ from tfvctr.errors import TfvctrError
 
 AUC_BINS = 1000  # histogram resolution of the streaming train AUC
 
-# objective(model, inputs, labels, training) -> (summed loss, number of examples, {name: tensor to SUM})
+# objective(model, inputs, labels) -> (summed loss, the count it is averaged over, {name: tensor to SUM}):
+# impressions for `ctr_objective`, same-user pairs for `bpr_objective`, ads for `category_objective`.
 Objective = Callable[[Any, dict, tf.Tensor], tuple]
 
 
