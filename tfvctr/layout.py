@@ -52,3 +52,11 @@ def vocab_file(feature: str) -> str:
 # --------------------------------------------------------------- export (TF Serving layout)
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
+EXPORT_AD_IDS = "ad_ids.txt"  # assets/: one ad_id per line, line i = row i of the table variable
+EXPORT_INFO = "tfvctr_export.json"  # assets.extra/: what was exported and the check's result
+
+# --------------------------------------------------------------- tune dir (tune)
+TUNE_STUDY = "study.db"  # the Optuna study (SQLite): re-running `tfvctr tune` continues it
+TUNE_TRIALS_DIR = "trials"  # trials/NNNN/: one model dir per trial
+TUNE_TRIALS_CSV = "trials.csv"
+TUNE_BEST_CONFIG = "best_config.yaml"  # a full config for `tfvctr train`

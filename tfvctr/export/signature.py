@@ -1,0 +1,142 @@
+"""The serving graph: raw features + ad_id → ctr, logit, in_table (docs/export.md).
+
+`ServingModule` holds the trained model's head and visual tower, the training-time
+`FeatureEncoder` (so ids are computed by the very same ops), the table rows as a
+variable and the ad_id → row map as a `StaticHashTable` over an asset file. Its two
+`tf.function`s become the SavedModel's signatures `serving_default` and
+`score_with_image`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import tensorflow as tf
+
+from tfvctr.config import Config, FeatureConfig
+from tfvctr.data import decode_image
+from tfvctr.errors import ConfigError
+from tfvctr.export.table import Table
+from tfvctr.features import CATEGORY
+
+AD_ID = "ad_id"
+IMAGE_BYTES = "image_bytes"
+OUTPUTS = ("ctr", "logit", "in_table")
+DEFAULT_SIGNATURE = "serving_default"
+IMAGE_SIGNATURE = "score_with_image"
+
+
+def _spec(f: FeatureConfig) -> tf.TensorSpec:
+    if f.kind == "numeric":
+        return tf.TensorSpec([None], tf.float32, name=f.name)
+    if f.kind == "multi":
+        return tf.TensorSpec([None, None], tf.string, name=f.name)
+    return tf.TensorSpec([None], tf.string, name=f.name)
+
+
+def input_specs(config: Config, with_image: bool = False) -> dict[str, tf.TensorSpec]:
+    """The signature inputs: `ad_id`, `category`, every declared feature (raw), [`image_bytes`]."""
+    specs = {AD_ID: tf.TensorSpec([None], tf.string, name=AD_ID),
+             CATEGORY: tf.TensorSpec([None], tf.string, name=CATEGORY)}
+    for f in config.dataset.features:
+        if f.name in (AD_ID, IMAGE_BYTES):
+            raise ConfigError(f"feature {f.name!r}: the name is an input of the serving signature; rename the feature")
+        if f.name != CATEGORY:
+            specs[f.name] = _spec(f)
+    if with_image:
+        specs[IMAGE_BYTES] = tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)
+    return specs
+
+
+class ServingModule:
+    """The exported computation. `ad_ids_path` is the asset file written by `table.write_ad_ids`.
+
+    Written with Keras' `ExportArchive` (`write`), which saves the *TensorFlow* variables
+    the signatures capture: a `tf.Module` holding the Keras layers saves their Keras
+    variable wrappers instead, and TF Serving's TF1 loader then finds the captured
+    variables uninitialised ("Could not find variable head/logit/kernel"; measured).
+    Lookup tables (the encoder's vocabularies, the ad_id map) are tracked explicitly,
+    or the SavedModel's init op would not fill them.
+
+    Args:
+        config: the model's config.
+        model: the trained `CTRModel` (its `head` and `visual_tower` are used).
+        encoder: the `FeatureEncoder` of the training data.
+        table: the checked table (`tfvctr.export.table.load_table`).
+        ad_ids_path: the asset file (one ad_id per line, line i = row i).
+    """
+
+    def __init__(self, config: Config, model: Any, encoder: Any, table: Table, ad_ids_path: str) -> None:
+        self._config = config
+        self.model = model
+        self.encoder = encoder
+        self._num_rows = table.rows
+        self._image_size = config.dataset.image_size
+        # A variable, so the rows go to the variables shards and never into the GraphDef.
+        self.table = tf.Variable(table.all_rows(), trainable=False, name="visual_table")
+        self.ad_ids_file = tf.saved_model.Asset(ad_ids_path)
+        initializer = tf.lookup.TextFileInitializer(
+            self.ad_ids_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+            tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER)
+        self.rows = tf.lookup.StaticHashTable(initializer, default_value=-1)
+
+    # ------------------------------------------------------------------ graph pieces
+
+    def _features(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        raw = {k: v for k, v in inputs.items() if k not in (AD_ID, IMAGE_BYTES)}
+        encoded = self.encoder(raw)
+        return {k: encoded[k] for k in [f.name for f in self._config.dataset.features] + [CATEGORY]}
+
+    def _table_lookup(self, ad_id: tf.Tensor, category: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        row = self.rows.lookup(ad_id)
+        in_table = row >= 0
+        index = tf.where(in_table, row, self._num_rows + tf.cast(category, tf.int64))
+        return tf.cast(tf.gather(self.table, index), tf.float32), in_table
+
+    def _head(self, features: dict, x_v: tf.Tensor, in_table: tf.Tensor) -> dict[str, tf.Tensor]:
+        logit = tf.cast(self.model.head({"features": features, "x_v": x_v}, training=False), tf.float32)
+        return {"ctr": tf.sigmoid(logit), "logit": logit, "in_table": in_table}
+
+    def _decode(self, image_bytes: tf.Tensor) -> tf.Tensor:
+        size = self._image_size
+
+        def one(encoded: tf.Tensor) -> tf.Tensor:
+            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+            shape = tf.shape(image)
+            same = tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size))
+            image = tf.image.convert_image_dtype(image, tf.float32)
+            # Prepared images (image_size², docs/formats.md §2) go exactly as the trainer's
+            # decoder takes them; other sizes are squashed as the Beam jobs do (bilinear).
+            return tf.cond(same, lambda: decode_image(encoded, size),
+                           lambda: tf.image.resize(image, [size, size], method="bilinear"))
+
+        return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+
+    # ------------------------------------------------------------------ signatures
+
+    def _serve(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        features = self._features(inputs)
+        x_v, in_table = self._table_lookup(inputs[AD_ID], features[CATEGORY])
+        return self._head(features, x_v, in_table)
+
+    def _serve_with_image(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        features = self._features(inputs)
+        _, in_table = self._table_lookup(inputs[AD_ID], features[CATEGORY])
+        image = self._decode(inputs[IMAGE_BYTES])
+        x_v = tf.cast(self.model.visual_tower({"image": image, "category": features[CATEGORY]}, training=False),
+                      tf.float32)
+        return self._head(features, x_v, in_table)
+
+    def write(self, path: str) -> None:
+        """Saves the SavedModel with `serving_default` and `score_with_image`."""
+        import keras
+
+        archive = keras.export.ExportArchive()
+        if not self.encoder.built:
+            self.encoder.build(None)  # no weights: its lookup tables exist since __init__
+        archive.track(self.encoder)
+        archive.track(self.rows)
+        archive.add_endpoint(DEFAULT_SIGNATURE, self._serve, input_signature=[input_specs(self._config)])
+        archive.add_endpoint(IMAGE_SIGNATURE, self._serve_with_image,
+                             input_signature=[input_specs(self._config, with_image=True)])
+        archive.write_out(path, verbose=False)
