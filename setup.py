@@ -26,6 +26,7 @@ setup(
     description=__doc__,
     python_requires=">=3.10",
     packages=find_packages(include=["tfvctr", "tfvctr.*", "beam_jobs", "beam_jobs.*", "serving", "serving.*"]),
+    # tfvctr/configs is a link to configs/ in the checkout; a built wheel holds copies of the YAMLs.
     package_data={"tfvctr": ["configs/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": ["pytest>=8", "pytest-timeout", "scikit-learn", "ruff"]},
