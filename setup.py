@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "tqdm",
     "matplotlib",
     "tensorboard>=2.21,<2.22",  # `tensorboard --logdir M/tensorboard`; tensorflow-cpu does not pull it in
+    "optuna>=4.0",  # `tfvctr tune`: samplers, pruners, a resumable SQLite study (docs/tuning.md)
     "aiohttp>=3.9,<4",  # `tfvctr serve`: the TF Serving REST dev server's HTTP stack (docs/serving.md)
 ]
 

@@ -237,11 +237,47 @@ class EmbedConfig:
 
 
 @dataclasses.dataclass
+class TuneConfig:
+    """`tfvctr tune` (tfvctr.tuning, docs/tuning.md): an Optuna search over `params`, scored on the valid split.
+
+    `params` maps a config key path to a range, e.g.::
+
+        training.learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}   # float (or int) range
+        model.deep_layers: {choices: [[64, 32], [128, 64, 32]]}           # any values
+
+    Every path and both ends of every range are checked against the config on load.
+    """
+
+    trials: int = 20  # finished trials the study should hold (across resumed runs)
+    timeout_minutes: Optional[float] = None  # no new trial starts after this long (per run); None: no limit
+    steps_per_trial: Optional[int] = None  # training.steps of each trial; None: training.steps
+    metric: Optional[Literal["valid_auc", "valid_cold_auc", "valid_logloss"]] = None  # None: training.selection_metric
+    seed: int = 0  # of the sampler
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["none", "median"] = "none"
+    prune_every: Optional[int] = None  # median pruner: steps between checks; None: ~steps_per_trial / 4
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def validate(self, where: str, config: "Config") -> None:
+        _positive(self.trials, f"{where}.trials")
+        if self.timeout_minutes is not None and self.timeout_minutes <= 0:
+            raise ConfigError(f"{where}.timeout_minutes: expected a positive number, received {self.timeout_minutes}")
+        if self.steps_per_trial is not None:
+            _positive(self.steps_per_trial, f"{where}.steps_per_trial")
+        if self.prune_every is not None:
+            _positive(self.prune_every, f"{where}.prune_every")
+        from tfvctr.tuning import search_space  # tuning imports this module
+
+        search_space(config, where)
+
+
+@dataclasses.dataclass
 class Config:
     dataset: DatasetConfig
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     embed: EmbedConfig = dataclasses.field(default_factory=EmbedConfig)
+    tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
     name: str = "tfvctr"
 
     def validate(self, where: str = "config") -> "Config":
@@ -249,6 +285,7 @@ class Config:
         self.model.validate(f"{where}: model")
         self.training.validate(f"{where}: training")
         self.embed.validate(f"{where}: embed")
+        self.tune.validate(f"{where}: tune", self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
