@@ -8,13 +8,19 @@ bytes, so the visual tower sees at embedding time exactly the pixels it was trai
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image
 
+from tfvctr.errors import readable
+
 _FORMATS = {"jpeg": "JPEG", "png": "PNG"}
 JPEG_QUALITY = 95
+BACKGROUND = (255, 255, 255)  # transparent pixels become white, the usual product-photo background
+
+# `dataset.max_image_pixels` is checked from the header in `prepare_image`; Pillow's global
+# default (a warning above 89 M pixels, an error above 179 M) would overrule the config.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageError(ValueError):
@@ -45,10 +51,12 @@ def prepare_image(data: bytes, image_size: int, image_format: str = "jpeg", max_
                   name: str = "image") -> bytes:
     """Decodes `data` once, squashes it to `image_size`² RGB and encodes it once.
 
-    The pixel count is read from the header before any decoding, so a decompression bomb
-    is refused without allocating its pixels. Pillow's own guard
-    (`Image.MAX_IMAGE_PIXELS`, which warns above the limit and raises above twice it) is
-    turned into an error too, in case the header check is bypassed by a format quirk.
+    The pixel count is read from the header (`Image.open` decodes nothing) and checked
+    against `max_pixels` (`dataset.max_image_pixels`) before any pixel is allocated.
+    Pillow's own global bomb limit is switched off (`MAX_IMAGE_PIXELS = None` below) so the
+    config decides, both ways. 16-bit images are scaled to 8 bits (65535 → 255), not
+    clipped; transparent pixels are composited on `BACKGROUND` (white), not dropped to
+    black (docs/bad_input.md).
 
     Raises:
         ImageError: with code `image_too_large` or `image_undecodable` and a readable message.
@@ -57,22 +65,18 @@ def prepare_image(data: bytes, image_size: int, image_format: str = "jpeg", max_
         raise ValueError(f"Invalid value received for argument `image_format`. Expected one of "
                          f"{sorted(_FORMATS)}. Received: image_format={image_format!r}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))  # lazy: parses the header only
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageError("image_too_large", f"{name}: {width}x{height} = {width * height} pixels "
-                                 f"exceeds dataset.max_image_pixels = {max_pixels}")
-            if img.format == "JPEG":
-                # Let libjpeg decode at the smallest DCT scale still >= the target size: faster, same result class.
-                img.draft("RGB", (image_size, image_size))
-            img.load()
-            rgb = img.convert("RGB")
+        img = Image.open(io.BytesIO(data))  # lazy: parses the header only
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageError("image_too_large", f"{name}: {width}x{height} = {width * height} pixels "
+                             f"exceeds dataset.max_image_pixels = {max_pixels}")
+        if img.format == "JPEG":
+            # Let libjpeg decode at the smallest DCT scale still >= the target size: faster, same result class.
+            img.draft("RGB", (image_size, image_size))
+        img.load()
+        rgb = to_rgb(img)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError("image_too_large", f"{name}: {_first_line(e)}") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
         raise ImageError("image_undecodable", f"{name} cannot be decoded: {_first_line(e)}") from None
     if rgb.size != (image_size, image_size):
@@ -85,6 +89,30 @@ def prepare_image(data: bytes, image_size: int, image_format: str = "jpeg", max_
     return out.getvalue()
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any decoded Pillow image → 8-bit RGB.
+
+    * 16-bit grey (`I;16*`, and `I` as PNG decodes 16-bit grey) is scaled by 255/65535;
+      `Image.convert` would clip every value above 255 to white.
+    * Transparency (`RGBA`, `LA`, `PA`, a palette or grey image with a transparent
+      colour) is composited on `BACKGROUND`; `convert("RGB")` would drop the alpha and
+      show whatever colour the transparent pixels happen to hold (often black).
+    * Everything else (`L`, `1`, `P`, `CMYK`, `YCbCr`, ...) goes through `convert("RGB")`.
+    """
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+        img = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" or (img.mode in ("L", "RGB") and "transparency" in img.info):
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("LA", "La", "PA", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        background = Image.new("RGB", img.size, BACKGROUND)
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
 def decode_image(encoded: bytes) -> np.ndarray:
     """Encoded image → float32 [H, W, 3] in [0, 1], as the trainer feeds the visual tower."""
     with Image.open(io.BytesIO(encoded)) as img:
@@ -92,5 +120,6 @@ def decode_image(encoded: bytes) -> np.ndarray:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
+    # Pillow's messages name the file object ("cannot identify image file <_io.BytesIO
+    # object at 0x7f...>"): reasons are read by people, so no reprs.
+    return readable(str(e)) or type(e).__name__

@@ -41,7 +41,7 @@ def ds():
 IMPRESSIONS_CSV = (
     "ad_id,label,day,user_id,device,position,interests,true_ctr\n"
     "a1,1,3,u1,ios,2,shoes|bags,0.25\n"
-    'a2,0,2024-01-02,"u,2",,,,0.5\n'
+    'a2,0,5,"u,2",,,,0.5\n'
     "a1,0,0,u3,android,1.5,bags,0.125\n"
 )
 IMPRESSIONS_JSON = [
@@ -58,7 +58,7 @@ IMPRESSIONS_JSON = [
     {
         "ad_id": "a2",
         "label": 0,
-        "day": "2024-01-02",
+        "day": 5,
         "user_id": "u,2",
         "device": None,
         "position": None,
@@ -76,8 +76,8 @@ IMPRESSIONS_JSON = [
         "true_ctr": 0.125,
     },
 ]
-# Hand-written: 2024-01-02 is 19724 days after 1970-01-01; a missing device takes its
-# default, a missing numeric is None and a missing multi is [].
+# Hand-written: a missing device takes its default, a missing numeric is None and a
+# missing multi is [] (ISO dates: test_coerce_row_converts_days_and_iso_dates_to_day_numbers).
 EXPECTED_IMPRESSIONS = [
     {
         "ad_id": "a1",
@@ -92,7 +92,7 @@ EXPECTED_IMPRESSIONS = [
     {
         "ad_id": "a2",
         "label": 0,
-        "day": 19724,
+        "day": 5,
         "user_id": "u,2",
         "device": "unknown",
         "position": None,
@@ -318,7 +318,7 @@ def test_read_table_names_file_line_and_reason_for_a_bad_row(tmp_path, ds):
 
 def test_read_table_names_the_parquet_row_for_a_bad_value(tmp_path, ds):
     rows = [dict(r) for r in IMPRESSIONS_JSON]
-    for r, day in zip(rows, ["3", "2024-01-02", "someday"], strict=True):
+    for r, day in zip(rows, ["3", "4", "someday"], strict=True):
         r["day"] = day
     path = _write(tmp_path / "impressions", "parquet", "", rows)
     with pytest.raises(DataError, match=re.escape(f"{path}: row 3: day: expected an integer or an ISO date")):
@@ -403,3 +403,112 @@ def test_table_columns_reads_header_schema_and_jsonl_keys(tmp_path):
 )
 def test_resolve_image_path_is_relative_to_the_table_folder(image, table_path, expected):
     assert tables.resolve_image_path(image, table_path) == expected
+
+
+# --------------------------------------------------------------------------- input contract (docs/bad_input.md)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("20240301", "day: '20240301' looks like a date without dashes; write it 2024-03-01 (or use day numbers up to 99999)"),
+        (20240301, "day: 20240301 looks like a date without dashes; write it 2024-03-01 (or use day numbers up to 99999)"),
+        ("1700000000", "day: expected an integer or an ISO date (YYYY-MM-DD), got '1700000000' (day numbers go up to 99999)"),
+        (True, "day: expected an integer or an ISO date (YYYY-MM-DD), got True"),
+    ],
+    ids=["compact_date_text", "compact_date_int", "timestamp", "bool"],
+)
+def test_parse_day_refuses_compact_dates_and_huge_numbers(value, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        tables.parse_day(value)
+
+
+def test_parse_day_reports_the_format_and_format_day_prints_it_back():
+    assert tables.parse_day("2024-03-01") == (19783, "iso")
+    assert tables.parse_day(datetime.date(2024, 3, 1)) == (19783, "iso")
+    assert tables.parse_day(" 12 ") == (12, "integer")
+    assert tables.format_day(19783, "iso") == "2024-03-01"
+    assert tables.format_day(19783, "integer") == "19783"
+    assert tables.format_days([19782, 19783], "iso") == "[2024-02-29, 2024-03-01]"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_read_table_refuses_day_numbers_mixed_with_iso_dates(tmp_path, ds, fmt):
+    rows = [dict(r) for r in IMPRESSIONS_JSON]
+    rows[2]["day"] = "2024-01-02"
+    text = IMPRESSIONS_CSV.replace("a1,0,0,u3", "a1,0,2024-01-02,u3")
+    path = _write(tmp_path / "impressions", fmt, text, rows)
+    first, line = (2, 4) if fmt == "csv" else (1, 3)  # JSONL has no header line
+    message = (f"{path}: line {line}: day '2024-01-02' is an ISO date, but the table starts with day numbers "
+               f"(line {first}); use one day format per table")
+    with pytest.raises(DataError, match=f"^{re.escape(message)}$"):
+        tables.read_table(path, "impressions", ds)
+
+
+def test_csv_header_naming_a_column_twice_is_refused(tmp_path, ds):
+    path = tmp_path / "impressions.csv"
+    path.write_text("ad_id,label,day,user_id,label\na,1,0,u,0\n")
+    message = f"{path}: line 1: column 'label' appears twice (columns 2 and 5); which one is meant?"
+    with pytest.raises(DataError, match=f"^{re.escape(message)}$"):
+        tables.table_columns(str(path))
+    with pytest.raises(DataError, match=f"^{re.escape(message)}$"):
+        tables.read_table(str(path), "impressions", ds)
+
+
+def test_parquet_schema_naming_a_column_twice_is_refused(tmp_path):
+    path = tmp_path / "ads.parquet"
+    pq.write_table(pa.table([pa.array(["a"]), pa.array([1]), pa.array([2])], names=["ad_id", "label", "label"]), path)
+    with pytest.raises(DataError, match=re.escape(f"{path}: column 'label' appears twice (columns 2 and 3)")):
+        tables.table_columns(str(path))
+
+
+def test_json_line_repeating_a_key_is_malformed():
+    with pytest.raises(ValueError, match="^malformed JSON: key 'label' appears twice$"):
+        tables.parse_json_line('{"label": 0, "label": 1}')
+
+
+def test_a_line_that_is_not_utf8_names_its_byte_and_line(tmp_path, ds):
+    path = tmp_path / "impressions.csv"
+    path.write_bytes(IMPRESSIONS_CSV.encode().replace(b"android", b"andr\xefid"))
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}: line 4: not UTF-8: byte 0xef at column 15 "):
+        tables.read_table(str(path), "impressions", ds)
+    records = [r for _, r in tables.iter_numbered(str(path))]
+    assert [(r.line, r.row is None) for r in records] == [(2, False), (3, False), (4, True)]
+    assert records[2].text == "a1,0,0,u3,andr\ufffdid,1.5,bags,0.125"
+
+
+def test_csv_records_keep_their_start_line_across_quoted_newlines_and_bad_lines(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b'a,b\n1,"x\ny"\n\xff,2\n\n3,4\n5\n')
+    records = [r for _, r in tables.iter_numbered(str(path))]
+    assert [(r.line, r.row, r.error) for r in records] == [
+        (2, {"a": "1", "b": "x\ny"}, None),
+        (4, None, "not UTF-8: byte 0xff at column 1 (save the table as UTF-8)"),
+        (6, {"a": "3", "b": "4"}, None),
+        (7, None, "malformed CSV: expected 2 fields, got 1"),
+    ]
+
+
+def test_jsonl_columns_skip_a_broken_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"a": 1,\n{"a": 2, "b": 3}\n')
+    assert tables.table_columns(str(path)) == ["a", "b"]
+    assert tables.first_row(str(path)) == ("line 2", {"a": 2, "b": 3})
+
+
+@pytest.mark.parametrize("text, fmt", [("ad_id,label,day,user_id\n", "csv"), ("", "jsonl"), ("\n\n", "jsonl")],
+                         ids=["csv_header_only", "jsonl_empty", "jsonl_blank_lines"])
+def test_a_table_without_rows_is_refused(tmp_path, text, fmt):
+    ds = config_from_dict({"dataset": {"features": []}}).dataset
+    path = tmp_path / f"impressions.{fmt}"
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"no rows \(only a header\?\); expected at least one impressions row$|missing"):
+        tables.read_table(str(path), "impressions", ds)
+    assert not tables.has_records(str(path))
+
+
+def test_an_empty_csv_file_is_refused_as_empty(tmp_path, ds):
+    path = tmp_path / "ads.csv"
+    path.write_text("")
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}: empty file; expected a header line naming the columns$"):
+        tables.table_columns(str(path))

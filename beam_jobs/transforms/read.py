@@ -1,8 +1,21 @@
-"""`ReadTable`: one raw table (CSV, JSON Lines or Parquet; local or gs://) → row dicts."""
+"""`ReadTable`: one raw table (CSV, JSON Lines or Parquet; local or gs://) → row dicts.
+
+Text tables are read file by file (a glob of N files reads in N parallel tasks, then a
+`Reshuffle` spreads the rows), so every record keeps its line number: a bad one is
+dead-lettered as `unparseable` naming its file and line (docs/bad_input.md). With
+`with_source=True` each row also carries where it came from under `SOURCE_KEY`
+("impressions.csv line 17"); the validation composites take it out and name it in their
+dead-letter reasons.
+
+`check_table` runs on the driver before the pipeline starts and refuses, in one line,
+what would make the whole job wrong: a missing file or column, a column named twice,
+shards with different headers, a table without rows, or a day written `20240301`.
+"""
 
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Iterable, Optional
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -10,54 +23,135 @@ from apache_beam import pvalue
 from beam_jobs.common import counter, dead_letter
 
 DEAD = "dead"
+SOURCE_KEY = "__source__"  # "<file name> line N" of a text-table row; popped by the validation composites
+
+
+def _files(path: str) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    from tfvctr.errors import DataError
+
+    matches = FileSystems.match([path])[0].metadata_list
+    if not matches:
+        raise DataError(f"{path}: file not found")
+    return sorted(m.path for m in matches)
+
+
+def _open(path: str):
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.open(path)
 
 
 def read_csv_header(path: str) -> list[str]:
     """The header of the first file matching `path` (every shard of a table shares it)."""
-    from apache_beam.io.filesystems import FileSystems
+    from tfvctr.io import readers
 
+    first_file = _files(path)[0]
+    with _open(first_file) as f:
+        return readers.read_csv_header(f, first_file)
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """What the driver learnt about a table: its files, columns and day format."""
+
+    files: list[str]
+    columns: list[str]
+    day_format: Optional[str]  # "integer" / "iso" from the first good row (impressions), else None
+
+
+def check_table(path: str, table: str, dataset_config) -> TableInfo:
+    """Refuses (DataError, one line) a table the job cannot read correctly; see the module docstring.
+
+    Reads the header (or schema) of every file and the records up to the first good one,
+    never the whole table.
+    """
     from tfvctr.errors import DataError
-    from tfvctr.io import tables
+    from tfvctr.io import readers, tables
 
-    matches = FileSystems.match([path])[0].metadata_list
-    if not matches:
-        raise DataError(f"{path}: no such file")
-    first_file = sorted(m.path for m in matches)[0]
-    with FileSystems.open(first_file) as f:
-        first = f.readline().decode("utf-8")
-    try:
-        header = tables.parse_csv_header(first)
-    except ValueError as e:
-        raise DataError(f"{first_file}: line 1: {e}") from None
-    if not header:
-        raise DataError(f"{first_file}: empty CSV file (no header line)")
-    return header
+    fmt = tables.table_format(path)
+    files = _files(path)
+    columns: Optional[list[str]] = None
+    first: Optional[tuple[str, str, dict]] = None
+    any_record = False
+    for file in files:
+        with _open(file) as f:
+            if fmt == "parquet":
+                names = readers.parquet_columns(f, file)
+            elif fmt == "csv":
+                names = readers.read_csv_header(f, file)
+            else:
+                names = None
+            if columns is not None and names is not None and names != columns:
+                raise DataError(f"{file}: header differs from {files[0]}'s ({', '.join(names)} vs "
+                                f"{', '.join(columns)}); every file of a table needs the same columns")
+            if columns is None:
+                columns = names
+            if first is None:
+                records = _records(f, fmt, file)
+                for line, row in records:
+                    any_record = True
+                    if row is not None:
+                        first = (file, line, row)
+                        break
+    if fmt == "jsonl":
+        with _open(files[0]) as f:
+            columns = readers.jsonl_columns(readers.iter_records(f, "jsonl", files[0]))
+    tables.check_columns(files[0], columns or [], table, dataset_config)
+    if not any_record:
+        what = "only a header" if fmt == "csv" else "no records"
+        raise DataError(f"{path}: no rows ({what}); expected at least one {table} row")
+    day_format = None
+    if table == "impressions" and first is not None:
+        file, line, row = first
+        try:
+            _, day_format = tables.parse_day(row.get("day"))
+        except ValueError as e:
+            if "without dashes" in str(e):  # the whole table is written that way: refuse, not dead-letter every row
+                raise DataError(f"{file}: {line}: {e}") from None
+    return TableInfo(files, columns or [], day_format)
 
 
-class _ParseLine(beam.DoFn):
-    """A text line → row dict; an unparseable line goes to the dead letter, never away."""
+def _records(f, fmt: str, file: str) -> Iterable[tuple[str, Optional[dict]]]:
+    from tfvctr.io import readers
 
-    def __init__(self, table: str, fmt: str, header: list[str] | None):
+    if fmt == "parquet":
+        for n, row in enumerate(readers.iter_parquet_rows(f), start=1):
+            yield f"row {n}", row
+        return
+    f.seek(0)
+    for record in readers.iter_records(f, fmt, file):
+        yield f"line {record.line}", record.row
+
+
+class _ReadFile(beam.DoFn):
+    """A text file → row dicts (each with `SOURCE_KEY`); a record that does not parse goes
+    to the dead letter as `unparseable`, with its file and line, never away."""
+
+    def __init__(self, table: str, fmt: str, with_source: bool):
         self._table = table
         self._fmt = fmt
-        self._header = header
+        self._with_source = with_source
 
-    def process(self, line: str) -> Iterable:
-        if not line.strip():
-            # Blank lines are not rows (trailing newline, spacing).
-            return
-        counter(f"input_{self._table}").inc()
-        from tfvctr.io import tables
+    def setup(self) -> None:
+        self._count = counter(f"input_{self._table}")
 
-        try:
-            if self._fmt == "csv":
-                row = tables.parse_csv_line(line, self._header)
-            else:
-                row = tables.parse_json_line(line)
-        except ValueError as e:
-            row = pvalue.TaggedOutput(DEAD, dead_letter(self._table, line, "unparseable",
-                                                        f"{self._table}: unparseable line: {e}"))
-        yield row
+    def process(self, path: str) -> Iterable:
+        from tfvctr.io import fs, readers
+
+        name = fs.basename(path)
+        with _open(path) as f:
+            for record in readers.iter_records(f, self._fmt, path):
+                self._count.inc()
+                where = f"{name} line {record.line}"
+                if record.row is None:
+                    yield pvalue.TaggedOutput(DEAD, dead_letter(self._table, record.text, "unparseable",
+                                                                f"{self._table}: unparseable line: {record.error} ({where})"))
+                else:
+                    if self._with_source:
+                        record.row[SOURCE_KEY] = where
+                    yield record.row
 
 
 class _CountRow(beam.DoFn):
@@ -70,16 +164,18 @@ class _CountRow(beam.DoFn):
 
 
 class ReadTable(beam.PTransform):
-    """Reads `path` (a file or a glob) as row dicts; counts every row as `input_<table>`.
+    """Reads `path` (a file or a glob) as row dicts; counts every record as `input_<table>`.
 
-    Returns a `DoOutputsTuple` with the rows as the main output and unparseable lines
-    (`dead_letter` tuples) under `"dead"`.
+    Returns a dict with the rows under `"rows"` and unparseable records (`dead_letter`
+    tuples, their reason naming file and line) under `"dead"`. With `with_source=True`,
+    text-table rows carry `SOURCE_KEY` ("t.csv line 7") for the validation composites.
     """
 
-    def __init__(self, path: str, table: str):
+    def __init__(self, path: str, table: str, with_source: bool = False):
         super().__init__()
         self._path = path
         self._table = table
+        self._with_source = with_source
 
     def expand(self, pbegin: beam.pvalue.PBegin):
         from tfvctr.io import tables
@@ -90,7 +186,8 @@ class ReadTable(beam.PTransform):
                     | "Count" >> beam.ParDo(_CountRow(self._table)))
             dead = pbegin.pipeline | "NoDead" >> beam.Create([])
             return {"rows": rows, DEAD: dead}
-        header = read_csv_header(self._path) if fmt == "csv" else None
-        lines = pbegin | "ReadText" >> beam.io.ReadFromText(self._path, skip_header_lines=1 if fmt == "csv" else 0)
-        parsed = lines | "Parse" >> beam.ParDo(_ParseLine(self._table, fmt, header)).with_outputs(DEAD, main="rows")
-        return {"rows": parsed.rows, DEAD: parsed[DEAD]}
+        files = pbegin | "Files" >> beam.Create(_files(self._path))
+        parsed = files | "ReadFiles" >> beam.ParDo(_ReadFile(self._table, fmt, self._with_source)).with_outputs(DEAD, main="rows")
+        # One file is read by one task: spread its rows before the (costly) validation.
+        rows = parsed.rows | "Spread" >> beam.Reshuffle()
+        return {"rows": rows, DEAD: parsed[DEAD]}

@@ -2,27 +2,34 @@
 
 Each image is read, checked, resized and re-encoded here, once per ad (not once per chunk).
 Expected problems (a missing or wrong-typed field, a broken image) leave through a
-`TaggedOutput` with a readable reason; anything unexpected is caught by
-`with_exception_handling` and dead-lettered too, so no row disappears.
+`TaggedOutput` with a readable reason naming the row's file and line; anything unexpected
+is caught by `with_exception_handling` and dead-lettered too (its reason is the
+exception's type and message, never an object repr), so no row disappears.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import apache_beam as beam
 from apache_beam import pvalue
 
 from beam_jobs import images, records
-from beam_jobs.common import dead_letter
+from beam_jobs.common import counter, dead_letter
+from beam_jobs.transforms.read import SOURCE_KEY
 from tfvctr.config import DatasetConfig
+from tfvctr.errors import readable_failure
 
 DEAD = "dead"
 REJECTED = "rejected"  # (ad_id, reason) of ads whose impressions must be dead-lettered too
 
 
 def _json_safe(row: object) -> object:
-    return row if isinstance(row, (dict, str)) else repr(row)
+    if isinstance(row, (dict, str)):
+        return row
+    if isinstance(row, bytes):
+        return row.decode("utf-8", "replace")
+    return str(row)
 
 
 def _unexpected(table: str):
@@ -30,17 +37,23 @@ def _unexpected(table: str):
 
     def fn(failure: tuple) -> tuple:
         element, (exc_type, exc_repr, _) = failure
-        return dead_letter(table, _json_safe(element), "unexpected_error",
-                           f"{table}: unexpected {getattr(exc_type, '__name__', exc_type)}: {exc_repr}")
+        row = dict(element) if isinstance(element, dict) else element
+        where = row.pop(SOURCE_KEY, None) if isinstance(row, dict) else None
+        return dead_letter(table, _json_safe(row), "unexpected_error",
+                           _with_source(f"{table}: unexpected {readable_failure(exc_type, exc_repr)}", where))
 
     return fn
 
 
 def _unexpected_ad_key(failure: tuple) -> Iterable[tuple]:
-    element = failure[0]
+    element, (exc_type, exc_repr, _) = failure
     if isinstance(element, dict) and element.get("ad_id") not in (None, ""):
         ad_id = str(element["ad_id"])
-        yield (ad_id, f"ad {ad_id} rejected: unexpected error ({failure[1][1]})")
+        yield (ad_id, f"ad {ad_id} rejected: unexpected {readable_failure(exc_type, exc_repr)}")
+
+
+def _with_source(reason: str, where: Optional[str]) -> str:
+    return f"{reason} ({where})" if where else reason
 
 
 class _ValidateAd(beam.DoFn):
@@ -48,14 +61,21 @@ class _ValidateAd(beam.DoFn):
         self._ds = ds
         self._table_path = table_path
 
+    def setup(self) -> None:
+        from tfvctr.io import tables
+
+        self._coerce = tables.RowCoercer("ads", self._ds)
+
     def process(self, row: dict) -> Iterable:
         from tfvctr.io import tables
 
+        row = dict(row)
+        where = row.pop(SOURCE_KEY, None)
         try:
-            typed = tables.coerce_row(row, "ads", self._ds)
+            typed = self._coerce(row)
         except ValueError as e:
-            yield pvalue.TaggedOutput(DEAD, dead_letter("ads", row, "bad_field", f"ads: {e}"))
-            ad_id = row.get("ad_id") if isinstance(row, dict) else None
+            yield pvalue.TaggedOutput(DEAD, dead_letter("ads", row, "bad_field", _with_source(f"ads: {e}", where)))
+            ad_id = row.get("ad_id")
             if ad_id not in (None, ""):
                 yield pvalue.TaggedOutput(REJECTED, (str(ad_id), f"ad {ad_id} rejected: {e}"))
             return
@@ -64,7 +84,7 @@ class _ValidateAd(beam.DoFn):
         try:
             encoded = images.load_image(uri, self._ds.image_size, self._ds.image_format, self._ds.max_image_pixels)
         except images.ImageError as e:
-            yield pvalue.TaggedOutput(DEAD, dead_letter("ads", row, e.code, f"ad {ad_id}: {e}"))
+            yield pvalue.TaggedOutput(DEAD, dead_letter("ads", row, e.code, _with_source(f"ad {ad_id}: {e}", where)))
             yield pvalue.TaggedOutput(REJECTED, (ad_id, f"ad {ad_id} rejected: {e}"))
             return
         typed["image"] = uri
@@ -72,17 +92,28 @@ class _ValidateAd(beam.DoFn):
 
 
 class _ValidateImpression(beam.DoFn):
+    """Also counts the rows of each day format (`day_format_integer`, `day_format_iso`): a
+    table must keep to one, checked after the run (`beam_jobs.checks`)."""
+
     def __init__(self, ds: DatasetConfig):
         self._ds = ds
 
-    def process(self, row: dict) -> Iterable:
+    def setup(self) -> None:
         from tfvctr.io import tables
 
+        self._coerce = tables.RowCoercer("impressions", self._ds)
+        self._formats = {f: counter(f"day_format_{f}") for f in ("integer", "iso")}
+
+    def process(self, row: dict) -> Iterable:
+        row = dict(row)
+        where = row.pop(SOURCE_KEY, None)
         try:
-            typed = tables.coerce_row(row, "impressions", self._ds)
+            typed = self._coerce(row)
         except ValueError as e:
-            yield pvalue.TaggedOutput(DEAD, dead_letter("impressions", row, "bad_field", f"impressions: {e}"))
+            yield pvalue.TaggedOutput(DEAD, dead_letter("impressions", row, "bad_field",
+                                                        _with_source(f"impressions: {e}", where)))
             return
+        self._formats[self._coerce.day_format].inc()
         yield (str(typed["ad_id"]), records.impression_from_row(typed, self._ds))
 
 

@@ -41,6 +41,93 @@ def test_truncated_jpeg_is_undecodable_and_missing_file_unreadable(tmp_path):
     assert e.value.code == "image_unreadable"
 
 
+def _png16(pixels: np.ndarray) -> bytes:
+    """A real 16-bit PNG (Pillow cannot write 16-bit RGB): IHDR with bit depth 16, big-endian samples."""
+    import struct
+    import zlib
+
+    h, w, c = pixels.shape
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]  # grey, grey+alpha, RGB, RGBA
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _pixels(data: bytes, size: int = 4) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(images.prepare_image(data, size, "png"))))
+
+
+@pytest.mark.parametrize("channels", [1, 3], ids=["grey16", "rgb16"])
+def test_16_bit_png_is_scaled_to_8_bits_not_clipped_to_white(channels):
+    grey = np.array([[0, 257 * 64], [257 * 128, 65535]], np.uint16)
+    pixels = np.repeat(grey[:, :, None], channels, axis=2)
+    assert Image.open(io.BytesIO(_png16(pixels))).mode == ("I;16" if channels == 1 else "RGB")  # a real 16-bit file
+    out = _pixels(_png16(pixels), 2)
+    np.testing.assert_array_equal(out, np.repeat(np.array([[0, 64], [128, 255]], np.uint8)[:, :, None], 3, axis=2))
+
+
+def test_transparent_pixels_are_composited_on_white():
+    rgba = np.zeros((2, 2, 4), np.uint8)  # transparent black ...
+    rgba[0, 0] = [200, 10, 10, 255]  # ... but one opaque red pixel
+    rgba[0, 1] = [0, 0, 200, 128]  # and one half-transparent blue one
+    buf = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buf, format="PNG")
+    out = _pixels(buf.getvalue(), 2).astype(int)
+    np.testing.assert_array_equal(out[0, 0], [200, 10, 10])
+    np.testing.assert_allclose(out[0, 1], [127, 127, 227], atol=1)  # 50 % blue over white
+    np.testing.assert_array_equal(out[1], [[255, 255, 255]] * 2)  # not black
+
+
+@pytest.mark.parametrize("kind", ["la16", "palette_transparency", "grey_alpha"])
+def test_other_transparent_kinds_are_composited_on_white(kind):
+    if kind == "la16":
+        data = _png16(np.stack([np.zeros((2, 2), np.uint16), np.zeros((2, 2), np.uint16)], axis=2))
+    else:
+        buf = io.BytesIO()
+        if kind == "palette_transparency":
+            img = Image.new("P", (2, 2), 0)
+            img.putpalette([0, 0, 0] * 256)
+            img.save(buf, format="PNG", transparency=0)
+        else:
+            Image.fromarray(np.zeros((2, 2, 2), np.uint8), mode="LA").save(buf, format="PNG")
+        data = buf.getvalue()
+    np.testing.assert_array_equal(_pixels(data, 2), np.full((2, 2, 3), 255, np.uint8))
+
+
+def test_pixel_limit_is_the_config_not_pillows_own_bomb_limit():
+    # Pillow's global limit (warn above 89 M pixels, refuse above 179 M) would overrule
+    # dataset.max_image_pixels both ways; importing beam_jobs.images switches it off.
+    import warnings
+
+    assert Image.MAX_IMAGE_PIXELS is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = images.prepare_image(fixtures.png_bytes(12, 30, width=20), 8, "png", max_pixels=240)
+    assert Image.open(io.BytesIO(out)).size == (8, 8)
+
+
+def test_pixel_limit_is_checked_before_any_pixel_is_decoded(monkeypatch):
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("decoded before the header check")
+
+    data = fixtures.png_bytes(12, 30, width=20)
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", no_decoding)
+    with pytest.raises(images.ImageError, match="exceeds dataset.max_image_pixels = 239"):
+        images.prepare_image(data, 8, "png", max_pixels=239, name="img")
+
+
+def test_undecodable_image_reason_has_no_object_repr():
+    with pytest.raises(images.ImageError) as e:
+        images.prepare_image(b"not an image at all", 8, "png", name="ads/x.png")
+    assert str(e.value) == "ads/x.png cannot be decoded: cannot identify image file"
+    assert " at 0x" not in str(e.value)
+
+
 def test_invalid_image_format_argument_is_rejected():
     with pytest.raises(ValueError, match="Received: image_format='gif'"):
         images.prepare_image(b"", 8, "gif")
