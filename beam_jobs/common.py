@@ -7,8 +7,12 @@ import logging
 from typing import Any, Iterable
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from tfvctr.errors import TfvctrError
 
 NAMESPACE = "tfvctr"  # every counter of both jobs, read after the run for the summary/manifest
 
@@ -50,8 +54,6 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
         standard.runner = "DirectRunner"
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode == "multi_threading":
-        from tfvctr.errors import TfvctrError
-
         raise TfvctrError("--direct_running_mode multi_threading loses data in CoGroupByKey jobs (docs/design.md); "
                           "use in_memory (default) or --direct_num_workers N (multi_processing)")
     if (direct.direct_num_workers or 1) > 1 and direct.direct_running_mode == "in_memory":
@@ -61,8 +63,6 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
 
 def read_counters(result: Any) -> dict[str, int]:
     """Counters of the `tfvctr` namespace after the run (committed where the runner has them)."""
-    from apache_beam.metrics.metric import MetricsFilter
-
     out: dict[str, int] = {}
     for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         try:
@@ -93,10 +93,6 @@ class FormatDeadLetter(beam.DoFn):
 def prepare_output(out: str, overwrite: bool) -> None:
     """Refuses a non-empty --out (an earlier run's stale shards would be read with the new
     ones), unless `overwrite`, which deletes the folder first."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from tfvctr.errors import TfvctrError
-
     patterns = [FileSystems.join(out, "*"), FileSystems.join(out, "*", "*")]  # files and shards in sub-folders
     if not any(m.metadata_list for m in FileSystems.match(patterns)):
         return
@@ -108,20 +104,14 @@ def prepare_output(out: str, overwrite: bool) -> None:
 
 def write_text_file(path: str, text: str) -> None:
     """Writes one small file through Beam's filesystems (local, gs://...)."""
-    from apache_beam.io.filesystems import FileSystems
-
     with FileSystems.create(path) as f:
         f.write(text.encode("utf-8"))
 
 
 def read_text_file(path: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
     with FileSystems.open(path) as f:
         return f.read().decode("utf-8")
 
 
 def join_path(*parts: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
     return FileSystems.join(*parts)

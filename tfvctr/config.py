@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from tfvctr.errors import ConfigError
+from tfvctr.io import fs
 
 FeatureSource = Literal["ad", "impression"]
 FeatureKind = Literal["categorical", "multi", "numeric"]
@@ -415,8 +416,6 @@ def load_config(path: str, overrides: Optional[list[str]] = None) -> Config:
 
     `overrides` are `key.path=value` strings applied before validation (`--set`).
     """
-    from tfvctr.io import fs
-
     if not fs.exists(path):
         raise ConfigError(f"{path}: config file not found")
     with fs.open(path, "r") as f:
@@ -434,7 +433,5 @@ def load_config(path: str, overrides: Optional[list[str]] = None) -> Config:
 
 
 def save_config(config: Config, path: str) -> None:
-    from tfvctr.io import fs
-
     with fs.open(path, "w") as f:
         f.write(config.to_yaml())

@@ -40,6 +40,7 @@ import tensorflow as tf
 from tfvctr import layout
 from tfvctr.config import Config, DatasetConfig, FeatureConfig
 from tfvctr.errors import DataError
+from tfvctr.features import FeatureEncoder
 from tfvctr.io import fs
 
 SPLITS = ("train", "eval")
@@ -281,8 +282,6 @@ def make_dataset(
     files = files or list_shards(data_dir, split)
     files = shard_files(files, num_workers, worker_index)
     if encoder is None:
-        from tfvctr.features import FeatureEncoder
-
         encoder = FeatureEncoder.from_data_dir(ds_config, data_dir)
     batch_size = batch_size or tr.ads_per_batch
     seed = tr.seed + 1000 * worker_index

@@ -118,6 +118,8 @@ def compute_metrics(pred: dict[str, np.ndarray], cold_ads: Optional[set[str]] = 
 
 
 def plot_roc(labels: np.ndarray, probs: np.ndarray, path: str, title: str = "ROC") -> None:
+    # Lazy: pyplot must load after the file-only Agg backend is chosen (no display on servers),
+    # and only the plotting path needs it.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,7 +1,9 @@
-"""A tiny trained model, its data and its table, shared by the export tests (session scope).
+"""A tiny model dir, its data and its table, shared by the export tests (session scope).
 
 Demo data at 16 px (40 ads, 7 days, the last one the eval day), a CSCNN-DCN a few widths
-wide trained for a few steps, and its visual-embedding table in float32 (every ad).
+wide with seeded random weights written as `tfvctr train` writes its model dir (the
+export reads only the files; training is the demo's job), its visual-embedding table
+in float32 (every ad), and one export of it.
 """
 
 from __future__ import annotations
@@ -28,12 +30,38 @@ def tiny_config_dict(repo) -> dict:
     return data
 
 
+def write_model_dir(config, data: str, model_dir: str) -> None:
+    """config.yaml, data_dir.txt, model.keras, visual_tower.keras (docs/formats.md §3)."""
+    import keras
+
+    from tfvctr import data as data_lib
+    from tfvctr import layout
+    from tfvctr.config import save_config
+    from tfvctr.features import FeatureEncoder
+    from tfvctr.models.factory import build_model
+
+    os.makedirs(model_dir, exist_ok=True)
+    encoder = FeatureEncoder.from_data_dir(config.dataset, data)
+    keras.utils.set_random_seed(0)
+    model = build_model(config, encoder.num_categories, encoder.vocab_sizes, seed=0)
+    inputs, _ = next(iter(data_lib.make_dataset(config, data, "eval", training=False, encoder=encoder)))
+    model(inputs)
+    # Random x_v is small next to the other features; scaled up, a wrong x_v (a fallback
+    # row where the image was expected, another ad's row) moves the logit well past 1e-5.
+    projection = model.visual_tower.get_layer("visual_projection")
+    projection.kernel.assign(projection.kernel * 50.0)
+    save_config(config, os.path.join(model_dir, layout.CONFIG))
+    with open(os.path.join(model_dir, layout.DATA_DIR_POINTER), "w") as f:
+        f.write(data)
+    model.visual_tower.save(os.path.join(model_dir, layout.VISUAL_TOWER))
+    model.save(os.path.join(model_dir, layout.MODEL))
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict:
     from beam_jobs import build_tfrecords, embed_ads
     from tests.conftest import REPO
     from tfvctr.demo_data.generate import generate
-    from tfvctr.training.trainer import train
 
     root = tmp_path_factory.mktemp("export_tiny")
     raw, data, model_dir, table = (str(root / d) for d in ("raw", "data", "model", "table"))
@@ -45,8 +73,17 @@ def tiny(tmp_path_factory) -> dict:
     config = config_from_dict(config_dict, config_path)
     build_tfrecords.run(["--config", config_path, "--ads", os.path.join(raw, "ads.csv"),
                          "--impressions", os.path.join(raw, "impressions.csv"), "--out", data], verbose=False)
-    train(config, data, model_dir, log=None)
+    write_model_dir(config, data, model_dir)
     embed_ads.run(["--model", model_dir, "--data", data, "--out", table, "--coverage", "1", "--dtype", "float32"],
                   verbose=False)
     return {"root": str(root), "raw": raw, "data": data, "model": model_dir, "table": table, "config": config,
             "config_path": config_path}
+
+
+@pytest.fixture(scope="session")
+def exported(tiny) -> dict:
+    """One export of the tiny model (version 1), checked by the exporter itself."""
+    from tfvctr.export import export_model
+
+    info = export_model(tiny["model"], tiny["table"], os.path.join(tiny["root"], "serving"))
+    return info

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvctr.errors import TfvctrError
+from tfvctr.models.losses import pairwise_loss
 
 AUC_BINS = 1000  # histogram resolution of the streaming train AUC
 
@@ -77,8 +78,6 @@ def bpr_objective(model: Any, inputs: dict, labels: tf.Tensor) -> tuple[tf.Tenso
     divides by the global number of pairs of the step. The label histograms still give the
     train AUC on impressions.
     """
-    from tfvctr.models.losses import pairwise_loss
-
     users = inputs[PAIR_USER_KEY]
     logits = tf.cast(model(model_inputs(inputs), training=True), tf.float32)
     loss_sum, pairs = pairwise_loss(labels, logits, users)
