@@ -91,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
     manager.poll_once()  # TF Serving opens its ports only after the initial load
     for s in specs:
         versions = manager.available_versions(s.name)
+        for label, v in sorted(s.labels.items()):
+            if v not in versions:
+                # TF Serving refuses such a config too ("...which is not currently available for inference").
+                raise ConfigError(f"model {s.name}: version label {label!r} points at version {v}, which is not loaded "
+                                  f"(loaded: {versions or 'none'})")
         print(f"model {s.name}: versions {versions or 'none yet'} from {s.base_path}", flush=True)
 
     def ready(host, port):
