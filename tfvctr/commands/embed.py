@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from beam_jobs.flags import add_embed_arguments, add_runner_help
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from beam_jobs.flags import add_embed_arguments, add_runner_help
-
     p = sub.add_parser(
         "embed",
         help="Beam: run the visual tower over the ads -> the visual-embedding table",
@@ -22,7 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Lazy, as in every command: see tfvctr/commands/__init__.py.
     from beam_jobs.embed_ads import run_args
+    from tfvctr.fingerprint import check_model_data
 
+    check_model_data(args.model, args.data, "embed")  # unfinished training, a data dir that does not fit
     run_args(args, list(getattr(args, "beam_args", [])))
     return 0

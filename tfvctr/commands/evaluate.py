@@ -20,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Lazy, as in every command: see tfvctr/commands/__init__.py.
     from tfvctr.evaluation import evaluate
 
     r = evaluate(args.model_dir, args.data, baseline=args.baseline, split=args.split)

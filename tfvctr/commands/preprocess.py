@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from beam_jobs.flags import add_preprocess_arguments, add_runner_help
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from beam_jobs.flags import add_preprocess_arguments, add_runner_help
-
     p = sub.add_parser(
         "preprocess",
         help="Beam: raw ads + impressions tables -> grouped TFRecords, vocabularies, stats",
@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Lazy, as in every command: see tfvctr/commands/__init__.py.
     from beam_jobs.build_tfrecords import run_args
 
     run_args(args, list(getattr(args, "beam_args", [])))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tfvctr.commands import add_set_argument
+from tfvctr.config import load_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The strategy must exist before any other TensorFlow op (MultiWorkerMirroredStrategy).
     from tfvctr.training.strategy import make_strategy
 
     strategy = make_strategy()
-    from tfvctr.config import load_config
     from tfvctr.training.trainer import pretrain
 
     config = load_config(args.config, args.overrides)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tfvctr.commands import add_set_argument
+from tfvctr.config import load_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
     from tfvctr.training.strategy import make_strategy
 
     strategy = make_strategy()
-    from tfvctr.config import load_config
     from tfvctr.training.trainer import train
 
     config = load_config(args.config, args.overrides)

@@ -13,6 +13,7 @@ import importlib.resources
 import os
 
 from tfvctr.commands import add_set_argument
+from tfvctr.config import load_config
 from tfvctr.errors import TfvctrError
 
 STARTER = "demo"
@@ -72,9 +73,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Lazy: config.py is cheap, but keeping every command module import-free keeps `tfvctr --help` fast.
-    from tfvctr.config import load_config
-
     if args.config is None:
         if not args.print_full:
             raise TfvctrError("no CONFIG given: name a YAML config to check, or use --print for a starter config")

@@ -11,6 +11,7 @@ from tfvctr.config import Config
 from tfvctr.layers.cross import CrossNetwork
 from tfvctr.layers.embedding import NonVisualEmbedding, feature_specs
 from tfvctr.models.base import CTRModel
+from tfvctr.models.visual_tower import build_visual_tower
 
 
 def _dense(units: int, activation: Optional[str], seed: Optional[int], name: str) -> keras.layers.Dense:
@@ -173,8 +174,6 @@ class CSCNNDCN(CTRModel):
         self.use_image = bool(use_image)
         m = self.config.model
         if self.use_image:
-            from tfvctr.models.visual_tower import build_visual_tower
-
             self.visual_tower = build_visual_tower(
                 m, self.config.dataset.image_size, self.num_categories, seed=self.seed, name="visual_tower"
             )

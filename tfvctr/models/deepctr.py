@@ -17,6 +17,7 @@ from tfvctr.config import Config
 from tfvctr.errors import TfvctrError
 from tfvctr.layers.embedding import NonVisualEmbedding, feature_specs
 from tfvctr.models.base import CTRModel, as_config, tower_config
+from tfvctr.models.visual_tower import build_visual_tower
 
 
 @keras.saving.register_keras_serializable(package="tfvctr")
@@ -151,8 +152,6 @@ class DeepCTR(CTRModel):
     ) -> None:
         kwargs.setdefault("name", "deepctr")
         super().__init__(config, num_categories, vocab_sizes, seed, **kwargs)
-        from tfvctr.models.visual_tower import build_visual_tower
-
         dc = self.config.model.deepctr
         self.visual_tower = build_visual_tower(
             tower_config(self.config.model, visual_dim=dc.convnet_dim),
@@ -216,8 +215,6 @@ def build_category_pretrainer(
     Returns:
         keras.Model: `{"image": [n,H,W,3]}` → class probabilities `[n, num_categories]`.
     """
-    from tfvctr.models.visual_tower import build_visual_tower
-
     config = as_config(config)
     seed = config.training.seed if seed is None else seed
     if config.model.num_categories is not None:  # as build_model does

@@ -6,6 +6,9 @@ from typing import Mapping, Optional
 
 from tfvctr.config import Config
 from tfvctr.models.base import CTRModel
+from tfvctr.models.cscnn_dcn import CSCNNDCN
+from tfvctr.models.deepctr import DeepCTR
+from tfvctr.models.vbpr import VBPR
 
 
 def build_model(
@@ -28,10 +31,6 @@ def build_model(
     Returns:
         A built `CTRModel`.
     """
-    from tfvctr.models.cscnn_dcn import CSCNNDCN
-    from tfvctr.models.deepctr import DeepCTR
-    from tfvctr.models.vbpr import VBPR
-
     if config.model.num_categories is not None:
         num_categories = config.model.num_categories
     arch = config.model.architecture

@@ -34,6 +34,7 @@ from keras import ops
 from tfvctr.config import Config
 from tfvctr.errors import ConfigError
 from tfvctr.models.base import CTRModel, tower_config
+from tfvctr.models.visual_tower import build_visual_tower
 
 VARIANTS = ("bpr_mf", "vbpr", "dvbpr", "dvbpr_c", "sherlock", "deepstyle", "dvbpr_sca", "cscnn")
 _CATEGORY_AWARE_ATTENTION = ("cscnn", "se_cscnn", "cbam_channel_cscnn", "cscnn_channel", "cscnn_spatial")
@@ -210,8 +211,6 @@ class VBPR(CTRModel):
         if v.variant == "bpr_mf":
             visual_dim = 0
         else:
-            from tfvctr.models.visual_tower import build_visual_tower
-
             if v.variant == "cscnn":
                 attention = "cscnn"
             elif v.variant == "dvbpr_sca":
