@@ -13,15 +13,22 @@ the simulator's ceiling AUC when the passthrough `true_ctr` is present, and rela
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from typing import Any, Optional
 
+import keras
 import numpy as np
+import tensorflow as tf
 
+import tfvctr.models  # noqa: F401 - registers the model classes for load_model
+from tfvctr import data as data_lib
 from tfvctr import layout
 from tfvctr import metrics as m
+from tfvctr.config import load_config
 from tfvctr.errors import DataError, TfvctrError
+from tfvctr.features import FeatureEncoder
 from tfvctr.io import fs
 
 CEILING_COLUMN = "true_ctr"
@@ -50,8 +57,6 @@ class Evaluator:
     """Accumulates predictions of `model` over batches `(inputs, labels, meta)`."""
 
     def __init__(self, model: Any, passthrough: tuple[str, ...] = ()):
-        import tensorflow as tf
-
         self.model = model
         self.passthrough = tuple(passthrough)
         # Batches differ in impression count: trace once for generalised shapes, not per batch.
@@ -152,9 +157,7 @@ def plot_reliability(calib: dict, path: str) -> None:
 
 
 def _save(fig: Any, path: str) -> None:
-    import io
-
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy, as in plot_roc
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
@@ -202,17 +205,9 @@ def evaluate(
     Returns:
         The metrics dict that `metrics.json` holds.
     """
-    import keras
-
-    import tfvctr.models  # noqa: F401 - registers the model classes for load_model
-    from tfvctr import data as data_lib
-    from tfvctr.config import load_config
-
     config = load_config(fs.join(model_dir, layout.CONFIG))
     files = data_lib.list_shards(data_dir, split)
     if encoder is None:
-        from tfvctr.features import FeatureEncoder
-
         # Ids must be the ones the model was trained with: the training data's vocabularies.
         vocab_dir = data_dir
         trained_on = fs.join(model_dir, layout.DATA_DIR_POINTER)
