@@ -29,7 +29,7 @@ import json
 import math
 import re
 import urllib.parse
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from google.protobuf import json_format
@@ -345,6 +345,65 @@ def _input_dtypes(signature) -> dict[str, int]:
     return {k: int(v.dtype) for k, v in signature.inputs.items()}
 
 
+def _fast_leaves(vals: list, dtype: int) -> np.ndarray | None:
+    """The common well-typed case in one pass, or None for the exact (slow) path.
+
+    Accepts only what the exact path accepts and gives the same array; everything else
+    (ints for floats beyond 2**24, b64 objects, nested lists, wrong types) returns None,
+    and the exact path then produces TF Serving's result or error message.
+    """
+    if dtype == DT_STRING:
+        if all(type(v) is str for v in vals):
+            arr = np.empty(len(vals), dtype=object)
+            arr[:] = [v.encode("utf-8") for v in vals]
+            return arr
+        return None
+    if dtype == DT_FLOAT or dtype == DT_DOUBLE:
+        if not all(type(v) is float or (type(v) is int and -16777215 <= v <= 16777215) for v in vals):
+            return None
+        a = np.asarray(vals, dtype=np.float64)
+        if dtype == DT_FLOAT:
+            with np.errstate(invalid="ignore"):
+                if np.any(np.isfinite(a) & (np.abs(a) > _F32_MAX)):
+                    return None
+            return a.astype(np.float32)
+        return a
+    if dtype == DT_BOOL:
+        return np.asarray(vals, dtype=np.bool_) if all(type(v) is bool for v in vals) else None
+    if dtype in _INT_RANGE:
+        lo, hi = _INT_RANGE[dtype]
+        if vals and all(type(v) is int for v in vals) and lo <= min(vals) and max(vals) <= hi:
+            return np.asarray(vals, dtype=NUMPY_DTYPE[dtype])
+    return None
+
+
+def _fast_column(col: list, dtype: int) -> np.ndarray | None:
+    """A batch of scalars or of equal-length flat lists, else None."""
+    if not col:
+        return None
+    if type(col[0]) is list:
+        width = len(col[0])
+        if width == 0 or not all(type(v) is list and len(v) == width for v in col):
+            return None
+        arr = _fast_leaves([x for v in col for x in v], dtype)
+        return None if arr is None else arr.reshape(len(col), width)
+    return _fast_leaves(col, dtype)
+
+
+def _fast_instances(instances: list, dtypes: dict[str, int]) -> dict[str, np.ndarray] | None:
+    keys = dtypes.keys()
+    for r in instances:
+        if type(r) is not dict or len(r) != len(dtypes) or r.keys() != keys:
+            return None
+    out = {}
+    for name, dtype in dtypes.items():
+        arr = _fast_column([r[name] for r in instances], dtype)
+        if arr is None:
+            return None
+        out[name] = arr
+    return out
+
+
 def tensors_from_instances(instances: list, dtypes: dict[str, int]) -> dict[str, np.ndarray]:
     """FillTensorMapFromInstancesList: row format, batched along a new first dimension."""
     if not isinstance(instances[0], dict) and len(dtypes) > 1:
@@ -354,6 +413,10 @@ def tensors_from_instances(instances: list, dtypes: dict[str, int]) -> dict[str,
         return isinstance(v, dict) and not is_b64_object(v)
 
     objects = is_element_object(instances[0])
+    if objects:
+        fast = _fast_instances(instances, dtypes)
+        if fast is not None:
+            return fast
     names = sorted(dtypes)
     values: dict[str, list] = {}
     shapes: dict[str, list[int]] = {}
@@ -399,6 +462,9 @@ def tensors_from_inputs(val: Any, dtypes: dict[str, int]) -> dict[str, np.ndarra
     """FillTensorMapFromInputsMap: columnar format; names the signature lacks are ignored."""
 
     def one(v, dtype):
+        fast = _fast_column(v, dtype) if type(v) is list else None
+        if fast is not None:
+            return fast
         shape = _dense_shape(v)
         out: list = []
         _fill(v, 0, dtype, shape, out)
@@ -446,31 +512,58 @@ def format_double(v: float) -> str:
     return s
 
 
-def _leaf_writer(arr: np.ndarray, as_bytes: bool) -> Callable[[Any], str]:
+def format_floats(arr: np.ndarray) -> list[str]:
+    """`format_float` / `format_double` over a whole array, vectorised where it counts.
+
+    "%g" per value, then one numpy comparison finds the strings that do not round-trip;
+    only these are redone with max_digits10 (9 for float32, 17 for float64).
+    """
+    flat = arr.reshape(-1)
+    values = flat.astype(np.float64).tolist()
+    strs = ["%g" % v for v in values]
+    if not strs:
+        return strs
+    back = np.array(list(map(float, strs)), dtype=np.float64).astype(flat.dtype)
+    digits = "%.9g" if flat.dtype == np.float32 else "%.17g"
+    for i in np.nonzero(back != flat)[0].tolist():  # NaN != NaN: replaced below anyway
+        strs[i] = digits % values[i]
+    # Whole numbers get ".0" ("nan"/"inf" contain an "n" and are replaced next).
+    strs = [x if ("." in x or "e" in x or "n" in x) else x + ".0" for x in strs]
+    finite = np.isfinite(flat)
+    if not finite.all():
+        for i in np.nonzero(~finite)[0].tolist():
+            v = values[i]
+            strs[i] = "NaN" if v != v else ("-Infinity" if v < 0 else "Infinity")
+    return strs
+
+
+def _leaves(arr: np.ndarray, as_bytes: bool) -> list[str]:
+    """Every element of `arr` (flattened, C order) as its JSON token (AddSingleValueAndAdvance)."""
     kind = arr.dtype
-    if kind == np.float32:
-        return lambda x: format_float(float(x))
-    if kind == np.float64:
-        return lambda x: format_double(float(x))
+    if kind == np.float32 or kind == np.float64:
+        return format_floats(arr)
+    flat = arr.reshape(-1)
     if kind == np.bool_:
-        return lambda x: "true" if x else "false"
+        return ["true" if x else "false" for x in flat.tolist()]
     if np.issubdtype(kind, np.integer):
-        return lambda x: str(int(x))
+        return [str(x) for x in flat.tolist()]
     if kind.kind in ("O", "S", "U"):
+        items = [x if isinstance(x, bytes) else str(x).encode("utf-8") for x in flat.tolist()]
         if as_bytes:
-            return lambda x: '{"b64": "%s"}' % base64.b64encode(x if isinstance(x, bytes) else str(x).encode()).decode("ascii")
-        return lambda x: json.dumps(x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x), ensure_ascii=False)
+            return ['{"b64": "%s"}' % base64.b64encode(x).decode("ascii") for x in items]
+        # rapidjson writes the raw bytes; JSON text must be UTF-8, so invalid bytes become U+FFFD.
+        return [json.dumps(x.decode("utf-8", "replace"), ensure_ascii=False) for x in items]
     raise invalid(f"Failed to write JSON value for tensor type: {kind}")
 
 
-def _write(arr: np.ndarray, leaf: Callable[[Any], str]) -> str:
-    if not isinstance(arr, np.ndarray):  # an element of an object (string) array
-        return leaf(arr)
-    if arr.ndim == 0:
-        return leaf(arr.item() if arr.dtype != object else arr[()])
-    if arr.ndim == 1:
-        return "[" + ", ".join(leaf(x) for x in (arr.tolist() if arr.dtype != object else arr)) + "]"
-    return "[" + ", ".join(_write(a, leaf) for a in arr) + "]"
+def _nest(tokens: list[str], shape: tuple[int, ...]) -> str:
+    """AddTensorValues: tokens (C order) as nested JSON lists of `shape` (a scalar for ())."""
+    if not shape:
+        return tokens[0]
+    if len(shape) == 1:
+        return "[" + ", ".join(tokens) + "]"
+    step = len(tokens) // shape[0] if shape[0] else 0
+    return "[" + ", ".join(_nest(tokens[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])) + "]"
 
 
 def json_from_tensors(outputs: dict[str, np.ndarray], row_format: bool) -> str:
@@ -478,11 +571,11 @@ def json_from_tensors(outputs: dict[str, np.ndarray], row_format: bool) -> str:
     if not outputs:
         raise invalid("Cannot convert empty tensor map to JSON")
     names = sorted(outputs)
-    leaves = {n: _leaf_writer(outputs[n], outputs[n].dtype == object and n.endswith("_bytes")) for n in names}
+    tokens = {n: _leaves(outputs[n], outputs[n].dtype == object and n.endswith("_bytes")) for n in names}
     if not row_format:
         if len(names) == 1:
-            return '{"outputs": ' + _write(outputs[names[0]], leaves[names[0]]) + "}"
-        parts = [json.dumps(n) + ": " + _write(outputs[n], leaves[n]) for n in names]
+            return '{"outputs": ' + _nest(tokens[names[0]], outputs[names[0]].shape) + "}"
+        parts = [json.dumps(n) + ": " + _nest(tokens[n], outputs[n].shape) for n in names]
         return '{"outputs": {' + ", ".join(parts) + "}}"
     batch = 0
     for n in names:
@@ -495,10 +588,17 @@ def json_from_tensors(outputs: dict[str, np.ndarray], row_format: bool) -> str:
             raise invalid(f"Tensor name: {n} has inconsistent batch size: {t.shape[0]} expecting: {batch}")
         batch = t.shape[0]
     if len(names) == 1:
-        return '{"predictions": ' + _write(outputs[names[0]], leaves[names[0]]) + "}"
-    rows = []
-    for i in range(batch):
-        rows.append("{" + ", ".join(json.dumps(n) + ": " + _write(outputs[n][i], leaves[n]) for n in names) + "}")
+        return '{"predictions": ' + _nest(tokens[names[0]], outputs[names[0]].shape) + "}"
+    per_row = []
+    for n in names:
+        item = outputs[n].shape[1:]
+        if not item:
+            per_row.append(tokens[n])
+        else:
+            size = len(tokens[n]) // batch
+            per_row.append([_nest(tokens[n][i * size:(i + 1) * size], item) for i in range(batch)])
+    template = "{" + ", ".join(json.dumps(n).replace("%", "%%") + ": %s" for n in names) + "}"
+    rows = [template % vals for vals in zip(*per_row, strict=True)]
     return '{"predictions": [' + ", ".join(rows) + "]}"
 
 

@@ -147,3 +147,25 @@ def test_client_rejects_what_tf_serving_would():
         ServingClient("http://x", "m", version=1, label="a")
     with pytest.raises(ValueError, match="at least one row"):
         ServingClient("http://x", "m").predict([])
+
+
+def test_vectorised_float_formatting_matches_the_scalar_rule():
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.standard_normal(3000) * 10.0 ** rng.integers(-8, 9, 3000),
+                             [0.0, -0.0, 1.0, 3.0, 9e6, 3e-5, 0.1, np.nan, np.inf, -np.inf]])
+    for dtype, scalar in ((np.float32, rest_api.format_float), (np.float64, rest_api.format_double)):
+        arr = values.astype(dtype)
+        assert rest_api.format_floats(arr) == [scalar(float(v)) for v in arr]
+
+
+def test_fast_row_parsing_gives_the_exact_paths_arrays(monkeypatch):
+    dtypes = {"s": rest_api.DT_STRING, "f": rest_api.DT_FLOAT, "l": rest_api.DT_STRING, "b": rest_api.DT_BOOL,
+              "i": rest_api.DT_INT64, "d": rest_api.DT_DOUBLE}
+    rows = [{"s": f"ad{i}", "f": [0.5, 2, float("nan"), -1e30][i % 4], "l": ["a", str(i)], "b": i % 2 == 0,
+             "i": i * 10**12, "d": 0.1 * i} for i in range(9)]
+    fast = rest_api.tensors_from_instances(rows, dtypes)
+    monkeypatch.setattr(rest_api, "_fast_instances", lambda *a: None)
+    exact = rest_api.tensors_from_instances(rows, dtypes)
+    for k in dtypes:
+        assert fast[k].dtype == exact[k].dtype and fast[k].shape == exact[k].shape, k
+        np.testing.assert_array_equal(fast[k], exact[k])
