@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 
+import optuna
 import pytest
 import yaml
 
@@ -19,7 +20,7 @@ from tfvctr import layout
 from tfvctr.cli import main
 from tfvctr.config import config_from_dict, load_config
 from tfvctr.errors import ConfigError, TfvctrError
-from tfvctr.tuning import _yaml_value, search_space, tune
+from tfvctr.tuning import STUDY_NAME, _yaml_value, search_space, tune
 
 PARAMS = {
     "training.learning_rate": {"low": 1.0e-4, "high": 1.0e-1, "log": True},
@@ -176,11 +177,9 @@ def test_an_interrupted_trial_is_marked_and_retried_with_its_values_and_checkpoi
 
 
 def test_a_trial_left_running_by_a_killed_process_is_retried(tmp_path):
-    import optuna
-
     _run(_config(), tmp_path, FakeRunner(), trials=1)
     # What SIGKILL leaves behind: a trial that is RUNNING in the database, with values.
-    study = optuna.load_study(study_name="tfvctr-tune", storage=f"sqlite:///{tmp_path}/study.db")
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path}/study.db")
     killed = study.ask()
     lr = killed.suggest_float("training.learning_rate", 1e-4, 1e-1, log=True)
     lines = []
@@ -306,7 +305,12 @@ def data_dir(tmp_path_factory):
 
 def test_real_trials_train_score_on_valid_and_resume(data_dir, tmp_path, capsys):
     d = rf.tiny_config_dict(steps=4, eval_every=2, patience=0)
-    d["tune"] = {"params": {"training.learning_rate": {"low": 1.0e-3, "high": 1.0e-1, "log": True}}, "steps_per_trial": 4}
+    # The median pruner makes each trial train in two stretches (steps 1-2, 3-4) and report
+    # its validation history in between; with fewer than 3 trials nothing is pruned.
+    d["tune"] = {
+        "params": {"training.learning_rate": {"low": 1.0e-3, "high": 1.0e-1, "log": True}},
+        "steps_per_trial": 4, "pruner": "median", "prune_every": 2,
+    }
     config_path = tmp_path / "c.yaml"
     config_path.write_text(yaml.safe_dump(d))
     out = tmp_path / "study"
@@ -318,6 +322,7 @@ def test_real_trials_train_score_on_valid_and_resume(data_dir, tmp_path, capsys)
     with open(out / layout.TUNE_TRIALS_CSV) as f:
         rows = list(csv.DictReader(f))
     assert [r["state"] for r in rows] == ["complete", "complete"]
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / layout.TUNE_STUDY}")
     for r in rows:
         trial_dir = out / "trials" / f"{int(r['number']):04d}"
         with open(trial_dir / layout.SELECTION) as f:
@@ -326,5 +331,9 @@ def test_real_trials_train_score_on_valid_and_resume(data_dir, tmp_path, capsys)
         assert float(r["valid_auc"]) == pytest.approx(selection["best"]["valid_auc"])
         assert int(r["best_step"]) == selection["best_step"]
         assert (trial_dir / layout.MODEL).exists()
+        # What the pruner saw: the whole validation history, one value per evaluation step.
+        reported = study.trials[int(r["number"])].intermediate_values
+        assert reported == {h["step"]: pytest.approx(h["valid_auc"]) for h in selection["history"]}
+        assert sorted(reported) == [2, 4]
     best = load_config(str(out / layout.TUNE_BEST_CONFIG))
     assert best.training.learning_rate in [pytest.approx(float(yaml.safe_load(r["training.learning_rate"]))) for r in rows]

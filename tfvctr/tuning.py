@@ -430,7 +430,7 @@ def _run_one(study, storage, trial, space, data, steps, data_dir, out_dir, metri
         if os.path.isdir(old) and not os.path.exists(model_dir):
             shutil.move(old, model_dir)
     trial.set_user_attr("model_dir", model_dir)
-    shown = ", ".join(f"{p.path}={_yaml_value(values[p.path])}" for p in space)
+    shown = ", ".join(f"{p.path}={_show(values[p.path])}" for p in space)
     log(f"trial {trial.number}: {shown}")
     report = None
     if tc.pruner != "none":
