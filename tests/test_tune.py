@@ -19,7 +19,7 @@ from tests import recordio_fixtures as rf
 from tfvctr import layout
 from tfvctr.cli import main
 from tfvctr.config import config_from_dict, load_config
-from tfvctr.errors import ConfigError, TfvctrError
+from tfvctr.errors import ConfigError, DataError, TfvctrError
 from tfvctr.tuning import STUDY_NAME, _yaml_value, search_space, tune
 
 PARAMS = {
@@ -176,6 +176,17 @@ def test_an_interrupted_trial_is_marked_and_retried_with_its_values_and_checkpoi
     assert retry["resumed"] and retry["model_dir"].endswith("0002") and not os.path.exists(interrupted["model_dir"])
 
 
+def test_a_data_error_stops_the_study_and_the_trial_is_retried_later(tmp_path):
+    class BadData(FakeRunner):
+        def __call__(self, config, data_dir, model_dir, report):
+            raise DataError("D/train/part-0.tfrecord: corrupted record at offset 0")
+
+    with pytest.raises(DataError, match="corrupted record"):
+        _run(_config(), tmp_path, BadData(), trials=3)
+    result = _run(_config(), tmp_path, FakeRunner(), trials=1)
+    assert [(r["state"], r["retry_of"]) for r in result["rows"]] == [("interrupted", None), ("complete", 0)]
+
+
 def test_a_trial_left_running_by_a_killed_process_is_retried(tmp_path):
     _run(_config(), tmp_path, FakeRunner(), trials=1)
     # What SIGKILL leaves behind: a trial that is RUNNING in the database, with values.
@@ -283,6 +294,19 @@ def test_tune_help_and_a_config_error_in_one_line(tmp_path, capsys):
     assert main(["tune", "--config", str(path), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "tune.params.model.dropuot: unknown key 'dropuot'" in err
+
+
+def test_tune_refuses_a_multi_worker_cluster(tmp_path, capsys, monkeypatch):
+    from tfvctr.training import strategy as strategy_lib
+
+    monkeypatch.setattr(strategy_lib, "worker_info", lambda s: strategy_lib.WorkerInfo(2, 0, True, 1))
+    path = tmp_path / "c.yaml"
+    d = rf.tiny_config_dict()
+    d["tune"] = {"params": PARAMS}
+    path.write_text(yaml.safe_dump(d))
+    assert main(["tune", "--config", str(path), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "tune runs on one host: TF_CONFIG names several workers" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_demo_config_declares_a_valid_search(repo_root):

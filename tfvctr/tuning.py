@@ -32,7 +32,7 @@ import yaml
 
 from tfvctr import layout
 from tfvctr.config import Config, apply_overrides, config_from_dict
-from tfvctr.errors import ConfigError, TfvctrError
+from tfvctr.errors import ConfigError, DataError, TfvctrError
 
 # Validation metrics the trainer reports (tfvctr.training, selection.json) and which way is better.
 METRIC_DIRECTIONS = {"valid_auc": "maximize", "valid_cold_auc": "maximize", "valid_logloss": "minimize"}
@@ -449,7 +449,9 @@ def _run_one(study, storage, trial, space, data, steps, data_dir, out_dir, metri
                 f"training returned no finite {metric} (result['best'] = {result.get('best')!r}); "
                 f"does the data have a valid split?"
             )
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, DataError):
+        # Not the trial's fault (Ctrl-C; unreadable data would fail every trial): stop the
+        # study, and retry this trial with the same values when the command runs again.
         trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
         _interrupt(study, storage, study.get_trials(deepcopy=False)[trial.number])
         raise

@@ -39,9 +39,14 @@ def run(args: argparse.Namespace) -> int:
     # reported before TensorFlow's import time.
     config = load_config(args.config, args.overrides)
     # The strategy must exist before any TensorFlow op (as in `tfvctr train`).
-    from tfvctr.training.strategy import make_strategy
+    from tfvctr.errors import TfvctrError
+    from tfvctr.training.strategy import make_strategy, worker_info
 
     strategy = make_strategy()
+    if worker_info(strategy).num_workers > 1:
+        # Every worker would run its own study loop against one SQLite file; trials are
+        # short and sequential by design (docs/tuning.md), so tune runs on one host.
+        raise TfvctrError("tune runs on one host: TF_CONFIG names several workers; unset it (each trial uses this host's devices)")
     result = tune(
         config, args.data, args.out, trials=args.trials, timeout_minutes=args.timeout_minutes, strategy=strategy,
     )
