@@ -7,13 +7,16 @@
 transforms:
 
     ReadTable(ads) ─ ValidateAds ─────────────┐
-    ReadTable(impressions) ─ ValidateImpressions ─ JoinAndChunk ─ WriteRecords(train, eval)
+    ReadTable(impressions) ─ ValidateImpressions ─ JoinAndChunk ─ WriteRecords(train, valid, eval)
                         └─ EvalFromDay ───────┘        ├──────── WriteAdCounts
                                                        ├──────── VocabAndStats (train split)
     every rejected row ─────────────────────── WriteDeadLetter
 
-Counters (namespace `tfvctr`) are read after the run into `manifest.json` and the summary;
-input impressions = train + eval + dead-letter impressions, or the job fails.
+The valid split is carved out of the train days as `dataset.validation` says (none, the
+last train day, a seeded share of ads held out whole, or both); nothing of it reaches the
+vocabularies or statistics. Counters (namespace `tfvctr`) are read after the run into
+`manifest.json` and the summary; input impressions = train + valid + eval + dead-letter
+impressions, or the job fails.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from typing import Any, Optional
 
 import apache_beam as beam
 
-from beam_jobs import records
 from beam_jobs.common import (
     NAMESPACE,
     join_path,
@@ -37,7 +39,7 @@ from beam_jobs.common import (
     write_text_file,
 )
 from beam_jobs.flags import add_preprocess_arguments, add_runner_help
-from beam_jobs.transforms.join import EvalFromDay, JoinAndChunk
+from beam_jobs.transforms.join import ADS_MODES, EvalFromDay, JoinAndChunk
 from beam_jobs.transforms.read import ReadTable
 from beam_jobs.transforms.stats import VocabAndStats
 from beam_jobs.transforms.validate import ValidateAds, ValidateImpressions
@@ -95,15 +97,13 @@ def build_pipeline(p: beam.Pipeline, config: Config, ads_path: str, impressions_
     joined = {"ads": ads["ads"], "impressions": imps["impressions"], "rejected": ads["rejected"],
               "eval_from": eval_from_pc} | "JoinAndChunk" >> JoinAndChunk(ds, seed)
 
-    days = (imps["impressions"] | "Days" >> beam.Map(lambda kv: kv[1][records.DAY]) | "DistinctDays" >> beam.Distinct()
-            | "DayList" >> beam.combiners.ToList()
-            | "SplitDays" >> beam.Map(_split_days, beam.pvalue.AsSingleton(eval_from_pc)))
-
-    for split in ("train", "eval"):
+    for split in layout.SPLITS:
+        if split == layout.VALID and ds.validation.mode == "none":
+            continue  # no valid folder at all: the output is what it was before validation existed
         _ = joined[split] | f"Write_{split}" >> WriteRecords(out, split, ds.num_shards, ds.compression)
     _ = joined["ad_counts"] | "WriteAdCounts" >> WriteAdCounts(out)
     _ = {"train_ads": joined["train_ads"], "train_impressions": joined["train_impressions"],
-         "days": days} | "VocabAndStats" >> VocabAndStats(ds, out)
+         "days": joined["days"]} | "VocabAndStats" >> VocabAndStats(ds, out)
     dead = ((ads_read["dead"], imps_read["dead"], ads["dead"], imps["dead"], joined["dead"])
             | "AllDead" >> beam.Flatten())
     _ = dead | "WriteDeadLetter" >> WriteDeadLetter(out)
@@ -117,28 +117,27 @@ def _runner(options: Any) -> str:
     return str(runner)
 
 
-def _split_days(days: list[int], eval_from: Optional[int]) -> dict[str, Any]:
-    days = sorted(days)
-    if eval_from is None:
-        return {"train": days, "eval": [], "eval_from": None}
-    return {"train": [d for d in days if d < eval_from], "eval": [d for d in days if d >= eval_from],
-            "eval_from": eval_from}
-
-
 def make_manifest(counters: dict[str, int], config: Config, seed: int, stats: dict) -> dict[str, Any]:
     """docs/formats.md §2 `manifest.json` from the run's counters."""
     c = lambda name: int(counters.get(name, 0))  # noqa: E731
+    days = stats.get("day", {})
     splits = {}
-    for split in ("train", "eval"):
+    for split in layout.SPLITS:
         splits[split] = {"impressions": c(f"{split}_impressions"), "chunks": c(f"{split}_chunks"),
                          "ads": c(f"{split}_ads"), "positives": c(f"{split}_positives"),
-                         "days": stats.get("day", {}).get(split, [])}
+                         "days": days.get(split, [])}
+    # Valid ads with no train impressions: every held-out ad, plus (temporal) ads first seen on the valid day.
+    splits[layout.VALID]["cold_ads"] = c("valid_cold_ads")
     reasons = {name[len("reason_"):]: v for name, v in sorted(counters.items()) if name.startswith("reason_")}
-    chunks = splits["train"]["chunks"] + splits["eval"]["chunks"]
+    chunks = sum(s["chunks"] for s in splits.values())
+    v = config.dataset.validation
     return {
         "config": config.to_dict(),
         "seed": seed,
-        "eval_from_day": stats.get("day", {}).get("eval_from"),
+        "eval_from_day": days.get("eval_from"),
+        "validation": {"mode": v.mode, "ads_share": v.ads_share if v.mode in ADS_MODES else 0.0,
+                       "seed": seed if v.seed is None else v.seed, "valid_from_day": days.get("valid_from"),
+                       "held_out_ads": c("held_out_ads")},
         "splits": splits,
         "input": {"ads": c("input_ads"), "impressions": c("input_impressions")},
         "dead_letter": {"ads": c("dead_letter_ads"), "impressions": c("dead_letter_impressions"), "reasons": reasons},
@@ -156,10 +155,11 @@ def check_counts(manifest: dict) -> None:
     from tfvctr.errors import TfvctrError
 
     s, d, i = manifest["splits"], manifest["dead_letter"], manifest["input"]
-    written = s["train"]["impressions"] + s["eval"]["impressions"] + d["impressions"]
+    written = sum(s[split]["impressions"] for split in layout.SPLITS) + d["impressions"]
     if written != i["impressions"]:
         raise TfvctrError(f"impression counts do not add up: input {i['impressions']} != train "
-                          f"{s['train']['impressions']} + eval {s['eval']['impressions']} + dead letter {d['impressions']}")
+                          f"{s['train']['impressions']} + valid {s['valid']['impressions']} + eval "
+                          f"{s['eval']['impressions']} + dead letter {d['impressions']}")
     if manifest["ads_written"] + d["ads"] != i["ads"]:
         raise TfvctrError(f"ad counts do not add up: input {i['ads']} != written {manifest['ads_written']} "
                           f"+ dead letter {d['ads']}")
@@ -171,12 +171,21 @@ def summary(manifest: dict, out: str, seconds: float) -> str:
         f"preprocess: {out} in {seconds:.1f} s",
         f"  input      {i['ads']} ads, {i['impressions']} impressions",
     ]
-    for split in ("train", "eval"):
+    v = manifest["validation"]
+    for split in layout.SPLITS:
+        if split == layout.VALID and v["mode"] == "none":
+            lines.append(f"  {split:10s} none (dataset.validation.mode: none)")
+            continue
         lines.append(f"  {split:10s} {s[split]['impressions']} impressions ({s[split]['positives']} clicks) of "
                      f"{s[split]['ads']} ads in {s[split]['chunks']} chunks; days {s[split]['days']}")
+        if split == layout.VALID:
+            held = f", {v['held_out_ads']} ads held out whole" if v["mode"] in ADS_MODES else ""
+            empty = "; EMPTY: no model selection possible" if not s[split]["impressions"] else ""
+            lines.append(f"             mode {v['mode']}{held}; {s[split]['cold_ads']} cold ads (no train "
+                         f"impressions){empty}")
     reasons = ", ".join(f"{k} {v}" for k, v in d["reasons"].items()) or "none"
     lines.append(f"  dead letter {d['ads']} ads, {d['impressions']} impressions ({reasons})")
-    lines.append(f"  {manifest['cold_ads']} cold ads (eval only); duplication factor {manifest['duplication_factor']:.2f} "
+    lines.append(f"  {manifest['cold_ads']} cold ads in eval (no train impressions); duplication factor {manifest['duplication_factor']:.2f} "
                  f"chunks/ad; {manifest['image_bytes'] / 1e6:.1f} MB of images in records")
     return "\n".join(lines)
 

@@ -43,7 +43,7 @@ from tfvctr.errors import DataError
 from tfvctr.features import FeatureEncoder
 from tfvctr.io import fs
 
-SPLITS = ("train", "eval")
+SPLITS = layout.SPLITS  # ("train", "valid", "eval")
 _PATTERNS = layout.SHARD_PATTERNS
 
 

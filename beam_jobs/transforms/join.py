@@ -1,26 +1,63 @@
-"""`EvalFromDay`, `JoinAndChunk`: the ad ↔ impression join, the day split and the chunks of ≤ K.
+"""`EvalFromDay`, `JoinAndChunk`: the ad ↔ impression join, the splits and the chunks of ≤ K.
 
 The join is a `CoGroupByKey` on ad_id, never an `AsDict` side input of all ads (one
-worker would have to hold the whole catalogue, docs/design.md scale notes). Within an ad the
+worker would have to hold the whole catalogue, docs/design.md scale notes). Each
+impression goes to one split: `eval` (the last eval days), `valid` (carved out of the
+train days as `dataset.validation.mode` says: the last train day, and/or every train-day
+impression of a seeded share of ads held out whole) or `train`. Within an ad the
 impressions of each split are shuffled deterministically (sorted by a hash of seed and
 content) and cut into chunks of at most K: one `SequenceExample` per chunk.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+import hashlib
+from typing import Any, Iterable, Optional
 
 import apache_beam as beam
 from apache_beam import pvalue
 
 from beam_jobs import records
 from beam_jobs.common import dead_letter
+from tfvctr import layout
 from tfvctr.config import DatasetConfig
 
 DEAD = "dead"
-TRAIN, EVAL = "train", "eval"
+TRAIN, VALID, EVAL = layout.TRAIN, layout.VALID, layout.EVAL
 AD_COUNTS = "ad_counts"
+DAYS = "days"
 TRAIN_ADS, TRAIN_IMPRESSIONS = "train_ads", "train_impressions"
+TEMPORAL_MODES = ("temporal", "ads_and_temporal")
+ADS_MODES = ("ads", "ads_and_temporal")
+
+
+def held_out_ad(seed: int, ad_id: str, share: float) -> bool:
+    """Whether `ad_id` falls in the held-out `share` of ads for `seed` (validation modes `ads*`).
+
+    A stable hash of `(seed, ad_id)`, the same in every process, run and runner (Python's
+    `hash()` is salted per process), compared with `share`: each ad decides alone, so no
+    worker needs the list of all ads, and the held-out set of a share contains that of
+    any smaller share.
+    """
+    digest = hashlib.blake2b(repr((seed, str(ad_id))).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < share * 2**64
+
+
+def split_days(days: list[int], eval_from: Optional[int], mode: str = "none") -> dict[str, Any]:
+    """The days each split draws from (`stats.json["day"]`) and the first eval and valid days.
+
+    `valid_from` is the last train day in the temporal modes, when there are at least two
+    train days (with one, train would be empty: it stays train). In the `ads*` modes valid
+    draws from every train day (the held-out ads' impressions).
+    """
+    days = sorted(set(days))
+    train = [d for d in days if eval_from is None or d < eval_from]
+    evals = [d for d in days if eval_from is not None and d >= eval_from]
+    valid_from = train[-1] if mode in TEMPORAL_MODES and len(train) >= 2 else None
+    valid = list(train) if mode in ADS_MODES else ([valid_from] if valid_from is not None else [])
+    if valid_from is not None:
+        train = train[:-1]
+    return {TRAIN: train, VALID: valid, EVAL: evals, "eval_from": eval_from, "valid_from": valid_from}
 
 
 def eval_from_day(days: list[int], eval_days: int) -> Optional[int]:
@@ -54,8 +91,11 @@ class _Chunk(beam.DoFn):
     def __init__(self, ds: DatasetConfig, seed: int):
         self._ds = ds
         self._seed = seed
+        v = ds.validation
+        self._held_out_seed = seed if v.seed is None else v.seed
+        self._held_out_share = v.ads_share if v.mode in ADS_MODES else 0.0
 
-    def process(self, element: tuple, eval_from: Optional[int]) -> Iterable:
+    def process(self, element: tuple, days: dict) -> Iterable:
         ad_id, groups = element
         ads = list(groups["ads"])
         impressions = list(groups["impressions"])
@@ -64,9 +104,17 @@ class _Chunk(beam.DoFn):
             yield from self._reject(ad_id, ads, impressions, rejected)
             return
         ad = ads[0]
-        splits = {TRAIN: [], EVAL: []}
+        eval_from, valid_from = days["eval_from"], days["valid_from"]
+        held_out = self._held_out_share > 0 and held_out_ad(self._held_out_seed, ad_id, self._held_out_share)
+        splits = {TRAIN: [], VALID: [], EVAL: []}
         for imp in impressions:
-            splits[EVAL if eval_from is not None and imp[records.DAY] >= eval_from else TRAIN].append(imp)
+            day = imp[records.DAY]
+            if eval_from is not None and day >= eval_from:
+                splits[EVAL].append(imp)  # a held-out ad's eval impressions stay in eval
+            elif held_out or (valid_from is not None and day >= valid_from):
+                splits[VALID].append(imp)
+            else:
+                splits[TRAIN].append(imp)
         num_chunks = {}
         for split, imps in splits.items():
             imps.sort(key=lambda imp: records.shuffle_key(self._seed, imp))
@@ -77,8 +125,9 @@ class _Chunk(beam.DoFn):
                 yield pvalue.TaggedOutput(split, (len(chunk), positives, record))
                 num_chunks[split] += 1
         row = {"ad_id": ad_id, "category": ad[records.CATEGORY], "image": ad[records.IMAGE_URI],
-               "train_impressions": len(splits[TRAIN]), "eval_impressions": len(splits[EVAL])}
-        yield pvalue.TaggedOutput(AD_COUNTS, (row, num_chunks[TRAIN], num_chunks[EVAL], len(ad[records.IMAGE_BYTES])))
+               "train_impressions": len(splits[TRAIN]), "valid_impressions": len(splits[VALID]),
+               "eval_impressions": len(splits[EVAL]), "held_out": held_out}
+        yield pvalue.TaggedOutput(AD_COUNTS, (row, num_chunks, len(ad[records.IMAGE_BYTES])))
         if splits[TRAIN]:
             yield pvalue.TaggedOutput(TRAIN_ADS, ad)
             for imp in splits[TRAIN]:
@@ -118,10 +167,15 @@ def _unexpected(ds: DatasetConfig):
 class JoinAndChunk(beam.PTransform):
     """Joins `(ad_id, ad)`, `(ad_id, impression)` and `(ad_id, rejection reason)` and chunks per ad.
 
-    Outputs a dict: `"train"` / `"eval"` (`(impressions, positives, serialized record)`),
-    `"ad_counts"` (`(row, train chunks, eval chunks, image bytes)`), `"train_ads"` and
-    `"train_impressions"` (tuples of the train split, for vocabularies and statistics)
-    and `"dead"` (impressions of unknown or rejected ads, duplicate ads).
+    Also takes `"eval_from"`, a singleton (the first eval day, None: no eval split). The
+    valid split follows `ds.validation`; the held-out ads are drawn with
+    `ds.validation.seed`, or `seed` when that is None.
+
+    Outputs a dict: `"train"` / `"valid"` / `"eval"` (`(impressions, positives, serialized
+    record)`), `"ad_counts"` (`(row, {split: chunks}, image bytes)`), `"train_ads"` and
+    `"train_impressions"` (tuples of the train split only, for vocabularies and
+    statistics), `"days"` (a singleton, `split_days`) and `"dead"` (impressions of unknown
+    or rejected ads, duplicate ads).
     """
 
     def __init__(self, ds: DatasetConfig, seed: int):
@@ -130,14 +184,21 @@ class JoinAndChunk(beam.PTransform):
         self._seed = seed
 
     def expand(self, inputs: dict):
+        # The distinct days: a tiny global aggregate (one value per day), as in EvalFromDay.
+        days = (inputs["impressions"]
+                | "Day" >> beam.Map(lambda kv: kv[1][records.DAY])
+                | "DistinctDays" >> beam.Distinct()
+                | "AllDays" >> beam.combiners.ToList()
+                | "SplitDays" >> beam.Map(split_days, pvalue.AsSingleton(inputs["eval_from"]),
+                                          self._ds.validation.mode))
         grouped = ({"ads": inputs["ads"], "impressions": inputs["impressions"], "rejected": inputs["rejected"]}
                    | "CoGroupByAdId" >> beam.CoGroupByKey())
         out = grouped | "Chunk" >> beam.ParDo(
-            _Chunk(self._ds, self._seed), pvalue.AsSingleton(inputs["eval_from"])
-        ).with_outputs(TRAIN, EVAL, AD_COUNTS, TRAIN_ADS, TRAIN_IMPRESSIONS, DEAD, main="unused").with_exception_handling(
-            dead_letter_tag="failed")
+            _Chunk(self._ds, self._seed), pvalue.AsSingleton(days)
+        ).with_outputs(TRAIN, VALID, EVAL, AD_COUNTS, TRAIN_ADS, TRAIN_IMPRESSIONS, DEAD,
+                       main="unused").with_exception_handling(dead_letter_tag="failed")
         failed = out.failed | "FailedToDead" >> beam.FlatMap(_unexpected(self._ds))
         return {
-            TRAIN: out[TRAIN], EVAL: out[EVAL], AD_COUNTS: out[AD_COUNTS], TRAIN_ADS: out[TRAIN_ADS],
-            TRAIN_IMPRESSIONS: out[TRAIN_IMPRESSIONS], DEAD: (out[DEAD], failed) | "Dead" >> beam.Flatten(),
+            TRAIN: out[TRAIN], VALID: out[VALID], EVAL: out[EVAL], AD_COUNTS: out[AD_COUNTS], TRAIN_ADS: out[TRAIN_ADS],
+            TRAIN_IMPRESSIONS: out[TRAIN_IMPRESSIONS], DAYS: days, DEAD: (out[DEAD], failed) | "Dead" >> beam.Flatten(),
         }

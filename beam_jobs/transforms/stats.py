@@ -1,12 +1,14 @@
 """`VocabAndStats`: vocabularies and feature statistics of the train split (docs/formats.md §2).
 
 Ad features (and the category) are counted once per ad that has train impressions;
-impression features once per train impression. Vocabularies keep values seen at least
-`min_frequency` times, most frequent first, ties broken by value. Numeric features get
-count, missing, mean, std (population), min, max and `num_buckets - 1` quantile
-boundaries from Beam's `ApproximateQuantiles`, which is exact while a feature's values
-fit its buffers (any demo-sized data) and a bounded-error sketch beyond, so the job
-scales without sorting a column on one worker.
+impression features once per train impression. Only the train split: the valid split
+(held-out ads, the last train day) stays unseen, as the eval split does, so a value
+found only there is out of vocabulary, as it would be for a new ad in production.
+Vocabularies keep values seen at least `min_frequency` times, most frequent first, ties
+broken by value. Numeric features get count, missing, mean, std (population), min, max
+and `num_buckets - 1` quantile boundaries from Beam's `ApproximateQuantiles`, which is
+exact while a feature's values fit its buffers (any demo-sized data) and a bounded-error
+sketch beyond, so the job scales without sorting a column on one worker.
 """
 
 from __future__ import annotations
@@ -116,8 +118,9 @@ def _numeric_items(ds: DatasetConfig, source: str):
 class VocabAndStats(beam.PTransform):
     """Train ads + train impressions → `vocab/<feature>.txt` files and `stats.json` under `out`.
 
-    Also takes `days` (a singleton `{"train": [...], "eval": [...]}`), stored under
-    `stats.json["day"]` so the manifest can list each split's days. Returns the
+    Also takes `days` (a singleton `{"train": [...], "valid": [...], "eval": [...],
+    "eval_from", "valid_from"}`, `join.split_days`), stored under `stats.json["day"]` so
+    the manifest can list each split's days. Returns the
     PCollection of written paths.
     """
 

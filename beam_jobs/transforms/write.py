@@ -48,16 +48,20 @@ class WriteRecords(beam.PTransform):
 
 class _FormatAdCount(beam.DoFn):
     def process(self, element: tuple) -> Iterable[str]:
-        row, train_chunks, eval_chunks, image_bytes = element
+        row, chunks, image_bytes = element
         counter("ads_written").inc()
         counter("unique_image_bytes").inc(image_bytes)
-        counter("image_bytes").inc(image_bytes * (train_chunks + eval_chunks))
-        if row["train_impressions"]:
-            counter("train_ads").inc()
-        if row["eval_impressions"]:
-            counter("eval_ads").inc()
+        counter("image_bytes").inc(image_bytes * sum(chunks.values()))
+        for split in layout.SPLITS:
+            if row[f"{split}_impressions"]:
+                counter(f"{split}_ads").inc()
+        # Cold: in the split but never in train, so the model cannot have learnt the ad's id.
         if row["eval_impressions"] and not row["train_impressions"]:
             counter("cold_ads").inc()
+        if row["valid_impressions"] and not row["train_impressions"]:
+            counter("valid_cold_ads").inc()
+        if row["held_out"]:
+            counter("held_out_ads").inc()
         yield json.dumps(row, sort_keys=True)
 
 

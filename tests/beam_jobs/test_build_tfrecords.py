@@ -29,19 +29,32 @@ def _feature_list_len(example, key: str) -> int:
     return len(example.feature_lists.feature_list[key].feature)
 
 
+def _held_out(manifest: dict, ad_ids) -> set[str]:
+    """The ads the run held out whole (demo.yaml: validation mode `ads`), by the job's own draw."""
+    from beam_jobs.transforms.join import held_out_ad
+
+    v = manifest["validation"]
+    assert v["mode"] == "ads"
+    return {a for a in ad_ids if held_out_ad(v["seed"], a, v["ads_share"])}
+
+
 @pytest.mark.slow
 def test_demo_counts_match_input_exactly_with_two_processes(demo_raw, demo_runs):
     impressions = _csv(demo_raw["impressions"])
     days = sorted({int(r["day"]) for r in impressions})
     m = demo_runs["manifest"]["two_processes"]
+    held = _held_out(m, {r["ad_id"] for r in impressions})
     expected_eval = sum(1 for r in impressions if int(r["day"]) == days[-1])
+    expected_valid = sum(1 for r in impressions if int(r["day"]) < days[-1] and r["ad_id"] in held)
     assert m["input"] == {"ads": 40, "impressions": 1500}
     assert m["dead_letter"]["impressions"] == 0
     assert m["splits"]["eval"]["impressions"] == expected_eval
-    assert m["splits"]["train"]["impressions"] == 1500 - expected_eval
-    assert m["splits"]["train"]["positives"] == sum(int(r["label"]) for r in impressions if int(r["day"]) < days[-1])
+    assert expected_valid and m["splits"]["valid"]["impressions"] == expected_valid
+    assert m["splits"]["train"]["impressions"] == 1500 - expected_eval - expected_valid
+    assert m["splits"]["train"]["positives"] == sum(int(r["label"]) for r in impressions
+                                                    if int(r["day"]) < days[-1] and r["ad_id"] not in held)
     out = demo_runs["out"]["two_processes"]
-    for split in ("train", "eval"):
+    for split in ("train", "valid", "eval"):
         records = read_records(out, split)
         assert len(records) == m["splits"][split]["chunks"]
         assert sum(_feature_list_len(parse(r), "label") for r in records) == m["splits"][split]["impressions"]
@@ -54,8 +67,9 @@ def test_demo_chunks_hold_at_most_k_impressions_of_one_ad_and_splits_by_day(demo
     for r in impressions:
         per_ad.setdefault(r["ad_id"], []).append(int(r["day"]))
     out = demo_runs["out"]["in_memory"]
-    seen = {"train": {}, "eval": {}}
-    for split in ("train", "eval"):
+    held = _held_out(demo_runs["manifest"]["in_memory"], per_ad)
+    seen = {"train": {}, "valid": {}, "eval": {}}
+    for split in ("train", "valid", "eval"):
         for record in read_records(out, split):
             ex = parse(record)
             ctx = ex.context.feature
@@ -66,24 +80,28 @@ def test_demo_chunks_hold_at_most_k_impressions_of_one_ad_and_splits_by_day(demo
             assert all(d == 6 for d in days) if split == "eval" else all(d < 6 for d in days)
             count = ctx["impression_count"].int64_list.value[0]
             assert count == sum(1 for d in per_ad[ad_id] if (d == 6) == (split == "eval"))
+            if split != "eval":
+                assert (ad_id in held) == (split == "valid"), (ad_id, split)
             seen[split].setdefault(ad_id, []).append(ctx["chunk_index"].int64_list.value[0])
     for split in seen:
         for ad_id, indexes in seen[split].items():
             assert sorted(indexes) == list(range(len(indexes))), ad_id
     cold = {ad for ad, days in per_ad.items() if set(days) == {6}}
     assert cold and cold.isdisjoint(seen["train"]) and cold <= set(seen["eval"])
-    assert demo_runs["manifest"]["in_memory"]["cold_ads"] == len(cold)
+    # Cold in eval: never in train, so the held-out ads with an eval day too.
+    assert demo_runs["manifest"]["in_memory"]["cold_ads"] == len(cold | (held & set(seen["eval"])))
 
 
 @pytest.mark.slow
 def test_demo_vocabularies_exclude_eval_only_values(demo_raw, demo_runs):
     impressions = _csv(demo_raw["impressions"])
     ads = {r["ad_id"]: r for r in _csv(demo_raw["ads"])}
-    train_hours = {r["hour"] for r in impressions if int(r["day"]) < 6}
+    held = _held_out(demo_runs["manifest"]["in_memory"], ads)
+    train_hours = {r["hour"] for r in impressions if int(r["day"]) < 6 and r["ad_id"] not in held}
     out = demo_runs["out"]["in_memory"]
     with open(os.path.join(out, "vocab", "hour.txt")) as f:
         assert set(f.read().split()) == train_hours
-    train_ads = {r["ad_id"] for r in impressions if int(r["day"]) < 6}
+    train_ads = {r["ad_id"] for r in impressions if int(r["day"]) < 6} - held
     eval_only_categories = {ads[a]["category"] for a in ads if a not in train_ads} - {ads[a]["category"] for a in train_ads}
     with open(os.path.join(out, "vocab", "category.txt")) as f:
         categories = f.read().split()
@@ -101,7 +119,7 @@ def test_demo_vocabularies_exclude_eval_only_values(demo_raw, demo_runs):
 @pytest.mark.slow
 def test_two_runs_same_seed_give_byte_identical_records(demo_runs):
     a, b = demo_runs["out"]["in_memory"], demo_runs["out"]["two_processes"]
-    for split in ("train", "eval"):
+    for split in ("train", "valid", "eval"):
         assert read_records(a, split) == read_records(b, split)
     # Float moments are summed in another order by 2 processes: equal up to rounding.
     with open(os.path.join(a, "stats.json")) as f1, open(os.path.join(b, "stats.json")) as f2:
@@ -122,7 +140,7 @@ def test_jsonl_and_parquet_tables_give_the_same_records_as_csv(demo_raw, demo_ru
     build_tfrecords.run(["--config", demo_raw["config"], "--ads", os.path.join(root, f"ads.{fmt}"),
                          "--impressions", os.path.join(root, f"impressions.{fmt}"), "--out", str(tmp_path)],
                         verbose=False)
-    for split in ("train", "eval"):
+    for split in ("train", "valid", "eval"):
         assert read_records(str(tmp_path), split) == read_records(demo_runs["out"]["in_memory"], split)
 
 
@@ -155,7 +173,7 @@ def test_fault_run_counts_add_up_and_no_good_row_is_lost(faulty_run):
     bad_ads = {"ad05", "ad06", "big"}
     good = [r for r in faulty_run["impressions"] if r["ad_id"] not in bad_ads | {"no_such_ad"} and r["label"] != "yes"]
     assert m["input"] == {"ads": 9, "impressions": len(faulty_run["impressions"])}
-    assert m["splits"]["train"]["impressions"] + m["splits"]["eval"]["impressions"] == len(good)
+    assert sum(m["splits"][split]["impressions"] for split in ("train", "valid", "eval")) == len(good)
     assert m["splits"]["eval"]["impressions"] == sum(1 for r in good if r["day"] == 2)
     assert m["ads_written"] == 6
     with open(os.path.join(faulty_run["out"], "manifest.json")) as f:
@@ -182,7 +200,8 @@ def test_stats_match_a_hand_computation_on_the_train_split(faulty_run):
     assert stats["label"] == {"count": len(train), "positives": sum(r["label"] for r in train)}
     assert stats["interests"]["missing"] == sum(1 for r in train if r["interests"] == "")
     assert stats["user_id"]["hash_buckets"] == 50 and "vocab_size" not in stats["user_id"]
-    assert stats["day"] == {"train": [0, 1], "eval": [2], "eval_from": 2}
+    # fixtures.config: validation mode `ads` by default; the valid split draws from the train days.
+    assert stats["day"] == {"train": [0, 1], "valid": [0, 1], "eval": [2], "eval_from": 2, "valid_from": None}
     with open(os.path.join(faulty_run["out"], "vocab", "device.txt")) as f:
         devices = f.read().split()
     assert "eval_only_device" not in devices and set(devices) == {r["device"] for r in train}
@@ -202,8 +221,8 @@ def test_eval_from_day_flag_overrides_the_computed_split(faulty_run, tmp_path):
     m = build_tfrecords.run([*argv, "--eval-from-day", "1", "--overwrite"], verbose=False)
     assert not stale.exists()
     assert m["splits"]["eval"]["days"] == [1, 2] and m["splits"]["train"]["days"] == [0]
-    total = m["splits"]["train"]["impressions"] + m["splits"]["eval"]["impressions"]
-    assert total == faulty_run["manifest"]["splits"]["train"]["impressions"] + faulty_run["manifest"]["splits"]["eval"]["impressions"]
+    total = lambda splits: sum(splits[s]["impressions"] for s in ("train", "valid", "eval"))  # noqa: E731
+    assert total(m["splits"]) == total(faulty_run["manifest"]["splits"])
 
 
 def test_missing_column_is_one_line_error_naming_file_and_column(faulty_run, tmp_path, cli_main, capsys):
@@ -251,7 +270,7 @@ def test_trainer_parser_reads_every_record_including_missing_values(faulty_run):
 
     ds = fixtures.config().dataset
     steps = 0
-    for split in ("train", "eval"):
+    for split in ("train", "valid", "eval"):
         for record in read_records(faulty_run["out"], split):
             chunk = parse_chunk(record, ds)
             n = int(chunk["seq/label"].shape[0])
@@ -259,7 +278,7 @@ def test_trainer_parser_reads_every_record_including_missing_values(faulty_run):
             assert np.all(np.isfinite(chunk["seq/position"].numpy()))
             steps += n
     m = faulty_run["manifest"]["splits"]
-    assert steps == m["train"]["impressions"] + m["eval"]["impressions"]
+    assert steps == m["train"]["impressions"] + m["valid"]["impressions"] + m["eval"]["impressions"]
 
 
 def test_non_empty_output_folder_is_refused_without_overwrite(faulty_run):

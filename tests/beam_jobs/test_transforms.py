@@ -105,7 +105,7 @@ def test_join_and_chunk_splits_by_day_chunks_by_k_and_dead_letters_orphans():
                     equal_to([("ad1", 0, 5, 2, 2), ("ad1", 1, 5, 2, 2), ("ad1", 2, 5, 1, 1)]), label="train")
         assert_that(out["eval"] | "SumEval" >> beam.Map(chunk_summary), equal_to([("ad1", 0, 1, 1, 1)]), label="eval")
         assert_that(out["ad_counts"] | beam.Map(lambda r: (r[0]["ad_id"], r[0]["train_impressions"],
-                                                            r[0]["eval_impressions"], r[1], r[2])),
+                                                            r[0]["eval_impressions"], r[1]["train"], r[1]["eval"])),
                     equal_to([("ad1", 5, 1, 3, 1), ("ad2", 0, 0, 0, 0)]), label="counts")
         assert_that(out["dead"] | beam.Map(lambda d: (d[0], d[1]["ad_id"], d[2], d[3])),
                     equal_to([("impressions", "ghost", "unknown_ad", "unknown ad_id 'ghost': not in the ads table"),
@@ -161,7 +161,7 @@ def test_vocab_and_stats_write_files_matching_a_hand_count(tmp_path):
     imps = [_imp(0, 1, device="ios", interests=("m", "s"), position=1.0),
             _imp(0, 0, device="web", interests=(), position=2.0),
             _imp(0, 1, device="web", interests=("s",), position=6.0)]
-    days = {"train": [0], "eval": [1], "eval_from": 1}
+    days = {"train": [0], "valid": [0], "eval": [1], "eval_from": 1, "valid_from": None}
     with BeamTestPipeline(argv=OPTIONS) as p:
         written = {"train_ads": p | "A" >> beam.Create(ads), "train_impressions": p | "I" >> beam.Create(imps),
                    "days": p | "D" >> beam.Create([days])} | VocabAndStats(ds, out)
