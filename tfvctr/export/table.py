@@ -96,7 +96,7 @@ def load_table(path: str, category_vocabulary: Sequence[str], expected_dim: int)
     unique, counts = np.unique(ad_ids, return_counts=True)
     if len(unique) != len(ad_ids):
         dupes = unique[counts > 1]
-        raise DataError(f"{path}: ad_id {dupes[0]!r} appears {counts[counts > 1][0]} times "
+        raise DataError(f"{path}: ad_id {str(dupes[0])!r} appears {int(counts[counts > 1][0])} times "
                         f"({len(dupes)} duplicated ad_ids); one row per ad is expected")
     bad = [a for a in ad_ids[:] if "\n" in a or "\r" in a or a == ""]
     if bad:
