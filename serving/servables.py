@@ -72,6 +72,37 @@ class SavedModelServable:
         self._lock = threading.Lock()
         self._refs = 0
         self._idle = threading.Condition(self._lock)
+        try:
+            self.warmup_requests = self._warmup()
+        except BaseException:
+            self._session.close()
+            raise
+
+    def _warmup(self, limit: int = 1000) -> int:
+        """Replays `assets.extra/tf_serving_warmup_requests` as TF Serving does at load.
+
+        Up to 1,000 `PredictionLog` predict requests run before the version is served, so
+        its first real requests do not pay for one-off graph work; a failing one fails the
+        load, as in TF Serving (the version is then never served).
+        """
+        import tensorflow as tf
+
+        from tfvctr import layout
+        from tfvctr.export.protos import parse_prediction_log
+
+        path = os.path.join(self.path, layout.WARMUP_DIR, layout.WARMUP_FILE)
+        if not tf.io.gfile.exists(path):
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(path).take(limit):
+            signature, inputs = parse_prediction_log(bytes(record.numpy()))
+            signature = signature or "serving_default"
+            if signature not in self.signature_defs:
+                raise invalid(f"warmup request for unknown signature {signature!r}")
+            feeds = {k: (v.astype(object) if v.dtype.kind in ("S", "O") else v) for k, v in inputs.items()}
+            self.run(signature, feeds, 60_000)
+            count += 1
+        return count
 
     def run(self, signature_name: str, feeds: dict[str, np.ndarray], timeout_ms: int) -> dict[str, np.ndarray]:
         """Feeds `feeds` (signature input names) and fetches every output of the signature."""
@@ -271,7 +302,8 @@ class ModelManager:
                 continue
             m.failed.pop(v, None)
             m.states[v] = (AVAILABLE, "OK", "")
-            log.info("model %s version %d loaded in %.1f s from %s", name, v, time.time() - t0, on_disk[v])
+            log.info("model %s version %d loaded in %.1f s (%d warmup requests) from %s", name, v, time.time() - t0,
+                     loaded[v].warmup_requests, on_disk[v])
         new = dict(m.available)
         new.update(loaded)
         # AvailabilityPreservingPolicy: drop versions no longer aspired only while an

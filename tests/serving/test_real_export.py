@@ -81,3 +81,5 @@ def test_dev_server_serves_a_real_export_like_the_in_process_savedmodel(tiny, ex
         assert set(meta[IMAGE_SIGNATURE]["inputs"]) == set(image_names)
     finally:
         assert server.stop() == 0
+    # The export's warmup PredictionLogs were replayed at load, as TF Serving does.
+    assert any(f"(5 warmup requests) from {exported['path']}" in line for line in server.stderr), server.stderr[-5:]
