@@ -317,6 +317,13 @@ def test_demo_config_declares_a_valid_search(repo_root):
 # --------------------------------------------------------------------------- end to end
 
 
+def test_metric_directions_match_the_trainers_selection_metrics():
+    from tfvctr.evaluation import SELECTION_METRICS
+    from tfvctr.tuning import METRIC_DIRECTIONS
+
+    assert {m: d[:3] for m, d in METRIC_DIRECTIONS.items()} == SELECTION_METRICS
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("grouped"))

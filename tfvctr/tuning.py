@@ -34,7 +34,9 @@ from tfvctr import layout
 from tfvctr.config import Config, apply_overrides, config_from_dict
 from tfvctr.errors import ConfigError, DataError, TfvctrError
 
-# Validation metrics the trainer reports (tfvctr.training, selection.json) and which way is better.
+# Validation metrics the trainer reports (selection.json) and which way is better: the same as
+# tfvctr.evaluation.SELECTION_METRICS (a test checks), not imported from there because this
+# module is imported when a config loads, and tfvctr.evaluation imports TensorFlow.
 METRIC_DIRECTIONS = {"valid_auc": "maximize", "valid_cold_auc": "maximize", "valid_logloss": "minimize"}
 STUDY_NAME = "tfvctr-tune"
 SPEC_KEYS = ("low", "high", "log", "step", "choices")
@@ -304,7 +306,8 @@ def _interrupt(study: Any, storage: Any, trial: Any) -> None:
     """Marks a running trial failed (interrupted) and queues its values for a retry."""
     from optuna.trial import TrialState
 
-    storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(STUDY_NAME), trial.number)
+    storage.set_trial_user_attr(trial_id, "interrupted", True)
     study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
 
