@@ -236,6 +236,18 @@ def test_the_median_pruner_stops_a_trial_worse_than_earlier_ones(tmp_path):
     assert "worse than the median of earlier trials" in result["rows"][3]["error"]
 
 
+@pytest.mark.parametrize(
+    "steps, eval_every, prune_every, expected",
+    [(600, 100, None, 200), (600, 200, None, 200), (600, 100, 150, 200), (600, 100, 50, 100), (8, 2, None, 2)],
+    ids=["quarter_rounded_up", "one_interval", "rounded_up", "at_least_one_interval", "tiny"],
+)
+def test_pruning_stretches_end_on_validation_steps(steps, eval_every, prune_every, expected):
+    from tfvctr.tuning import _prune_every
+
+    config = config_from_dict(rf.tiny_config_dict(steps=steps, eval_every=eval_every))
+    assert _prune_every(config, prune_every) == expected
+
+
 def test_log_loss_is_minimised(tmp_path):
     class LogLoss(FakeRunner):
         def __call__(self, config, data_dir, model_dir, report):

@@ -519,9 +519,10 @@ def train_trial(
     """Trains one trial; with `report`, in stretches of `prune_every` steps, reporting the
     validation history (selection.json) after each so the pruner can stop a poor trial early.
 
-    Stretches, not a hook into the loop: `train` resumes exactly (weights, optimizer, data
-    position, best-so-far) from the checkpoint each stretch ends with, so the trial is the
-    same run as without pruning, at the cost of rebuilding the model once per stretch.
+    Stretches, not a hook into the loop: `train` resumes (weights, optimizer, data position,
+    best-so-far, patience count) from the checkpoint each stretch ends with, as a resumed
+    `tfvctr train` does, at the cost of rebuilding the model once per stretch. Stretches end
+    on validation steps, so the trial is evaluated at the same steps as without pruning.
     """
     import gc
 
@@ -534,7 +535,7 @@ def train_trial(
     if report is None:
         stops = [total]
     else:
-        every = prune_every or _default_prune_every(config)
+        every = _prune_every(config, prune_every)
         stops = list(range(every, total, every)) + [total]
     reported = -1
     try:
@@ -558,12 +559,13 @@ def train_trial(
     return result
 
 
-def _default_prune_every(config: Config) -> int:
-    """About a quarter of the trial, rounded up to whole validation intervals (the pruner
-    sees the metric only where the trainer evaluates it)."""
-    total = config.training.steps
+def _prune_every(config: Config, prune_every: Optional[int]) -> int:
+    """`prune_every` (default: a quarter of the trial) rounded up to whole validation intervals:
+    the pruner sees the metric only where the trainer evaluates it, and `train` also evaluates
+    at the last step of each call, so a stretch ending elsewhere would add an evaluation."""
     eval_every = getattr(config.training, "eval_every", None) or 1
-    return max(eval_every, math.ceil(total / 4 / eval_every) * eval_every)
+    every = prune_every or config.training.steps / 4
+    return max(1, math.ceil(every / eval_every)) * eval_every
 
 
 # --------------------------------------------------------------------------- outputs
