@@ -83,3 +83,17 @@ def test_dev_server_serves_a_real_export_like_the_in_process_savedmodel(tiny, ex
         assert server.stop() == 0
     # The export's warmup PredictionLogs were replayed at load, as TF Serving does.
     assert any(f"(5 warmup requests) from {exported['path']}" in line for line in server.stderr), server.stderr[-5:]
+
+
+def test_demo_serving_step_asks_for_warm_cold_unknown_and_new_ads(tiny, exported, capsys):  # noqa: F811
+    from serving import demo
+
+    base = os.path.dirname(os.path.dirname(exported["path"]))
+    assert demo.main(["--model-base", base, "--model-name", tiny["config"].name, "--model-dir", tiny["model"],
+                      "--data", tiny["data"]]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  ") and len(line.split()) >= 5}
+    assert lines["warm"][-1] == "True" and lines["unknown"][-1] == "False" and lines["new"][-1] == "False"
+    assert lines["cold"][-1] == "True"  # cold ads are in the table: embedded from their image
+    assert all(0.0 < float(lines[k][-2]) < 1.0 for k in ("warm", "cold", "unknown", "new"))
+    assert "dev server stopped (exit 0)" in out
