@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import apache_beam as beam
 
+from beam_jobs import checks
 from beam_jobs.common import (
     NAMESPACE,
     join_path,
@@ -46,6 +47,7 @@ from beam_jobs.transforms.validate import ValidateAds, ValidateImpressions
 from beam_jobs.transforms.write import WriteAdCounts, WriteDeadLetter, WriteRecords
 from tfvctr import layout
 from tfvctr.config import Config, load_config
+from tfvctr.io.schema import format_days
 
 
 def _parse_day(value: Optional[str]) -> Optional[int]:
@@ -65,28 +67,12 @@ def _parse_day(value: Optional[str]) -> Optional[int]:
         raise TfvctrError(f"--eval-from-day: expected an integer or YYYY-MM-DD, received {value!r}") from None
 
 
-def _check_tables(args: argparse.Namespace, config: Config) -> None:
-    """Fails fast, before any worker starts, when a whole column is missing."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from tfvctr.errors import DataError
-    from tfvctr.io import tables
-
-    for path, table in ((args.ads, "ads"), (args.impressions, "impressions")):
-        tables.table_format(path)
-        matches = FileSystems.match([path])[0].metadata_list
-        if not matches:
-            raise DataError(f"{path}: file not found")
-        first = sorted(m.path for m in matches)[0]
-        tables.check_columns(first, tables.table_columns(first), table, config.dataset)
-
-
 def build_pipeline(p: beam.Pipeline, config: Config, ads_path: str, impressions_path: str, out: str,
                    seed: int, eval_from: Optional[int] = None) -> None:
     """Adds the whole job to `p`: the composites above, wired as in the module docstring."""
     ds = config.dataset
-    ads_read = p | "ReadAds" >> ReadTable(ads_path, "ads")
-    imps_read = p | "ReadImpressions" >> ReadTable(impressions_path, "impressions")
+    ads_read = p | "ReadAds" >> ReadTable(ads_path, "ads", with_source=True)
+    imps_read = p | "ReadImpressions" >> ReadTable(impressions_path, "impressions", with_source=True)
     ads = ads_read["rows"] | "ValidateAds" >> ValidateAds(ds, ads_path)
     imps = imps_read["rows"] | "ValidateImpressions" >> ValidateImpressions(ds)
 
@@ -177,7 +163,7 @@ def summary(manifest: dict, out: str, seconds: float) -> str:
             lines.append(f"  {split:10s} none (dataset.validation.mode: none)")
             continue
         lines.append(f"  {split:10s} {s[split]['impressions']} impressions ({s[split]['positives']} clicks) of "
-                     f"{s[split]['ads']} ads in {s[split]['chunks']} chunks; days {s[split]['days']}")
+                     f"{s[split]['ads']} ads in {s[split]['chunks']} chunks; days {format_days(s[split]['days'], manifest.get('day_format'))}")
         if split == layout.VALID:
             held = f", {v['held_out_ads']} ads held out whole" if v["mode"] in ADS_MODES else ""
             empty = "; EMPTY: no model selection possible" if not s[split]["impressions"] else ""
@@ -228,24 +214,28 @@ def run_args(args: argparse.Namespace, beam_args: list[str], verbose: bool = Tru
     args.ads, args.impressions = (p if fs.is_remote(p) else os.path.abspath(p) for p in (args.ads, args.impressions))
     seed = config.dataset.seed if args.seed is None else args.seed
     eval_from = _parse_day(args.eval_from_day)
-    _check_tables(args, config)
-    prepare_output(args.out, args.overwrite)
+    inputs = checks.check_inputs(args.ads, args.impressions, config.dataset, args.eval_from_day)  # refused up front
+    prepare_output(args.out, args.overwrite, delete=False)  # an earlier output is replaced only on success
     options = pipeline_options(beam_args)
     if verbose:
         print(f"preprocess: {args.ads} + {args.impressions} -> {args.out} on {_runner(options)} ...", flush=True)
     start = time.time()
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, config, args.ads, args.impressions, args.out, seed, eval_from)
-    result = p.run()
-    result.wait_until_finish()
-    counters = read_counters(result)
-    stats = json.loads(read_text_file(join_path(args.out, layout.STATS)))
-    manifest = make_manifest(counters, config, seed, stats)
-    write_text_file(join_path(args.out, layout.MANIFEST), json.dumps(manifest, indent=1) + "\n")
-    check_counts(manifest)
+    # Written beside OUT and moved into place only when complete and checked (docs/bad_input.md):
+    # a failed or refused run leaves the previous output untouched and no beam-temp-* debris.
+    with fs.atomic_dir(args.out) as staged:
+        p = beam.Pipeline(options=options)
+        build_pipeline(p, config, args.ads, args.impressions, staged, seed, eval_from)
+        result = p.run()
+        result.wait_until_finish()
+        counters = read_counters(result)
+        stats = json.loads(read_text_file(join_path(staged, layout.STATS)))
+        manifest = make_manifest(counters, config, seed, stats)
+        warnings = checks.check_output(manifest, counters, inputs["impressions"], eval_from, args.eval_from_day)
+        write_text_file(join_path(staged, layout.MANIFEST), json.dumps(manifest, indent=1) + "\n")
+        check_counts(manifest)
     if verbose:
         print(summary(manifest, args.out, time.time() - start), flush=True)
-        for line in dead_letter_examples(args.out):
+        for line in dead_letter_examples(args.out) + warnings:
             print(line, flush=True)
     return manifest
 

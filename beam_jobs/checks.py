@@ -15,10 +15,29 @@ from beam_jobs.transforms.read import TableInfo, check_table
 from tfvctr.errors import DataError
 
 
-def check_inputs(ads_path: str, impressions_path: str, dataset_config: Any) -> dict[str, TableInfo]:
-    """Refuses unreadable tables up front; returns what was learnt of each (`TableInfo`)."""
-    return {"ads": check_table(ads_path, "ads", dataset_config),
+def check_inputs(ads_path: str, impressions_path: str, dataset_config: Any,
+                 eval_from_text: Optional[str] = None) -> dict[str, TableInfo]:
+    """Refuses unreadable tables up front, and an `--eval-from-day` written in another day
+    format than the impressions table's; returns what was learnt of each (`TableInfo`)."""
+    info = {"ads": check_table(ads_path, "ads", dataset_config),
             "impressions": check_table(impressions_path, "impressions", dataset_config)}
+    _check_eval_from_format(eval_from_text, info["impressions"])
+    return info
+
+
+def _check_eval_from_format(eval_from_text: Optional[str], info: TableInfo) -> None:
+    from tfvctr.io import tables
+
+    if eval_from_text is None or info.day_format is None:
+        return
+    try:
+        _, given = tables.parse_day(eval_from_text)
+    except ValueError:
+        return  # the job's own flag parsing says what is wrong with it
+    if given != info.day_format:
+        kind = "an ISO date" if given == "iso" else "a day number"
+        written = "ISO dates" if info.day_format == "iso" else "day numbers"
+        raise DataError(f"--eval-from-day {eval_from_text} is {kind}, but {info.files[0]} writes days as {written}")
 
 
 def day_format(counters: dict[str, int]) -> Optional[str]:
@@ -86,15 +105,6 @@ def check_output(manifest: dict, counters: dict[str, int], info: TableInfo, eval
     if eval_from_given is not None and days:
         given = eval_from_text if eval_from_text is not None else tables.format_day(eval_from_given, fmt)
         span = f"the data's days are {tables.format_day(days[0], fmt)}..{tables.format_day(days[-1], fmt)}"
-        if eval_from_text is not None and fmt is not None:
-            try:
-                _, given_fmt = tables.parse_day(eval_from_text)
-            except ValueError:
-                given_fmt = fmt
-            if given_fmt != fmt:
-                kind = "an ISO date" if given_fmt == "iso" else "a day number"
-                raise DataError(f"--eval-from-day {given} is {kind}, but {info.files[0]} writes days as "
-                                f"{'ISO dates' if fmt == 'iso' else 'day numbers'} ({span})")
         if eval_from_given > days[-1]:
             raise DataError(f"--eval-from-day {given} is after the last day of the data: no eval impressions ({span})")
         if eval_from_given <= days[0]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -90,16 +90,18 @@ class FormatDeadLetter(beam.DoFn):
         yield json.dumps({"table": table, "row": row, "reason": reason}, sort_keys=True, default=str)
 
 
-def prepare_output(out: str, overwrite: bool) -> None:
+def prepare_output(out: str, overwrite: bool, delete: bool = True) -> None:
     """Refuses a non-empty --out (an earlier run's stale shards would be read with the new
-    ones), unless `overwrite`, which deletes the folder first."""
+    ones), unless `overwrite`, which deletes the folder first (`delete=False`: leaves it to
+    `tfvctr.io.fs.atomic_dir`, which replaces it only once the new output is complete)."""
     patterns = [FileSystems.join(out, "*"), FileSystems.join(out, "*", "*")]  # files and shards in sub-folders
     if not any(m.metadata_list for m in FileSystems.match(patterns)):
         return
     if not overwrite:
         raise TfvctrError(f"{out}: not empty (an earlier run's output?); choose another --out or pass --overwrite "
                           f"to delete it first")
-    FileSystems.delete([out])
+    if delete:
+        FileSystems.delete([out])
 
 
 def write_text_file(path: str, text: str) -> None:
@@ -115,3 +117,26 @@ def read_text_file(path: str) -> str:
 
 def join_path(*parts: str) -> str:
     return FileSystems.join(*parts)
+
+
+# ----------------------------------------------------------------------------- run / main of a job
+
+
+def runner_name(options: PipelineOptions) -> str:
+    """The runner as the jobs' first progress line names it ("DirectRunner (2 processes)")."""
+    all_options = options.get_all_options()
+    runner = all_options["runner"]
+    if runner == "DirectRunner" and (all_options.get("direct_num_workers") or 1) > 1:
+        return f"DirectRunner ({all_options['direct_num_workers']} processes)"
+    return str(runner)
+
+
+def job_main(run: Callable[[], Any], prog: str) -> None:
+    """`if __name__ == "__main__"` of a job: user errors as one line and exit 2, as `tfvctr` does."""
+    import sys
+
+    try:
+        run()
+    except TfvctrError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -8,6 +8,7 @@ print one line and exit 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -56,6 +57,33 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tfvctr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        line = environment_error(e)
+        if line is None or debug:
+            raise
+        print(f"tfvctr {args.command}: error: {line} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
+# The machine, not the code: no space, no permission, a path that is not there. Reported as
+# one line like a user error; anything else is a bug and keeps its traceback.
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOENT,
+                       errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY}
+_TF_ENVIRONMENT_ERRORS = {"PermissionDeniedError", "NotFoundError", "ResourceExhaustedError", "AlreadyExistsError",
+                          "FailedPreconditionError"}
+
+
+def environment_error(e: BaseException) -> str | None:
+    """One line for an error of the environment (an `OSError` such as permission denied or
+    disk full, or TensorFlow's file-system errors), else None."""
+    from tfvctr.errors import readable
+
+    if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:
+        where = e.filename if e.filename is not None else ""
+        return f"{where}: {e.strerror}" if where else (e.strerror or readable(str(e)))
+    if type(e).__name__ in _TF_ENVIRONMENT_ERRORS and type(e).__module__.startswith("tensorflow"):
+        return readable(getattr(e, "message", None) or str(e))
+    return None
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from tfvctr import metrics as m
 from tfvctr.config import load_config
 from tfvctr.errors import DataError, TfvctrError
 from tfvctr.features import FeatureEncoder
+from tfvctr.fingerprint import check_model_data
 from tfvctr.io import fs
 
 CEILING_COLUMN = "true_ctr"
@@ -205,6 +206,8 @@ def evaluate(
     Returns:
         The metrics dict that `metrics.json` holds.
     """
+    if model is None:
+        check_model_data(model_dir, data_dir, "evaluate")  # unfinished training, a data dir that does not fit
     config = load_config(fs.join(model_dir, layout.CONFIG))
     files = data_lib.list_shards(data_dir, split)
     if encoder is None:
@@ -235,8 +238,7 @@ def evaluate(
     result = compute_metrics(pred, read_cold_ads(data_dir), load_baseline(baseline) if baseline else None)
     result.update(split=split, data_dir=data_dir, model_dir=model_dir, name=config.name)
     if write:
-        with fs.open(fs.join(model_dir, layout.METRICS), "w") as f:
-            json.dump(_finite(result), f, indent=2)
+        fs.write_atomic(fs.join(model_dir, layout.METRICS), json.dumps(_finite(result), indent=2))
         plot_roc(pred["labels"], pred["probs"], fs.join(model_dir, layout.ROC_PLOT), title=f"ROC ({config.name}, {split})")
         plot_reliability(result["calibration"], fs.join(model_dir, layout.CALIBRATION_PLOT))
     return result

@@ -21,6 +21,7 @@ from beam_jobs import records
 from beam_jobs.common import dead_letter
 from tfvctr import layout
 from tfvctr.config import DatasetConfig
+from tfvctr.errors import readable_failure
 
 DEAD = "dead"
 TRAIN, VALID, EVAL = layout.TRAIN, layout.VALID, layout.EVAL
@@ -155,7 +156,7 @@ def _unexpected(ds: DatasetConfig):
 
     def fn(failure: tuple) -> Iterable[tuple]:
         (ad_id, groups), (exc_type, exc_repr, _) = failure
-        reason = f"ad {ad_id} rejected: unexpected {getattr(exc_type, '__name__', exc_type)} building records: {exc_repr}"
+        reason = f"ad {ad_id} rejected: unexpected error building records: {readable_failure(exc_type, exc_repr)}"
         for ad in groups["ads"]:
             yield dead_letter("ads", records.ad_to_row(ad, ds), "unexpected_error", reason)
         for imp in groups["impressions"]:

@@ -98,10 +98,10 @@ def check_table(path: str, table: str, dataset_config) -> TableInfo:
     if fmt == "jsonl":
         with _open(files[0]) as f:
             columns = readers.jsonl_columns(readers.iter_records(f, "jsonl", files[0]))
-    tables.check_columns(files[0], columns or [], table, dataset_config)
     if not any_record:
         what = "only a header" if fmt == "csv" else "no records"
         raise DataError(f"{path}: no rows ({what}); expected at least one {table} row")
+    tables.check_columns(files[0], columns or [], table, dataset_config)
     day_format = None
     if table == "impressions" and first is not None:
         file, line, row = first

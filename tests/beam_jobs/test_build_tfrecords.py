@@ -155,8 +155,9 @@ def test_each_fault_is_dead_lettered_with_a_readable_reason_and_the_job_succeeds
     assert "80x80 = 6400 pixels exceeds dataset.max_image_pixels = 4096" in by_ad[("ads", "big")][0]
     assert by_ad[("impressions", "big")][0].startswith("ad big rejected: ")
     assert by_ad[("impressions", "no_such_ad")] == ["unknown ad_id 'no_such_ad': not in the ads table"]
+    bad_line = 2 + next(i for i, r in enumerate(faulty_run["impressions"]) if r["label"] == "yes")  # header is line 1
     assert [r for r in by_ad[("impressions", faulty_run["impressions"][0]["ad_id"])] if "label" in r] == [
-        "impressions: label: expected 0 or 1, got 'yes'"]
+        f"impressions: label: expected 0 or 1, got 'yes' (impressions.csv line {bad_line})"]
     n_ad05 = sum(1 for r in faulty_run["impressions"] if r["ad_id"] == "ad05")
     assert len(by_ad[("impressions", "ad05")]) == n_ad05
     assert all(r.startswith("ad ad05 rejected: ") for r in by_ad[("impressions", "ad05")])

@@ -14,6 +14,7 @@ from tfvctr import data as data_lib
 from tfvctr import layout
 from tfvctr.config import Config, save_config
 from tfvctr.errors import ConfigError, TfvctrError
+from tfvctr.fingerprint import check_training_dir
 from tfvctr.io import fs
 from tfvctr.training.checkpoints import CheckpointSet
 from tfvctr.training.controller import Controller, print_line
@@ -101,6 +102,7 @@ def _run(
         raise ConfigError(f"--steps: expected a positive number of steps, received {total}")
     files = data_lib.list_shards(data_dir, layout.TRAIN)
     data_lib.check_vocabularies(config.dataset, data_dir)
+    check_training_dir(config, data_dir, model_dir, write=info.is_chief)  # fingerprint.json: refuses an incompatible dir
     _set_precision(config, log)
     encoder = encoder or _default_encoder(config, data_dir)
     batch = _per_replica_batch(config, strategy)
