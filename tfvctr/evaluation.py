@@ -86,6 +86,53 @@ class Evaluator:
         return {k: (np.concatenate(v) if v else np.zeros([0])) for k, v in state.items()}
 
 
+def score(evaluator: Evaluator, dataset: Any) -> dict[str, np.ndarray]:
+    """Every prediction of `evaluator.model` over `dataset` (batches `(inputs, labels, meta)`)."""
+    state = evaluator.eval_begin()
+    for batch in dataset:
+        state = evaluator.eval_reduce(state, evaluator.eval_step(batch))
+    return evaluator.eval_end(state)
+
+
+def cold_mask(ads: np.ndarray, cold_ads: set[str]) -> np.ndarray:
+    """Which impressions (by their ad id) belong to a cold ad."""
+    ads = np.array([a.decode() if isinstance(a, bytes) else str(a) for a in ads])
+    return np.isin(ads, np.array(sorted(cold_ads))) if cold_ads else np.zeros(ads.size, bool)
+
+
+# The figures model selection watches (`tfvctr.training.selection`), and their direction.
+SELECTION_METRICS = {"valid_auc": "max", "valid_cold_auc": "max", "valid_logloss": "min"}
+
+
+def selection_metrics(pred: dict[str, np.ndarray], cold_ads: Optional[set[str]]) -> dict[str, Optional[float]]:
+    """AUC, cold-ad AUC and log loss of the valid split (None where undefined).
+
+    Cheaper than `compute_metrics` (no per-user AUC or calibration): it runs every
+    `training.eval_every` steps. Cold ads are those with no train impressions
+    (`read_cold_ads`); `valid_cold_auc` is None when the valid split holds none.
+    """
+    labels, probs = pred["labels"], pred["probs"]
+
+    def finite(x: float) -> Optional[float]:
+        return float(x) if math.isfinite(x) else None
+
+    cold = cold_mask(pred["ads"], cold_ads or set())
+    return {
+        "valid_auc": finite(m.auc(labels, probs)),
+        "valid_cold_auc": finite(m.auc(labels[cold], probs[cold])) if cold.any() else None,
+        "valid_logloss": finite(m.log_loss(labels, probs)),
+    }
+
+
+def read_selection(model_dir: str) -> Optional[dict]:
+    """`M/selection.json` (the chosen step of model selection), or None if training had no valid split."""
+    path = fs.join(model_dir, layout.SELECTION)
+    if not fs.exists(path):
+        return None
+    with fs.open(path) as f:
+        return json.load(f)
+
+
 def compute_metrics(pred: dict[str, np.ndarray], cold_ads: Optional[set[str]] = None, baseline: Optional[dict] = None) -> dict:
     """All metrics of one set of predictions (see the module docstring)."""
     labels, probs = pred["labels"], pred["probs"]
@@ -100,8 +147,7 @@ def compute_metrics(pred: dict[str, np.ndarray], cold_ads: Optional[set[str]] = 
         "calibration": m.calibration(labels, probs),
     }
     if cold_ads is not None:
-        ads = np.array([a.decode() if isinstance(a, bytes) else str(a) for a in pred["ads"]])
-        cold = np.isin(ads, np.array(sorted(cold_ads))) if cold_ads else np.zeros(ads.size, bool)
+        cold = cold_mask(pred["ads"], cold_ads)
         out["cold"] = {
             "impressions": int(cold.sum()),
             "auc": m.auc(labels[cold], probs[cold]) if cold.any() else float("nan"),
@@ -227,16 +273,19 @@ def evaluate(
     dataset = data_lib.make_dataset(
         config, data_dir, split, training=False, encoder=encoder, batch_size=batch_size, with_meta=True, files=files
     )
-    evaluator = Evaluator(model, passthrough)
-    state = evaluator.eval_begin()
     with data_lib.data_errors(files):
-        for batch in dataset:
-            state = evaluator.eval_reduce(state, evaluator.eval_step(batch))
-    pred = evaluator.eval_end(state)
+        pred = score(Evaluator(model, passthrough), dataset)
     if pred["labels"].size == 0:
         raise DataError(f"{fs.join(data_dir, split)}: no impressions to evaluate")
     result = compute_metrics(pred, read_cold_ads(data_dir), load_baseline(baseline) if baseline else None)
     result.update(split=split, data_dir=data_dir, model_dir=model_dir, name=config.name)
+    # Which step's weights model.keras holds: the best one by the valid split, or None when
+    # training had no valid split (then it is the last step).
+    selection = read_selection(model_dir)
+    result["best_step"] = selection["best_step"] if selection else None
+    if selection:
+        result["selection"] = {"metric": selection["metric"], "best": selection["best"], "last_step": selection["last_step"],
+                               "stopped_early": selection["stopped_early"]}
     if write:
         fs.write_atomic(fs.join(model_dir, layout.METRICS), json.dumps(_finite(result), indent=2))
         plot_roc(pred["labels"], pred["probs"], fs.join(model_dir, layout.ROC_PLOT), title=f"ROC ({config.name}, {split})")

@@ -88,3 +88,62 @@ class CheckpointSet:
     @property
     def saved_steps(self) -> list[int]:
         return [int(os.path.basename(p).split("-")[-1]) for p in self.model_manager.checkpoints]
+
+
+def weights_checkpoint(model) -> tf.train.Checkpoint:
+    """A checkpoint of every weight of `model` (trainable or not), keyed by position and path.
+
+    Not `tf.train.Checkpoint(model=model)`: TensorFlow's object graph does not reach the
+    sub-layers a Keras 3 layer keeps in plain attributes (measured: of the DCN head only the
+    output layer was saved). The model checkpoint gets the head's trainable weights through
+    the optimizers; the best checkpoint has no optimizer, so it names every weight itself.
+    """
+    return tf.train.Checkpoint(
+        weights={f"{i:04d}_{v.path.replace('/', '.')}": v for i, v in enumerate(model.weights)}
+    )
+
+
+class BestCheckpoint:
+    """The model weights of the best step by the valid split, in `M/checkpoints/best/best-S`.
+
+    Apart from `CheckpointSet` so `keep_checkpoints` rotation never deletes them. Order of
+    writes at an evaluation that improves: `save(S)`, then the model checkpoint of S (whose
+    selection state names S as the best), then `prune(S)` removes the older bests. If the
+    process dies anywhere in between, the latest model checkpoint names a best that is
+    still on disk. Every worker takes part in a save (as in `CheckpointSet.save`); only the
+    chief writes into the real folder.
+    """
+
+    def __init__(self, model_dir: str, model, worker_index: int = 0, is_chief: bool = True):
+        self.root = fs.join(model_dir, layout.CHECKPOINTS_DIR, "best")
+        self.is_chief = is_chief
+        self.model = model
+        self.checkpoint = weights_checkpoint(model)
+        self._write_dir = self.root if is_chief else fs.join(model_dir, layout.CHECKPOINTS_DIR, f"tmp-best-worker-{worker_index}")
+
+    def path(self, step: int) -> str:
+        return fs.join(self.root, f"best-{step}")
+
+    def save(self, step: int) -> str:
+        path = self.checkpoint.write(fs.join(self._write_dir, f"best-{step}"))
+        if not self.is_chief:
+            if fs.is_remote(self._write_dir):
+                tf.io.gfile.rmtree(self._write_dir)
+            else:
+                shutil.rmtree(self._write_dir, ignore_errors=True)
+        return path
+
+    def prune(self, keep: int) -> None:
+        """Deletes every best checkpoint but the one of step `keep` (chief only)."""
+        if not self.is_chief:
+            return
+        for path in tf.io.gfile.glob(fs.join(self.root, "best-*")):
+            if os.path.basename(path).split(".")[0] != f"best-{keep}":
+                tf.io.gfile.remove(path)
+
+    def restore(self, step: int) -> None:
+        """Loads the weights of best step `step` into the model."""
+        path = self.path(step)
+        if not tf.io.gfile.exists(path + ".index"):
+            raise TfvctrError(f"{path}: the best checkpoint of step {step} is missing (was {self.root} deleted?)")
+        self.checkpoint.read(path).expect_partial()

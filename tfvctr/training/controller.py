@@ -1,5 +1,7 @@
 """The outer training loop (orbit's `Controller` shape): blocks of steps, one log line and
-one set of summaries per block, checkpoints every `checkpoint_every` steps and at the end.
+one set of summaries per block, checkpoints every `checkpoint_every` steps and at the end,
+and, with a `Validator`, an evaluation of the valid split every `eval_every` steps (a
+checkpoint step too; the best weights saved apart; an early stop ends the loop).
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from typing import Callable, Iterator, Optional
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from tfvctr.training.checkpoints import CheckpointSet
+from tfvctr.training.checkpoints import BestCheckpoint, CheckpointSet
 from tfvctr.training.loop import Trainer
 from tfvctr.training.optimizers import current_learning_rate
+from tfvctr.training.selection import VALID_SUMMARY_TAGS, Validator, format_valid
 
 # The summary tags one block writes (TensorBoard, under M/tensorboard/<name>).
 SUMMARY_TAGS = ("loss", "auc", "learning_rate/cnn", "learning_rate/rest", "images_per_sec", "impressions_per_sec")
@@ -54,6 +57,11 @@ class Controller:
         checkpoint_every, log_every: intervals in steps.
         summary_dir: TensorBoard folder (chief only; None writes no summaries).
         log: where progress lines go (None: silent).
+        validator: scores the valid split and decides best step / early stop (None: no
+            model selection).
+        best: where the best weights go (with `validator`).
+        selection_state: the string variable of the model checkpoint that holds the
+            selection state (with `validator`).
     """
 
     def __init__(
@@ -66,8 +74,14 @@ class Controller:
         log_every: int,
         summary_dir: Optional[str] = None,
         log: Optional[Callable[[str], None]] = None,
+        validator: Optional[Validator] = None,
+        best: Optional[BestCheckpoint] = None,
+        selection_state: Optional[tf.Variable] = None,
     ):
         self.trainer = trainer
+        self.validator = validator
+        self.best = best
+        self.selection_state = selection_state
         self.iterator = iterator
         self.checkpoints = checkpoints
         self.total_steps = total_steps
@@ -81,7 +95,8 @@ class Controller:
         """Steps until the next log point, checkpoint point or the end, whichever is first."""
         to_log = self.log_every - step % self.log_every
         to_ckpt = self.checkpoint_every - step % self.checkpoint_every
-        return min(to_log, to_ckpt, self.total_steps - step)
+        to_eval = self.validator.to_next(step) if self.validator else to_ckpt
+        return min(to_log, to_ckpt, to_eval, self.total_steps - step)
 
     def run(self, start_step: int) -> dict:
         step = start_step
@@ -93,6 +108,10 @@ class Controller:
             cnn_lr = current_learning_rate(self.trainer.cnn_optimizer)
             lr = current_learning_rate(self.trainer.optimizer)
             figures.update(step=step, cnn_learning_rate=cnn_lr, learning_rate=lr)
+            record = None
+            if self.validator and self.validator.due(step, self.total_steps):
+                record = self.validator.validate(step)
+                figures["valid"] = record
             self.history.append(figures)
             last = figures
             with self.writer.as_default(step=step):
@@ -105,11 +124,34 @@ class Controller:
                 scalar("learning_rate/rest", lr)
                 scalar("images_per_sec", figures["images_per_sec"])
                 scalar("impressions_per_sec", figures["impressions_per_sec"])
+                for key, tag in VALID_SUMMARY_TAGS.items():
+                    if record is not None and record[key] is not None:
+                        scalar(tag, record[key])
             self.writer.flush()
             if self.log:
                 shown_cnn_lr = cnn_lr if getattr(self.trainer.model, "visual_variables", None) else None
-                self.log(format_progress(step, self.total_steps, figures, shown_cnn_lr, lr))
-            if step % self.checkpoint_every == 0 or step == self.total_steps:
+                line = format_progress(step, self.total_steps, figures, shown_cnn_lr, lr)
+                if record is not None:
+                    line += "  " + format_valid(record, record["metric"])
+                self.log(line)
+                for note in self.validator.selection.notes if record is not None else ():
+                    self.log(note)
+            if record is not None:
+                # Best weights first, then the checkpoint whose state names them, then the older
+                # bests go (see BestCheckpoint): a kill anywhere leaves a consistent pair.
+                if record["improved"]:
+                    self.best.save(step)
+                self.selection_state.assign(self.validator.selection.state())
+                self.checkpoints.save(step)
+                if record["improved"]:
+                    self.best.prune(step)
+                if record["stop"]:
+                    if self.log:
+                        sel = self.validator.selection
+                        best = f"best step {sel.best_step} ({sel.metric} {sel.best[sel.metric]:.4f})" if sel.best else "no best step"
+                        self.log(f"early stop at step {step}: {sel.metric} did not improve for {sel.patience} evaluations; {best}")
+                    break
+            elif step % self.checkpoint_every == 0 or step == self.total_steps:
                 self.checkpoints.save(step)
         return last
 

@@ -4,6 +4,7 @@ the controller, and write the model directory (docs/formats.md §3).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable, Optional
 
@@ -13,10 +14,10 @@ import tensorflow as tf
 from tfvctr import data as data_lib
 from tfvctr import layout
 from tfvctr.config import Config, save_config
-from tfvctr.errors import ConfigError, TfvctrError
+from tfvctr.errors import ConfigError, DataError, TfvctrError
 from tfvctr.fingerprint import check_training_dir
 from tfvctr.io import fs
-from tfvctr.training.checkpoints import CheckpointSet
+from tfvctr.training.checkpoints import BestCheckpoint, CheckpointSet
 from tfvctr.training.controller import Controller, print_line
 from tfvctr.training.loop import (
     Trainer,
@@ -27,6 +28,7 @@ from tfvctr.training.loop import (
     with_pair_users,
 )
 from tfvctr.training.optimizers import make_optimizers
+from tfvctr.training.selection import ModelSelection, Validator
 from tfvctr.training.strategy import WorkerInfo, make_strategy, worker_info
 
 
@@ -76,6 +78,43 @@ def _write_model_dir(config: Config, data_dir: str, model_dir: str, model: Any) 
     model.save(fs.join(model_dir, layout.MODEL))
 
 
+def valid_files(data_dir: str) -> Optional[list[str]]:
+    """The shards of `DATA_DIR/valid`, or None when preprocess wrote no valid split."""
+    if not fs.exists(fs.join(data_dir, layout.VALID)):
+        return None
+    try:
+        return data_lib.list_shards(data_dir, layout.VALID)
+    except DataError:
+        return None
+
+
+def _validator(config: Config, data_dir: str, model: Any, encoder: Any, files: list[str], strategy, info: WorkerInfo,
+               selection: ModelSelection) -> Validator:
+    """The `Validator` of `train`: the chief scores DATA/valid with `tfvctr evaluate`'s code."""
+    from tfvctr import evaluation
+
+    score = None
+    if info.is_chief:
+        dataset = data_lib.make_dataset(
+            config, data_dir, layout.VALID, training=False, encoder=encoder, batch_size=config.training.ads_per_batch,
+            with_meta=True, files=files,
+        )
+        evaluator = evaluation.Evaluator(model)
+        cold_ads = evaluation.read_cold_ads(data_dir)
+
+        def score() -> dict:
+            with data_lib.data_errors(files):
+                pred = evaluation.score(evaluator, dataset)
+            if pred["labels"].size == 0:
+                raise DataError(f"{fs.join(data_dir, layout.VALID)}: no impressions to validate on")
+            return evaluation.selection_metrics(pred, cold_ads)
+
+    return Validator(
+        strategy, selection, config.training.eval_every, score,
+        num_workers=info.num_workers, is_chief=info.is_chief, local_replicas=info.local_replicas,
+    )
+
+
 def _run(
     config: Config,
     data_dir: str,
@@ -92,6 +131,7 @@ def _run(
     log: Optional[Callable[[str], None]],
     summary_name: str,
     pair_users: bool = False,
+    select: bool = False,
 ) -> dict:
     strategy = strategy or make_strategy()
     info: WorkerInfo = worker_info(strategy)
@@ -113,8 +153,10 @@ def _run(
         )
         return with_pair_users(ds) if pair_users else ds
 
-    dataset = make()
+    # Seed first: the shuffles' op seeds combine with the global seed, so a dataset built
+    # before it would shuffle differently in the first run of a process than in later ones.
     keras.utils.set_random_seed(tr.seed)
+    dataset = make()
     with data_lib.data_errors(files):
         # A first batch from a separate dataset builds the variables. Not from another
         # iterator of `dataset`: its seeded shuffle would then hand the training iterator
@@ -130,15 +172,28 @@ def _run(
     if freeze_visual and getattr(model, "visual_tower", None) is not None:
         # Frozen means inference mode too: batch-norm statistics stay as pre-trained.
         model.visual_tower.trainable = False
+    selection = selection_state = validation = None
+    if select:
+        validation = valid_files(data_dir)
+        if validation is None:
+            if log:
+                log(f"WARNING: {fs.join(data_dir, layout.VALID)}: no valid split, so model selection is off "
+                    f"(all steps run and model.keras holds the last weights); tfvctr preprocess writes one "
+                    f"with dataset.validation.mode")
+        else:
+            selection = ModelSelection(tr.selection_metric, tr.patience, tr.min_delta)
+            selection_state = tf.Variable("", dtype=tf.string, trainable=False, name="selection_state")
     iterator = iter(dataset)
     trainer = Trainer(
         strategy, model, cnn_optimizer, optimizer, objective, dataset.element_spec,
         local_replicas=info.local_replicas, clip_norm=tr.clip_norm, freeze_visual=freeze_visual,
         variables=(cnn_vars, other_vars),
     )
+    model_objects = {"model": model, "cnn_optimizer": cnn_optimizer, "optimizer": optimizer}
+    if selection_state is not None:
+        model_objects["selection"] = selection_state
     checkpoints = CheckpointSet(
-        model_dir,
-        {"model": model, "cnn_optimizer": cnn_optimizer, "optimizer": optimizer},
+        model_dir, model_objects,
         {"iterator": iterator, "batches_consumed": trainer.batches_consumed},
         worker_index=info.worker_index, is_chief=info.is_chief, keep=tr.keep_checkpoints,
     )
@@ -147,18 +202,51 @@ def _run(
         init_model(model)
     elif log:
         log(f"resumed from {checkpoints.latest()} at step {start}")
-    if start >= total:
+    validator = best = None
+    if selection is not None:
+        selection.load(selection_state.numpy().decode())
+        best = BestCheckpoint(model_dir, model, worker_index=info.worker_index, is_chief=info.is_chief)
+        if selection.best_step is not None:
+            # A best written after the restored checkpoint (the run died before naming it) goes.
+            best.prune(selection.best_step)
+        validator = _validator(config, data_dir, model, encoder, validation, strategy, info, selection)
+    if selection is not None and selection.stopped_early:
+        if log:
+            log(f"already stopped early at step {start} (training.patience); nothing to train "
+                f"(delete {checkpoints.root} to train again)")
+        figures: dict = {"step": start}
+    elif start >= total:
         if log:
             log(f"already at step {start} of {total}; nothing to train")
-        figures: dict = {"step": start}
+        figures = {"step": start}
     else:
         controller = Controller(
             trainer, iterator, checkpoints, total, tr.checkpoint_every, tr.log_every,
             summary_dir=fs.join(model_dir, layout.TENSORBOARD_DIR, summary_name) if info.is_chief else None, log=log,
+            validator=validator, best=best, selection_state=selection_state,
         )
         with data_lib.data_errors(files):
             figures = controller.run(start)
         figures["history"] = controller.history
+    last_step = int(figures["step"])
+    if selection is not None:
+        if selection.best_step is not None and selection.best_step != last_step:
+            # Every worker loads the best weights; the barrier makes sure the chief has finished
+            # writing them (it may have done so just before the last step's checkpoint).
+            validator.barrier()
+            best.restore(selection.best_step)
+            if log:
+                log(f"model.keras holds the best step {selection.best_step} by {selection.metric} "
+                    f"({selection.best[selection.metric]:.4f}), not the last step {last_step}")
+        summary = selection.summary(last_step)
+        if info.is_chief:
+            with fs.open(fs.join(model_dir, layout.SELECTION), "w") as f:
+                json.dump(summary, f, indent=2)
+        # train()'s result carries selection.json: the whole dict as `selection`, and its
+        # keys at the top level (`history` stays the per-block training figures).
+        figures.update({k: v for k, v in summary.items() if k != "history"})
+        figures["valid_history"] = summary["history"]
+        figures["selection"] = summary
     if info.is_chief:
         _write_model_dir(config, data_dir, model_dir, model)
     figures["batches_consumed"] = int(trainer.batches_consumed.numpy())
@@ -223,6 +311,7 @@ def train(
         objective=bpr_objective if pairwise else ctr_objective(loss_fn),
         variables_of=lambda m: (list(m.visual_variables), list(m.non_visual_variables)),
         init_model=init_model, freeze_visual=tr.freeze_cnn, log=log, summary_name="train", pair_users=pairwise,
+        select=True,
     )
 
 
