@@ -1,24 +1,24 @@
-"""The visual-embedding table: the trained visual tower over every ad (docs/formats.md §4).
+"""The visual-embedding table: the trained visual tower over the ad catalog (docs/formats.md §4).
 
-    python -m beam_jobs.embed_ads --model M --data D --out T [--ads ADS] [--coverage 0.9] [--dtype float16]
+    python -m beam_jobs.embed_ads --model M --ads ADS --out T [--data D] [--coverage 1] [--dtype float16]
 
-(or `tfvctr embed`). Serving never runs the CNN: CSCNN §3.4.2 precomputes x_v for the
-ads that matter offline. **Coverage control**: the ads are ranked by train impressions
-and the most-impressed kept until `coverage` of all train impressions is covered
-(`--coverage 1` keeps every ad, zero-impression ones included). The cut is a threshold
-on the impression count, found from a histogram of counts (a small global aggregate,
-never a sort of the catalogue); ads tied at the threshold are all kept, so the achieved
-coverage is >= the requested one and does not depend on the order of the input.
+(or `tfvctr embed`). Serving never runs the CNN for a known ad: CSCNN §3.4.2 precomputes
+x_v offline. The ads come from the catalog itself (`--ads`, read and validated exactly as
+`build_tfrecords` reads the ads table, bad rows to the dead letter), so ads that have no
+impressions yet are embedded too. **Coverage rule**: `coverage: 1` (the default) keeps
+every catalog ad; below 1 it keeps the ads that carry that share of the most recent
+split's impressions (`D/ad_counts.jsonl`: the eval days, the last `dataset.eval_days`
+days; the train days when there is no eval split) **plus every ad newer than the data**
+(in the catalog, not in `ad_counts.jsonl`). The cut is a threshold on the impression
+count found from a histogram of counts (never a sort of the catalog); ads tied at it
+are all kept.
 
-Inputs: `D/ad_counts.jsonl` (from `build_tfrecords`; it holds each valid ad's category,
-resolved image URI and impression counts) and `D/vocab/category.txt`. With `--ads`, the
-ads come from that table instead (e.g. a new catalogue with cold ads), their impression
-counts joined from `ad_counts.jsonl` on ad_id (0 when absent). Images are prepared by the
-same function as in `build_tfrecords` (decode, resize, re-encode) and decoded by the
-trainer's decoder, so the tower sees the pixels it was trained on.
+    ReadTable(ads) ─ ValidateAds ─ JoinRecentCounts ─ KeepCovered ─ EmbedAds ─ WriteTable
+                                                                        └──────── (category means)
+    every rejected row ─────────────────────────────────────────────── WriteDeadLetter
 
-    ReadAds ─ CoverageThreshold ─ KeepCovered ─ PrepareImages ─ BatchElements ─ Embed ─ WriteShards
-                                                                                  └──── CategoryMeans
+Counters (namespace `tfvctr`) become `index.json`; catalog rows = table rows + ads below
+the coverage cut + dead-letter ads, or the job fails.
 """
 
 from __future__ import annotations
@@ -26,339 +26,129 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
-import sys
 import time
-import zlib
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import apache_beam as beam
 import numpy as np
-from apache_beam import pvalue
 
-from beam_jobs import images
 from beam_jobs.common import (
-    counter,
-    dead_letter,
+    job_main,
     join_path,
     pipeline_options,
     prepare_output,
     read_counters,
-    read_text_file,
+    runner_name,
     write_text_file,
 )
-from beam_jobs.flags import TOWER_FILE, add_embed_arguments, add_runner_help
+from beam_jobs.flags import add_embed_arguments, add_runner_help
+from beam_jobs.transforms.embed import (  # noqa: F401 - coverage_threshold, CoverageThreshold re-exported
+    DEAD,
+    CoverageThreshold,
+    EmbedAds,
+    JoinRecentCounts,
+    KeepCovered,
+    WriteTable,
+    coverage_threshold,
+)
+from beam_jobs.transforms.read import ReadTable, check_table
+from beam_jobs.transforms.validate import ValidateAds
 from beam_jobs.transforms.write import WriteDeadLetter
-from tfvctr.config import Config, DatasetConfig
+from tfvctr import layout
+from tfvctr.config import Config, load_config
+from tfvctr.errors import ConfigError, DataError, TfvctrError
+from tfvctr.io import fs
 
-DEAD = "dead"
+PROG = "python -m beam_jobs.embed_ads"
 
 
-# ----------------------------------------------------------------------------- coverage
-
-
-def coverage_threshold(histogram: dict[int, int], coverage: float) -> int:
-    """The smallest impression count an ad needs to be kept.
-
-    `histogram` maps an impression count to the number of ads with it. Ads are taken from
-    the most impressed down; the threshold is the count at which `coverage` of all
-    impressions is first reached (all ads with that count are kept). `coverage >= 1`, or
-    no impressions at all, keeps every ad (threshold 0).
-    """
-    total = sum(count * ads for count, ads in histogram.items())
-    if coverage >= 1.0 or total == 0:
-        return 0
-    covered = 0
-    for count in sorted(histogram, reverse=True):
-        covered += count * histogram[count]
-        if covered >= coverage * total:
-            return count
-    return 0
-
-
-class CoverageThreshold(beam.PTransform):
-    """`(ad_id, category, image, impressions)` → a singleton: the threshold of `coverage_threshold`."""
-
-    def __init__(self, coverage: float):
-        super().__init__()
-        self._coverage = coverage
-
-    def expand(self, ads):
-        return (ads
-                | "Count" >> beam.Map(lambda ad: (ad[3], 1))
-                | "Histogram" >> beam.CombinePerKey(sum)
-                | "All" >> beam.combiners.ToDict()
-                | "Threshold" >> beam.Map(coverage_threshold, self._coverage))
-
-
-class _Keep(beam.DoFn):
-    def process(self, ad: tuple, threshold: int) -> Iterable[tuple]:
-        counter("ads_input").inc()
-        counter("total_impressions").inc(ad[3])
-        if ad[3] >= threshold:
-            yield ad
-        else:
-            counter("ads_below_coverage").inc()
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def _from_counts(line: str) -> tuple:
-    row = json.loads(line)
-    return (str(row["ad_id"]), str(row["category"]), str(row["image"]), int(row["train_impressions"]))
-
-
-class _AdFromTable(beam.DoFn):
-    def __init__(self, ds: DatasetConfig, table_path: str):
-        self._ds, self._table_path = ds, table_path
-
-    def process(self, row: dict) -> Iterable:
-        from tfvctr.io import tables
-
-        try:
-            typed = tables.coerce_row(row, "ads", self._ds)
-        except ValueError as e:
-            yield pvalue.TaggedOutput(DEAD, dead_letter("ads", row, "bad_field", f"ads: {e}"))
-            return
-        uri = tables.resolve_image_path(typed["image"], self._table_path)
-        yield (str(typed["ad_id"]), (str(typed["category"]), uri))
-
-
-def _join_counts(element: tuple) -> Iterable:
-    ad_id, groups = element
-    counts = list(groups["counts"])
-    impressions = counts[0][3] if counts else 0
-    for category, uri in groups["ads"]:
-        yield (ad_id, category, uri, impressions)
-
-
-class ReadAds(beam.PTransform):
-    """`(ad_id, category, image_uri, train_impressions)` from ad_counts.jsonl, or from an ads table
-    joined with it (CoGroupByKey on ad_id). Outputs `"ads"` and `"dead"`."""
-
-    def __init__(self, counts_path: str, ds: DatasetConfig, ads_path: Optional[str] = None):
-        super().__init__()
-        self._counts_path, self._ds, self._ads_path = counts_path, ds, ads_path
-
-    def expand(self, pbegin):
-        counts = (pbegin | "ReadCounts" >> beam.io.ReadFromText(self._counts_path)
-                  | "ParseCounts" >> beam.Map(_from_counts))
-        if self._ads_path is None:
-            return {"ads": counts, DEAD: pbegin.pipeline | "NoDead" >> beam.Create([])}
-        from beam_jobs.transforms.read import ReadTable
-
-        table = pbegin | "ReadTable" >> ReadTable(self._ads_path, "ads")
-        parsed = table["rows"] | "Coerce" >> beam.ParDo(_AdFromTable(self._ds, self._ads_path)).with_outputs(
-            DEAD, main="ads")
-        joined = ({"ads": parsed.ads, "counts": counts | "Key" >> beam.Map(lambda c: (c[0], c))}
-                  | "JoinCounts" >> beam.CoGroupByKey() | "Flatten" >> beam.FlatMap(_join_counts))
-        return {"ads": joined, DEAD: (table[DEAD], parsed[DEAD]) | "Dead" >> beam.Flatten()}
-
-
-# ----------------------------------------------------------------------------- embedding
-
-
-class _PrepareImage(beam.DoFn):
-    """Exactly `build_tfrecords`' image preparation: the encoded bytes the records would hold."""
-
-    def __init__(self, ds: DatasetConfig):
-        self._ds = ds
-
-    def process(self, ad: tuple) -> Iterable:
-        ad_id, category, uri, impressions = ad
-        try:
-            encoded = images.load_image(uri, self._ds.image_size, self._ds.image_format, self._ds.max_image_pixels)
-        except images.ImageError as e:
-            row = {"ad_id": ad_id, "category": category, "image": uri}
-            yield pvalue.TaggedOutput(DEAD, dead_letter("ads", row, e.code, f"ad {ad_id}: {e}"))
-            return
-        yield (ad_id, category, impressions, encoded)
-
-
-class EmbedBatch(beam.DoFn):
-    """Runs the visual tower on batches of prepared ads; the model loads once per worker (`setup`)."""
-
-    def __init__(self, model_path: str, category_vocab_path: str):
-        self._model_path = model_path
-        self._vocab_path = category_vocab_path
-        self._model = None
-        self._category_ids: dict[str, int] = {}
-
-    def setup(self) -> None:
-        import keras
-        from apache_beam.io.filesystems import FileSystems
-
-        import tfvctr.layers  # noqa: F401  (registers the custom layers the model file names)
-
-        # Keras reads .keras files from local paths only: copy a remote model down once.
-        path = self._model_path
-        if "://" in path:
-            import tempfile
-
-            local = os.path.join(tempfile.mkdtemp(), TOWER_FILE)
-            with FileSystems.open(path) as src, open(local, "wb") as dst:
-                dst.write(src.read())
-            path = local
-        self._model = keras.saving.load_model(path, compile=False)
-        from tfvctr.data import decode_image
-
-        self._decode = decode_image
-        self._size = int(self._model.input["image"].shape[1])
-        lines = read_text_file(self._vocab_path).splitlines()
-        # docs/formats.md §2 "Indexing": 0 = unknown category, 1 + line number otherwise.
-        self._category_ids = {value: i + 1 for i, value in enumerate(lines)}
-
-    def process(self, batch: list[tuple]) -> Iterable[tuple]:
-        # The trainer's own decoder (tf.io.decode_image), so the tower sees the very pixels
-        # it was trained on (JPEG decoders may differ by a level here and there).
-        pixels = np.stack([self._decode(ad[3], self._size).numpy() for ad in batch])
-        categories = np.array([self._category_ids.get(ad[1], 0) for ad in batch], dtype=np.int32)
-        vectors = np.asarray(self._model({"image": pixels, "category": categories}, training=False), dtype=np.float32)
-        counter("embedded_batches").inc()
-        for ad, vector in zip(batch, vectors, strict=True):
-            yield (ad[0], ad[1], ad[2], vector)
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-def shard_of(ad_id: str, num_shards: int) -> int:
-    """A stable shard for an ad (crc32, not Python's salted `hash`)."""
-    return zlib.crc32(ad_id.encode()) % num_shards
-
-
-def shard_name(index: int) -> str:
-    return f"part-{index:05d}.npz"
-
-
-def _npz_bytes(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-class _WriteShard(beam.DoFn):
-    def __init__(self, out: str, dtype: str):
-        self._out, self._dtype = out, dtype
-
-    def process(self, element: tuple) -> Iterable[tuple]:
-        shard, rows = element
-        rows = sorted(rows, key=lambda r: r[0])
-        data = _npz_bytes(
-            ad_id=np.array([r[0] for r in rows], dtype=str),
-            category=np.array([r[1] for r in rows], dtype=str),
-            impressions=np.array([r[2] for r in rows], dtype=np.int64),
-            vectors=np.stack([r[3] for r in rows]).astype(self._dtype),
-        )
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.create(join_path(self._out, shard_name(shard))) as f:
-            f.write(data)
-        counter("rows").inc(len(rows))
-        counter("covered_impressions").inc(sum(r[2] for r in rows))
-        counter("table_bytes").inc(len(data))
-        yield shard_name(shard)
-
-
-class _MeanFn(beam.CombineFn):
-    """Mean vector in float64 (sums of many float32 vectors lose digits)."""
-
-    def create_accumulator(self):
-        return (None, 0)
-
-    def add_input(self, acc, vector):
-        total, n = acc
-        v = np.asarray(vector, dtype=np.float64)
-        return (v if total is None else total + v, n + 1)
-
-    def merge_accumulators(self, accs):
-        total, n = None, 0
-        for t, m in accs:
-            if t is not None:
-                total = t if total is None else total + t
-            n += m
-        return (total, n)
-
-    def extract_output(self, acc):
-        total, n = acc
-        return total / n
-
-
-class WriteTable(beam.PTransform):
-    """`(ad_id, category, impressions, vector)` → `part-SSSSS.npz` shards + `category_means.npz`.
-
-    Shards hold about `rows_per_shard` rows each, ads assigned by a stable hash of ad_id
-    and sorted by ad_id inside a shard, so the table is the same for the same inputs.
-    Returns the written shard names.
-    """
-
-    def __init__(self, out: str, dtype: str, rows_per_shard: int):
-        super().__init__()
-        self._out, self._dtype, self._rows_per_shard = out, dtype, rows_per_shard
-
-    def expand(self, rows):
-        per_shard = self._rows_per_shard
-        num_shards = (rows | "CountRows" >> beam.combiners.Count.Globally()
-                      | "NumShards" >> beam.Map(lambda n: max(1, math.ceil(n / per_shard))))
-        shards = (rows
-                  | "Shard" >> beam.Map(lambda r, n: (shard_of(r[0], n), r), pvalue.AsSingleton(num_shards))
-                  | "GroupShard" >> beam.GroupByKey()
-                  | "WriteShard" >> beam.ParDo(_WriteShard(self._out, self._dtype)))
-        _ = (rows
-             | "ByCategory" >> beam.Map(lambda r: (r[1], r[3]))
-             | "Mean" >> beam.CombinePerKey(_MeanFn())
-             | "AllMeans" >> beam.combiners.ToList()
-             | "WriteMeans" >> beam.Map(self._write_means))
-        return shards
-
-    def _write_means(self, means: list[tuple]) -> str:
-        means = sorted(means, key=lambda m: m[0])
-        dim = len(means[0][1]) if means else 0
-        data = _npz_bytes(category=np.array([m[0] for m in means], dtype=str),
-                          vectors=np.array([m[1] for m in means], dtype=np.float64).reshape(len(means), dim)
-                          .astype(self._dtype))
-        path = join_path(self._out, "category_means.npz")
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.create(path) as f:
-            f.write(data)
-        return path
-
-
-# ----------------------------------------------------------------------------- the job
-
-
-def build_pipeline(p: beam.Pipeline, config: Config, model_dir: str, data: str, out: str, coverage: float,
-                   dtype: str, batch_size: int, rows_per_shard: int, ads_path: Optional[str] = None) -> None:
+def build_pipeline(p: beam.Pipeline, config: Config, model_dir: str, data: str, ads_path: str, out: str,
+                   coverage: float, recent: str, dtype: str, batch_size: int, rows_per_shard: int) -> None:
+    """Adds the whole job to `p`: the composites of `beam_jobs.transforms.embed`, wired as in the docstring."""
     ds = config.dataset
-    read = p | "ReadAds" >> ReadAds(join_path(data, "ad_counts.jsonl"), ds, ads_path)
-    threshold = read["ads"] | "CoverageThreshold" >> CoverageThreshold(coverage)
-    kept = read["ads"] | "KeepCovered" >> beam.ParDo(_Keep(), pvalue.AsSingleton(threshold))
-    prepared = kept | "PrepareImages" >> beam.ParDo(_PrepareImage(ds)).with_outputs(DEAD, main="ads")
-    vectors = (prepared.ads
-               | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=batch_size)
-               | "Embed" >> beam.ParDo(EmbedBatch(join_path(model_dir, TOWER_FILE),
-                                                  join_path(data, "vocab", "category.txt"))))
-    _ = vectors | "WriteTable" >> WriteTable(out, dtype, rows_per_shard)
-    _ = (read[DEAD], prepared[DEAD]) | "AllDead" >> beam.Flatten() | "WriteDeadLetter" >> WriteDeadLetter(out)
+    read = p | "ReadAds" >> ReadTable(ads_path, "ads", with_source=True)
+    ads = read["rows"] | "ValidateAds" >> ValidateAds(ds, ads_path)
+    joined = ads["ads"] | "JoinRecentCounts" >> JoinRecentCounts(join_path(data, layout.AD_COUNTS), recent, ds)
+    kept = joined["ads"] | "KeepCovered" >> KeepCovered(coverage)
+    embedded = kept | "EmbedAds" >> EmbedAds(join_path(model_dir, layout.VISUAL_TOWER),
+                                             join_path(data, layout.VOCAB_DIR, layout.CATEGORY_VOCAB), batch_size)
+    _ = embedded["rows"] | "WriteTable" >> WriteTable(out, dtype, rows_per_shard)
+    _ = ((read[DEAD], ads[DEAD], joined[DEAD], embedded[DEAD]) | "AllDead" >> beam.Flatten()
+         | "WriteDeadLetter" >> WriteDeadLetter(out))
+
+
+def recent_field(data: str) -> str:
+    """The `ad_counts.jsonl` column of the most recent split: eval when the data has eval impressions."""
+    path = fs.join(data, layout.MANIFEST)
+    if fs.exists(path):
+        with fs.open(path) as f:
+            manifest = json.load(f)
+        if manifest.get("splits", {}).get(layout.EVAL, {}).get("impressions"):
+            return "eval_impressions"
+    return "train_impressions"
+
+
+def _data_dir(args: argparse.Namespace) -> str:
+    if args.data:
+        return args.data
+    pointer = fs.join(args.model, layout.DATA_DIR_POINTER)
+    if not fs.exists(pointer):
+        raise DataError(f"{pointer}: not found; pass --data (the preprocess output the model was trained on)")
+    with fs.open(pointer) as f:
+        return f.read().strip()
 
 
 def _load_config(args: argparse.Namespace) -> Config:
-    from tfvctr.config import load_config
-    from tfvctr.errors import DataError
-    from tfvctr.io import fs
-
-    path = args.config or fs.join(args.model, "config.yaml")
+    path = args.config or fs.join(args.model, layout.CONFIG)
     if args.config is None and not fs.exists(path):
         raise DataError(f"{path}: not found; pass --config (the config the model was trained with)")
     return load_config(path)
 
 
+def make_index(counters: dict[str, int], out: str, dtype: str, coverage: float, recent: str, model_dir: str,
+               ads_path: str) -> dict[str, Any]:
+    """docs/formats.md §4 `index.json` from the run's counters and the written shards."""
+    c = lambda name: int(counters.get(name, 0))  # noqa: E731
+    shards = sorted(os.path.basename(path) for path in fs.glob(fs.join(out, "part-*.npz")))
+    dim = 0
+    if shards:
+        with fs.open(fs.join(out, shards[0]), "rb") as f:
+            dim = int(np.load(io.BytesIO(f.read()))["vectors"].shape[1])
+    total = c("total_impressions")
+    return {
+        "dim": dim, "dtype": dtype, "rows": c("rows"), "shards": shards,
+        "coverage": c("covered_impressions") / total if total else 1.0,
+        "requested_coverage": coverage, "impressions_field": recent,
+        "covered_impressions": c("covered_impressions"), "total_impressions": total,
+        "size_bytes": c("table_bytes"),
+        "ads_input": c("input_ads"), "ads_below_coverage": c("ads_below_coverage"), "new_ads": c("new_ads"),
+        "dead_letter_ads": c("dead_letter_ads"),
+        "model_dir": model_dir, "ads": ads_path,
+    }
+
+
+def check_counts(index: dict[str, Any]) -> None:
+    """Every catalog row is accounted for: a table row, below the cut, or in the dead letter."""
+    accounted = index["rows"] + index["ads_below_coverage"] + index["dead_letter_ads"]
+    if accounted != index["ads_input"]:
+        raise TfvctrError(f"ad counts do not add up: catalog {index['ads_input']} != table {index['rows']} + below "
+                          f"coverage {index['ads_below_coverage']} + dead letter {index['dead_letter_ads']}")
+
+
+def summary(index: dict[str, Any], out: str, seconds: float) -> str:
+    return (f"embed: {out} in {seconds:.1f} s\n"
+            f"  {index['rows']} ads x {index['dim']} ({index['dtype']}) in {len(index['shards'])} shards, "
+            f"{index['size_bytes'] / 1e6:.2f} MB; {index['new_ads']} of them newer than the data\n"
+            f"  catalog {index['ads_input']} = {index['rows']} in the table + {index['ads_below_coverage']} below the "
+            f"coverage cut + {index['dead_letter_ads']} in the dead letter\n"
+            f"  coverage {index['coverage']:.4f} of {index['total_impressions']} recent impressions "
+            f"({index['impressions_field']}; requested {index['requested_coverage']})")
+
+
 def run(argv: Optional[list[str]] = None, verbose: bool = True) -> dict[str, Any]:
-    """Runs the job; returns the table's index (docs/formats.md §4)."""
-    parser = argparse.ArgumentParser(prog="python -m beam_jobs.embed_ads", description=__doc__.splitlines()[0])
+    """Runs the job; returns the table's index (docs/formats.md §4). Unknown flags go to Beam."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     add_embed_arguments(parser)
     add_runner_help(parser)
     args, beam_args = parser.parse_known_args(argv)
@@ -366,68 +156,39 @@ def run(argv: Optional[list[str]] = None, verbose: bool = True) -> dict[str, Any
 
 
 def run_args(args: argparse.Namespace, beam_args: list[str], verbose: bool = True) -> dict[str, Any]:
-    from tfvctr.errors import ConfigError, DataError
-    from tfvctr.io import fs
-
     config = _load_config(args)
     coverage = config.embed.coverage if args.coverage is None else args.coverage
     if not 0.0 < coverage <= 1.0:
         raise ConfigError(f"--coverage: expected a value in (0, 1], received {coverage}")
     dtype = args.dtype or config.embed.dtype
     batch_size = args.batch_size or config.embed.batch_size
-    for path in (fs.join(args.model, TOWER_FILE), fs.join(args.data, "ad_counts.jsonl"),
-                 fs.join(args.data, "vocab", "category.txt")):
+    data = _data_dir(args)
+    for path in (fs.join(args.model, layout.VISUAL_TOWER), fs.join(data, layout.AD_COUNTS),
+                 fs.join(data, layout.VOCAB_DIR, layout.CATEGORY_VOCAB)):
         if not fs.exists(path):
             raise DataError(f"{path}: not found")
+    # Image paths resolve against the table's folder: absolute, so workers find them anywhere.
+    ads_path = args.ads if fs.is_remote(args.ads) else os.path.abspath(args.ads)
+    check_table(ads_path, "ads", config.dataset)  # refused up front, as preprocess does
+    recent = recent_field(data)
     prepare_output(args.out, args.overwrite)
-    ads_path = args.ads if args.ads is None or fs.is_remote(args.ads) else os.path.abspath(args.ads)
     options = pipeline_options(beam_args)
     if verbose:
-        from beam_jobs.build_tfrecords import _runner
-
-        print(f"embed: {fs.join(args.model, TOWER_FILE)} over {ads_path or fs.join(args.data, 'ad_counts.jsonl')} -> "
-              f"{args.out} on {_runner(options)} ...", flush=True)
+        print(f"embed: {fs.join(args.model, layout.VISUAL_TOWER)} over {ads_path} -> {args.out} on "
+              f"{runner_name(options)} ...", flush=True)
     start = time.time()
     p = beam.Pipeline(options=options)
-    build_pipeline(p, config, args.model, args.data, args.out, coverage, dtype, batch_size, args.rows_per_shard,
-                   ads_path)
+    build_pipeline(p, config, args.model, data, ads_path, args.out, coverage, recent, dtype, batch_size,
+                   args.rows_per_shard)
     result = p.run()
     result.wait_until_finish()
-    c = read_counters(result)
-    shards = sorted(os.path.basename(path) for path in fs.glob(fs.join(args.out, "part-*.npz")))
-    dim = 0
-    if shards:
-        with fs.open(fs.join(args.out, shards[0]), "rb") as f:
-            dim = int(np.load(io.BytesIO(f.read()))["vectors"].shape[1])
-    total = c.get("total_impressions", 0)
-    index = {
-        "dim": dim, "dtype": dtype, "rows": c.get("rows", 0), "shards": shards,
-        "coverage": c.get("covered_impressions", 0) / total if total else 1.0,
-        "requested_coverage": coverage,
-        "covered_impressions": c.get("covered_impressions", 0), "total_impressions": total,
-        "size_bytes": c.get("table_bytes", 0),
-        "ads_input": c.get("ads_input", 0), "ads_below_coverage": c.get("ads_below_coverage", 0),
-        "dead_letter_ads": c.get("dead_letter_ads", 0),
-        "model_dir": args.model,
-    }
-    write_text_file(join_path(args.out, "index.json"), json.dumps(index, indent=1) + "\n")
+    index = make_index(read_counters(result), args.out, dtype, coverage, recent, args.model, ads_path)
+    write_text_file(join_path(args.out, layout.TABLE_INDEX), json.dumps(index, indent=1) + "\n")
+    check_counts(index)
     if verbose:
-        seconds = time.time() - start
-        print(f"embed: {args.out} in {seconds:.1f} s\n"
-              f"  {index['rows']} ads x {dim} ({dtype}) in {len(shards)} shards, {index['size_bytes'] / 1e6:.2f} MB\n"
-              f"  coverage {index['coverage']:.4f} of {total} train impressions (requested {coverage}); "
-              f"{index['ads_below_coverage']} ads below the cut, {index['dead_letter_ads']} in the dead letter",
-              flush=True)
+        print(summary(index, args.out, time.time() - start), flush=True)
     return index
 
 
 if __name__ == "__main__":
-    try:
-        run()
-    except Exception as e:
-        from tfvctr.errors import TfvctrError
-
-        if not isinstance(e, TfvctrError):
-            raise
-        print(f"embed_ads: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    job_main(run, "embed_ads")

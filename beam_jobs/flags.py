@@ -36,13 +36,18 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
 def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     """`embed_ads` / `tfvctr embed`."""
     parser.add_argument("--model", required=True, help=f"model dir holding {TOWER_FILE} (and {layout.CONFIG})")
-    parser.add_argument("--data", required=True, help="the preprocess output (ad_counts.jsonl, vocab/category.txt)")
+    parser.add_argument("--ads", required=True,
+                        help="the ad catalog to embed (.csv/.jsonl/.parquet, local, gs:// or a glob), the ads table "
+                             "format of preprocess")
     parser.add_argument("--out", required=True, help="output folder of the table")
-    parser.add_argument("--ads", default=None, help="ads table to embed (.csv/.jsonl/.parquet); default: every ad "
-                                                     "of DATA/ad_counts.jsonl")
+    parser.add_argument("--data", default=None,
+                        help=f"the preprocess output the model was trained on ({layout.AD_COUNTS}, "
+                             f"{layout.VOCAB_DIR}/{layout.CATEGORY_VOCAB}, {layout.MANIFEST}); default: "
+                             f"MODEL/{layout.DATA_DIR_POINTER}")
     parser.add_argument("--config", default=None, help="config (default: MODEL/config.yaml)")
     parser.add_argument("--coverage", type=float, default=None,
-                        help="share of train impressions the kept ads must cover, in (0, 1] (default: embed.coverage)")
+                        help="keep the ads carrying this share of the most recent split's impressions, plus every "
+                             "ad newer than the data, in (0, 1]; 1 = every catalog ad (default: embed.coverage)")
     parser.add_argument("--dtype", choices=["float32", "float16"], default=None,
                         help="storage dtype of the vectors (default: embed.dtype)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per tower call (default: embed.batch_size)")

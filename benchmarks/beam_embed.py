@@ -60,7 +60,8 @@ def main() -> None:
         tower.save(os.path.join(model, "visual_tower.keras"))
 
         start = time.perf_counter()
-        index = embed_ads.run(["--model", model, "--data", data, "--out", table, "--coverage", "1",
+        index = embed_ads.run(["--model", model, "--data", data, "--ads", os.path.join(raw, "ads.csv"),
+                               "--out", table, "--coverage", "1",
                                "--batch-size", str(args.batch_size)], verbose=False)
         job_seconds = time.perf_counter() - start
 

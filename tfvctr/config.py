@@ -293,7 +293,9 @@ class TrainingConfig:
 class EmbedConfig:
     """The visual-embedding table job (beam_jobs.embed_ads), CSCNN §3.4.2."""
 
-    coverage: float = 0.9  # keep the most-impressed ads until this share of impressions is covered; 1.0 = all
+    # 1.0: every catalog ad. Below 1: the ads carrying this share of the most recent split's
+    # impressions (ad_counts.jsonl), plus every ad newer than the data (docs/formats.md §4).
+    coverage: float = 1.0
     dtype: Literal["float32", "float16"] = "float32"
     batch_size: int = 64
 

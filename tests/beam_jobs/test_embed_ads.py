@@ -1,16 +1,19 @@
-"""Job-level tests of `beam_jobs.embed_ads` on the fault run's preprocess output and a tiny tower."""
+"""Job-level tests of `beam_jobs.embed_ads` on the fault run's catalog and preprocess output, with a tiny tower."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from beam_jobs import embed_ads, images
-from beam_jobs.embed_ads import coverage_threshold
+from beam_jobs.transforms.embed import coverage_threshold
 from tests.beam_jobs import fixtures
+
+VALID_ADS = ["ad00", "ad01", "ad02", "ad03", "ad04", "ad07"]  # ad05 (cut JPEG), ad06 (no file), big: dead letter
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +30,8 @@ def model_dir(faulty_run, tmp_path_factory) -> str:
     tower = build_visual_tower(config.model, config.dataset.image_size, num_categories, seed=0)
     tower.save(os.path.join(path, "visual_tower.keras"))
     fixtures.write_config(os.path.join(path, "config.yaml"), max_image_pixels=64 * 64)  # as the fault run
+    with open(os.path.join(path, "data_dir.txt"), "w") as f:
+        f.write(faulty_run["out"])  # as `tfvctr train` writes it: --data defaults to it
     keras.backend.clear_session()
     return path
 
@@ -39,7 +44,20 @@ def _load_table(out: str) -> dict:
     return {"index": index, **table}
 
 
-def _reference(model_dir: str, data: str, ad_counts: list[dict]) -> dict[str, np.ndarray]:
+def _dead_letters(out: str) -> list[dict]:
+    dead = []
+    for name in os.listdir(os.path.join(out, "dead_letter")):
+        with open(os.path.join(out, "dead_letter", name)) as f:
+            dead += [json.loads(line) for line in f]
+    return dead
+
+
+def _ad_counts(data: str) -> dict[str, dict]:
+    with open(os.path.join(data, "ad_counts.jsonl")) as f:
+        return {r["ad_id"]: r for r in map(json.loads, f)}
+
+
+def _reference(model_dir: str, data: str, ads: list[dict], root: str) -> dict[str, np.ndarray]:
     """x_v computed directly: the tower on the prepared image, category id from the vocabulary."""
     import keras
 
@@ -49,57 +67,90 @@ def _reference(model_dir: str, data: str, ad_counts: list[dict]) -> dict[str, np
     tower = keras.saving.load_model(os.path.join(model_dir, "visual_tower.keras"), compile=False)
     with open(os.path.join(data, "vocab", "category.txt")) as f:
         ids = {c: i + 1 for i, c in enumerate(f.read().splitlines())}
-    pixels = np.stack([images.decode_image(images.load_image(r["image"], ds.image_size, ds.image_format))
-                       for r in ad_counts])
-    cats = np.array([ids.get(r["category"], 0) for r in ad_counts], np.int32)
+    pixels = np.stack([images.decode_image(images.load_image(os.path.join(root, r["image"]), ds.image_size,
+                                                             ds.image_format)) for r in ads])
+    cats = np.array([ids.get(r["category"], 0) for r in ads], np.int32)
     vectors = np.asarray(tower({"image": pixels, "category": cats}, training=False))
-    return {r["ad_id"]: v for r, v in zip(ad_counts, vectors, strict=True)}
+    return {r["ad_id"]: v for r, v in zip(ads, vectors, strict=True)}
 
 
-def test_embed_keeps_most_impressed_ads_and_matches_the_tower(faulty_run, model_dir, tmp_path):
-    data, out = faulty_run["out"], str(tmp_path / "table")
-    with open(os.path.join(data, "ad_counts.jsonl")) as f:
-        ad_counts = [json.loads(line) for line in f]
-    counts = [r["train_impressions"] for r in ad_counts]
-    histogram = {c: counts.count(c) for c in set(counts)}
-    threshold = coverage_threshold(histogram, 0.6)
-    expected = sorted(r["ad_id"] for r in ad_counts if r["train_impressions"] >= threshold)
-    assert 0 < len(expected) < len(ad_counts)  # the cut removes someone (the cold ad at least)
+def _catalog(faulty_run, tmp_path, extra: list[dict]) -> str:
+    """The fault run's ads table plus `extra` rows, next to its images (paths are relative)."""
+    rows = [{k: v for k, v in ad.items() if not k.startswith("_")} for ad in faulty_run["ads"]] + extra
+    path = os.path.join(faulty_run["root"], f"catalog_{tmp_path.name}.csv")
+    fixtures.write_table(path, rows)
+    return path
 
-    index = embed_ads.run(["--model", model_dir, "--data", data, "--out", out, "--coverage", "0.6",
-                           "--dtype", "float32", "--batch-size", "2"], verbose=False)
+
+def test_embed_covers_every_catalog_ad_by_default_and_matches_the_tower(faulty_run, model_dir, tmp_path):
+    """Default coverage 1: every valid catalog ad, whatever its traffic; the counts add up."""
+    out = str(tmp_path / "table")
+    ads_table = os.path.join(faulty_run["root"], "ads.csv")
+    index = embed_ads.run(["--model", model_dir, "--ads", ads_table, "--out", out, "--dtype", "float32",
+                           "--batch-size", "2"], verbose=False)
     table = _load_table(out)
-    assert sorted(table["ad_id"].tolist()) == expected and index["rows"] == len(expected)
-    covered = sum(r["train_impressions"] for r in ad_counts if r["ad_id"] in expected)
-    assert index["covered_impressions"] == covered and index["total_impressions"] == sum(counts)
-    assert index["coverage"] == pytest.approx(covered / sum(counts)) and index["coverage"] >= 0.6
-    assert index["dim"] == 4 and table["vectors"].dtype == np.float32
+    assert sorted(table["ad_id"].tolist()) == VALID_ADS and index["rows"] == 6
+    assert index["ads_input"] == 9 == index["rows"] + index["ads_below_coverage"] + index["dead_letter_ads"]
+    assert index["dead_letter_ads"] == 3 and index["new_ads"] == 0 and index["requested_coverage"] == 1.0
+    assert index["impressions_field"] == "eval_impressions"  # the fault run has an eval day
+    counts = _ad_counts(faulty_run["out"])
+    assert table["impressions"].tolist() == [counts[a]["eval_impressions"] for a in table["ad_id"]]
     assert index["size_bytes"] == sum(os.path.getsize(os.path.join(out, s)) for s in index["shards"])
-    reference = _reference(model_dir, data, [r for r in ad_counts if r["ad_id"] in expected])
+    by_id = {ad["ad_id"]: ad for ad in faulty_run["ads"]}
+    reference = _reference(model_dir, faulty_run["out"], [by_id[a] for a in VALID_ADS], faulty_run["root"])
     for ad_id, vector in zip(table["ad_id"], table["vectors"], strict=True):
         np.testing.assert_allclose(vector, reference[ad_id], rtol=1e-5, atol=1e-6)
-    by_id = {r["ad_id"]: r for r in ad_counts}
-    assert table["impressions"].tolist() == [by_id[a]["train_impressions"] for a in table["ad_id"]]
+    assert sorted(d["row"]["ad_id"] for d in _dead_letters(out)) == ["ad05", "ad06", "big"]
 
 
-def test_embed_cli_from_a_raw_table_float16_dead_letters_bad_images_and_writes_category_means(
-        faulty_run, model_dir, tmp_path, cli_main):
-    data, out = faulty_run["out"], str(tmp_path / "table")
-    ads_table = os.path.join(faulty_run["root"], "ads.csv")
-    assert cli_main(["embed", "--model", model_dir, "--data", data, "--out", out, "--ads", ads_table,
-                     "--coverage", "1", "--dtype", "float16"]) == 0
+def test_coverage_keeps_the_recent_traffic_plus_every_ad_newer_than_the_data(faulty_run, model_dir, tmp_path):
+    new = [{"ad_id": f"new{i}", "category": "hats", "image": "images/ad00.png", "brand": "brand9", "price": 3.0}
+           for i in range(2)]
+    catalog = _catalog(faulty_run, tmp_path, new)
+    counts = _ad_counts(faulty_run["out"])
+    recent = [counts[a]["eval_impressions"] for a in VALID_ADS]
+    threshold = coverage_threshold({c: recent.count(c) for c in set(recent)}, 0.6)
+    kept = sorted([a for a in VALID_ADS if counts[a]["eval_impressions"] >= threshold] + ["new0", "new1"])
+    assert 2 < len(kept) < len(VALID_ADS) + 2  # the cut removes someone, and the new ads stay
+
+    out = str(tmp_path / "table")
+    index = embed_ads.run(["--model", model_dir, "--data", faulty_run["out"], "--ads", catalog, "--out", out,
+                           "--coverage", "0.6"], verbose=False)
     table = _load_table(out)
-    # Every ad of the table with a usable image, including ads without train impressions.
-    assert sorted(table["ad_id"].tolist()) == ["ad00", "ad01", "ad02", "ad03", "ad04", "ad07"]
+    assert sorted(table["ad_id"].tolist()) == kept
+    assert index["new_ads"] == 2 and index["ads_below_coverage"] == len(VALID_ADS) + 2 - len(kept)
+    assert index["ads_input"] == 11 == index["rows"] + index["ads_below_coverage"] + index["dead_letter_ads"]
+    covered = sum(counts[a]["eval_impressions"] for a in kept if a in counts)
+    assert index["covered_impressions"] == covered and index["total_impressions"] == sum(recent)
+    assert index["coverage"] >= 0.6
+
+
+def test_embed_cli_float16_category_means_and_duplicates_to_the_dead_letter(faulty_run, model_dir, tmp_path,
+                                                                            cli_main):
+    twin = [{"ad_id": "ad01", "category": "bags", "image": "images/ad01.png", "brand": "brand1", "price": 11.0}]
+    catalog = _catalog(faulty_run, tmp_path, twin)
+    out = str(tmp_path / "table")
+    assert cli_main(["embed", "--model", model_dir, "--ads", catalog, "--out", out, "--coverage", "1",
+                     "--dtype", "float16"]) == 0
+    table = _load_table(out)
+    assert sorted(table["ad_id"].tolist()) == [a for a in VALID_ADS if a != "ad01"]
     assert table["vectors"].dtype == np.float16 and table["index"]["dtype"] == "float16"
-    dead = []
-    for name in os.listdir(os.path.join(out, "dead_letter")):
-        with open(os.path.join(out, "dead_letter", name)) as f:
-            dead += [json.loads(line) for line in f]
-    assert sorted(d["row"]["ad_id"] for d in dead) == ["ad05", "ad06", "big"]
-    assert table["index"]["dead_letter_ads"] == 3
+    dead = _dead_letters(out)
+    assert sorted(d["row"]["ad_id"] for d in dead) == ["ad01", "ad01", "ad05", "ad06", "big"]
+    assert all("appears 2 times" in d["reason"] for d in dead if d["row"]["ad_id"] == "ad01")
     means = np.load(os.path.join(out, "category_means.npz"))
     vectors = table["vectors"].astype(np.float64)
     for category, mean in zip(means["category"], means["vectors"], strict=True):
         np.testing.assert_allclose(mean, vectors[table["category"] == category].mean(axis=0), rtol=2e-3, atol=2e-3)
     assert sorted(means["category"].tolist()) == sorted(set(table["category"].tolist()))
+
+
+def test_embed_without_a_data_dir_says_what_to_pass(faulty_run, model_dir, tmp_path, cli_main, capsys):
+    bare = str(tmp_path / "bare_model")
+    shutil.copytree(model_dir, bare)
+    os.remove(os.path.join(bare, "data_dir.txt"))
+    assert cli_main(["embed", "--model", bare, "--ads", os.path.join(faulty_run["root"], "ads.csv"),
+                     "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"tfvctr embed: error: {bare}/data_dir.txt: not found; pass --data (the preprocess output the "
+                   f"model was trained on)")

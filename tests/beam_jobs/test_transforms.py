@@ -11,7 +11,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline  
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs import images, records
-from beam_jobs.embed_ads import CoverageThreshold, coverage_threshold
+from beam_jobs.transforms.embed import AdToEmbed, CoverageThreshold, coverage_threshold
 from beam_jobs.transforms.join import EvalFromDay, JoinAndChunk, eval_from_day
 from beam_jobs.transforms.read import ReadTable
 from beam_jobs.transforms.stats import VocabAndStats
@@ -197,6 +197,6 @@ def test_coverage_threshold_keeps_most_impressed_ads_until_coverage(coverage, ex
 
 
 def test_coverage_threshold_transform_builds_the_histogram():
-    ads = [(f"a{i}", "c", "x", n) for i, n in enumerate([10, 5, 5, 1, 1, 1, 0])]
+    ads = [AdToEmbed(f"a{i}", "c", b"x", n, False) for i, n in enumerate([10, 5, 5, 1, 1, 1, 0])]
     with BeamTestPipeline(argv=OPTIONS) as p:
         assert_that(p | beam.Create(ads) | CoverageThreshold(0.5), equal_to([5]))

@@ -74,8 +74,8 @@ def tiny(tmp_path_factory) -> dict:
     build_tfrecords.run(["--config", config_path, "--ads", os.path.join(raw, "ads.csv"),
                          "--impressions", os.path.join(raw, "impressions.csv"), "--out", data], verbose=False)
     write_model_dir(config, data, model_dir)
-    embed_ads.run(["--model", model_dir, "--data", data, "--out", table, "--coverage", "1", "--dtype", "float32"],
-                  verbose=False)
+    embed_ads.run(["--model", model_dir, "--ads", os.path.join(raw, "ads.csv"), "--out", table, "--coverage", "1",
+                   "--dtype", "float32"], verbose=False)
     return {"root": str(root), "raw": raw, "data": data, "model": model_dir, "table": table, "config": config,
             "config_path": config_path}
 

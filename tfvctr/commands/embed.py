@@ -11,9 +11,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "embed",
         help="Beam: run the visual tower over the ads -> the visual-embedding table",
-        description="Embed the most-impressed ads (until --coverage of train impressions is covered, CSCNN 3.4.2) "
-        "with MODEL/visual_tower.keras and write .npz shards, index.json and per-category mean vectors "
-        "(docs/formats.md section 4).",
+        description="Embed the ad catalog (--ads, read and validated as preprocess reads the ads table; bad rows to "
+        "the dead letter) with MODEL/visual_tower.keras and write .npz shards, index.json and per-category mean "
+        "vectors (docs/formats.md section 4). Coverage (CSCNN 3.4.2): 1 keeps every catalog ad; below 1, the ads "
+        "carrying that share of the most recent split's impressions plus every ad newer than the data.",
         allow_abbrev=False,
     )
     add_embed_arguments(p)

@@ -1,0 +1,338 @@
+"""The embedding job's composites (beam_jobs/embed_ads.py): catalog ads → coverage cut → tower → table.
+
+Record layouts (NamedTuples: the CNN dominates this job's cost, so the pickling overhead
+that made build_tfrecords keep plain tuples does not matter here):
+
+    AdToEmbed   (ad_id, category, image_bytes, impressions, new)
+    EmbeddedAd  (ad_id, category, impressions, vector)
+
+`impressions` is the ad's count in the most recent split of the data (`ad_counts.jsonl`),
+`new` says the ad is not in the data at all (newer than it): such ads are always kept.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+import zlib
+from typing import Any, Iterable, NamedTuple, Optional
+
+import apache_beam as beam
+import numpy as np
+from apache_beam import pvalue
+
+from beam_jobs import records
+from beam_jobs.common import counter, dead_letter, join_path, read_text_file
+from tfvctr import layout
+from tfvctr.errors import readable_failure
+
+DEAD = "dead"
+
+
+class AdToEmbed(NamedTuple):
+    """A valid catalog ad, its image prepared exactly as in docs/formats.md §2."""
+
+    ad_id: str
+    category: str
+    image_bytes: bytes
+    impressions: int  # in the most recent split of the data (0: none, or a new ad)
+    new: bool  # not in ad_counts.jsonl: newer than the data
+
+
+class EmbeddedAd(NamedTuple):
+    """One row of the table."""
+
+    ad_id: str
+    category: str
+    impressions: int
+    vector: np.ndarray  # float32 [dim]
+
+
+# ----------------------------------------------------------------------------- coverage
+
+
+def coverage_threshold(histogram: dict[int, int], coverage: float) -> int:
+    """The smallest impression count an ad needs to be kept.
+
+    `histogram` maps an impression count to the number of ads with it. Ads are taken from
+    the most impressed down; the threshold is the count at which `coverage` of all
+    impressions is first reached (all ads with that count are kept). `coverage >= 1`, or
+    no impressions at all, keeps every ad (threshold 0).
+    """
+    total = sum(count * ads for count, ads in histogram.items())
+    if coverage >= 1.0 or total == 0:
+        return 0
+    covered = 0
+    for count in sorted(histogram, reverse=True):
+        covered += count * histogram[count]
+        if covered >= coverage * total:
+            return count
+    return 0
+
+
+class CoverageThreshold(beam.PTransform):
+    """`AdToEmbed` of the data (not new) → a singleton: the threshold of `coverage_threshold`.
+
+    A histogram of counts (a small global aggregate), never a sort of the catalogue.
+    """
+
+    def __init__(self, coverage: float):
+        super().__init__()
+        self._coverage = coverage
+
+    def expand(self, ads):
+        return (ads
+                | "Count" >> beam.Map(lambda ad: (ad.impressions, 1))
+                | "Histogram" >> beam.CombinePerKey(sum)
+                | "All" >> beam.combiners.ToDict()
+                | "Threshold" >> beam.Map(coverage_threshold, self._coverage))
+
+
+class _Keep(beam.DoFn):
+    def process(self, ad: AdToEmbed, threshold: int) -> Iterable[AdToEmbed]:
+        counter("total_impressions").inc(ad.impressions)
+        if ad.new:
+            counter("new_ads").inc()
+            yield ad
+        elif ad.impressions >= threshold:
+            yield ad
+        else:
+            counter("ads_below_coverage").inc()
+
+
+class KeepCovered(beam.PTransform):
+    """Keeps the ads carrying `coverage` of the recent impressions, plus every new ad."""
+
+    def __init__(self, coverage: float):
+        super().__init__()
+        self._coverage = coverage
+
+    def expand(self, ads):
+        threshold = (ads | "Known" >> beam.Filter(lambda ad: not ad.new)
+                     | "Threshold" >> CoverageThreshold(self._coverage))
+        return ads | "Keep" >> beam.ParDo(_Keep(), pvalue.AsSingleton(threshold))
+
+
+# ----------------------------------------------------------------------------- catalog + counts
+
+
+def parse_ad_count(line: str, field: str) -> tuple[str, int]:
+    """An `ad_counts.jsonl` line → `(ad_id, row[field])`."""
+    row = json.loads(line)
+    return str(row["ad_id"]), int(row.get(field) or 0)
+
+
+class _ToEmbed(beam.DoFn):
+    """`(ad_id, {"ads": [ad tuple], "counts": [n]})` → one `AdToEmbed`; a duplicated ad_id → dead letter."""
+
+    def __init__(self, ds: Any):
+        self._ds = ds
+
+    def process(self, element: tuple) -> Iterable:
+        ad_id, groups = element
+        ads, counts = list(groups["ads"]), list(groups["counts"])
+        if not ads:
+            return  # in the data but no longer in the catalog: nothing to embed
+        if len(ads) > 1:
+            reason = f"ad_id {ad_id!r} appears {len(ads)} times in the ads table"
+            for ad in ads:
+                yield pvalue.TaggedOutput(DEAD, dead_letter("ads", records.ad_to_row(ad, self._ds), "duplicate_ad",
+                                                            reason))
+            return
+        ad = ads[0]
+        yield AdToEmbed(ad_id, ad[records.CATEGORY], ad[records.IMAGE_BYTES], counts[0] if counts else 0,
+                        new=not counts)
+
+
+class JoinRecentCounts(beam.PTransform):
+    """Validated catalog ads `(ad_id, ad tuple)` + `ad_counts.jsonl` → `AdToEmbed` (and `"dead"`).
+
+    `field` is the count column of the most recent split (`eval_impressions` or
+    `train_impressions`, see `embed_ads.recent_field`).
+    """
+
+    def __init__(self, counts_path: str, field: str, ds: Any):
+        super().__init__()
+        self._counts_path, self._field, self._ds = counts_path, field, ds
+
+    def expand(self, ads):
+        field = self._field
+        counts = (ads.pipeline | "ReadCounts" >> beam.io.ReadFromText(self._counts_path)
+                  | "ParseCounts" >> beam.Map(parse_ad_count, field))
+        joined = ({"ads": ads, "counts": counts} | "Join" >> beam.CoGroupByKey()
+                  | "ToEmbed" >> beam.ParDo(_ToEmbed(self._ds)).with_outputs(DEAD, main="ads"))
+        return {"ads": joined.ads, DEAD: joined[DEAD]}
+
+
+# ----------------------------------------------------------------------------- embedding
+
+
+class _EmbedBatch(beam.DoFn):
+    """Runs the visual tower on a batch of `AdToEmbed`; the model loads once per worker (`setup`)."""
+
+    def __init__(self, model_path: str, category_vocab_path: str):
+        self._model_path = model_path
+        self._vocab_path = category_vocab_path
+        self._model = None
+        self._category_ids: dict[str, int] = {}
+
+    def setup(self) -> None:
+        # TensorFlow is imported by the workers of this job only (the CNN runs here).
+        import keras
+        from apache_beam.io.filesystems import FileSystems
+
+        import tfvctr.layers  # noqa: F401  (registers the custom layers the model file names)
+        from tfvctr.data import decode_image
+
+        # Keras reads .keras files from local paths only: copy a remote model down once.
+        path = self._model_path
+        if "://" in path:
+            local = os.path.join(tempfile.mkdtemp(), layout.VISUAL_TOWER)
+            with FileSystems.open(path) as src, open(local, "wb") as dst:
+                dst.write(src.read())
+            path = local
+        self._model = keras.saving.load_model(path, compile=False)
+        self._decode = decode_image
+        self._size = int(self._model.input["image"].shape[1])
+        lines = read_text_file(self._vocab_path).splitlines()
+        # docs/formats.md §2 "Indexing": 0 = unknown category, 1 + line number otherwise.
+        self._category_ids = {value: i + 1 for i, value in enumerate(line for line in lines if line)}
+
+    def process(self, batch: list[AdToEmbed]) -> Iterable[EmbeddedAd]:
+        # The trainer's own decoder (tf.io.decode_image), so the tower sees the very pixels
+        # it was trained on (JPEG decoders may differ by a level here and there).
+        pixels = np.stack([self._decode(ad.image_bytes, self._size).numpy() for ad in batch])
+        categories = np.array([self._category_ids.get(ad.category, 0) for ad in batch], dtype=np.int32)
+        vectors = np.asarray(self._model({"image": pixels, "category": categories}, training=False), dtype=np.float32)
+        counter("embedded_batches").inc()
+        for ad, vector in zip(batch, vectors, strict=True):
+            yield EmbeddedAd(ad.ad_id, ad.category, ad.impressions, vector)
+
+
+def _failed_batch(failure: tuple) -> Iterable[tuple]:
+    batch, (exc_type, exc_repr, _) = failure
+    reason = f"the visual tower failed on this ad's batch: {readable_failure(exc_type, exc_repr)}"
+    for ad in batch:
+        yield dead_letter("ads", {"ad_id": ad.ad_id, "category": ad.category}, "unexpected_error",
+                          f"ad {ad.ad_id}: {reason}")
+
+
+class EmbedAds(beam.PTransform):
+    """`AdToEmbed` → `EmbeddedAd` in batches of at most `batch_size`; a failed batch's ads → `"dead"`."""
+
+    def __init__(self, model_path: str, category_vocab_path: str, batch_size: int):
+        super().__init__()
+        self._model_path, self._vocab_path, self._batch_size = model_path, category_vocab_path, batch_size
+
+    def expand(self, ads):
+        out = (ads
+               | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
+               | "Tower" >> beam.ParDo(_EmbedBatch(self._model_path, self._vocab_path))
+               .with_exception_handling(dead_letter_tag="failed"))
+        return {"rows": out.good, DEAD: out.failed | "FailedToDead" >> beam.FlatMap(_failed_batch)}
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def shard_of(ad_id: str, num_shards: int) -> int:
+    """A stable shard for an ad (crc32, not Python's salted `hash`)."""
+    return zlib.crc32(ad_id.encode()) % num_shards
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(path) as f:
+        f.write(data)
+
+
+class _WriteShard(beam.DoFn):
+    def __init__(self, out: str, dtype: str):
+        self._out, self._dtype = out, dtype
+
+    def process(self, element: tuple) -> Iterable[str]:
+        shard, rows = element
+        rows = sorted(rows, key=lambda r: r.ad_id)
+        data = _npz_bytes(
+            ad_id=np.array([r.ad_id for r in rows], dtype=str),
+            category=np.array([r.category for r in rows], dtype=str),
+            impressions=np.array([r.impressions for r in rows], dtype=np.int64),
+            vectors=np.stack([r.vector for r in rows]).astype(self._dtype),
+        )
+        _write_bytes(join_path(self._out, layout.table_shard(shard)), data)
+        counter("rows").inc(len(rows))
+        counter("covered_impressions").inc(sum(r.impressions for r in rows))
+        counter("table_bytes").inc(len(data))
+        yield layout.table_shard(shard)
+
+
+class _MeanFn(beam.CombineFn):
+    """Mean vector in float64 (sums of many float32 vectors lose digits)."""
+
+    def create_accumulator(self):
+        return (None, 0)
+
+    def add_input(self, acc, vector):
+        total, n = acc
+        v = np.asarray(vector, dtype=np.float64)
+        return (v if total is None else total + v, n + 1)
+
+    def merge_accumulators(self, accs):
+        total, n = None, 0
+        for t, m in accs:
+            if t is not None:
+                total = t if total is None else total + t
+            n += m
+        return (total, n)
+
+    def extract_output(self, acc):
+        total, n = acc
+        return total / n
+
+
+class WriteTable(beam.PTransform):
+    """`EmbeddedAd` → `part-SSSSS.npz` shards + `category_means.npz` (docs/formats.md §4).
+
+    Shards hold about `rows_per_shard` rows each, ads assigned by a stable hash of ad_id
+    and sorted by ad_id inside a shard, so the table is the same for the same inputs.
+    Returns the written shard names.
+    """
+
+    def __init__(self, out: str, dtype: str, rows_per_shard: int):
+        super().__init__()
+        self._out, self._dtype, self._rows_per_shard = out, dtype, rows_per_shard
+
+    def expand(self, rows):
+        per_shard = self._rows_per_shard
+        num_shards = (rows | "CountRows" >> beam.combiners.Count.Globally()
+                      | "NumShards" >> beam.Map(lambda n: max(1, math.ceil(n / per_shard))))
+        shards = (rows
+                  | "Shard" >> beam.Map(lambda r, n: (shard_of(r.ad_id, n), r), pvalue.AsSingleton(num_shards))
+                  | "GroupShard" >> beam.GroupByKey()
+                  | "WriteShard" >> beam.ParDo(_WriteShard(self._out, self._dtype)))
+        _ = (rows
+             | "ByCategory" >> beam.Map(lambda r: (r.category, r.vector))
+             | "Mean" >> beam.CombinePerKey(_MeanFn())
+             | "AllMeans" >> beam.combiners.ToList()
+             | "WriteMeans" >> beam.Map(self._write_means))
+        return shards
+
+    def _write_means(self, means: list[tuple]) -> Optional[str]:
+        means = sorted(means, key=lambda m: m[0])
+        dim = len(means[0][1]) if means else 0
+        data = _npz_bytes(category=np.array([m[0] for m in means], dtype=str),
+                          vectors=np.array([m[1] for m in means], dtype=np.float64).reshape(len(means), dim)
+                          .astype(self._dtype))
+        path = join_path(self._out, layout.CATEGORY_MEANS)
+        _write_bytes(path, data)
+        return path
