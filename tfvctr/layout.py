@@ -55,6 +55,18 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 EXPORT_AD_IDS = "ad_ids.txt"  # assets/: one ad_id per line, line i = row i of the table variable
 EXPORT_INFO = "tfvctr_export.json"  # assets.extra/: what was exported and the check's result
 
+# --------------------------------------------------------------- saliency dir (saliency)
+SALIENCY_INDEX = "saliency.json"  # the ads shown, their CTRs, and which picture holds them
+SPATIAL_PRIORS_PLOT = "spatial_priors.png"  # CSCNN's learned A's, one row per category
+
+
+def saliency_plot(category: str) -> str:
+    """`saliency_<category>.png`: the category's highest- and lowest-CTR ads (any character
+    outside [A-Za-z0-9_-] of the category becomes `_`)."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in category)
+    return f"saliency_{safe or '_'}.png"
+
+
 # --------------------------------------------------------------- tune dir (tune)
 TUNE_STUDY = "study.db"  # the Optuna study (SQLite): re-running `tfvctr tune` continues it
 TUNE_TRIALS_DIR = "trials"  # trials/NNNN/: one model dir per trial

@@ -657,6 +657,18 @@ class CSCNNAttention(_ChannelThenSpatial):
         }
 
 
+def spatial_module(layer: Any) -> Optional["_SpatialAttention"]:
+    """The spatial-attention part of an attention layer: the layer itself (CBAM / CSCNN
+    spatial), its `spatial` sub-layer (CBAM, CSCNN), or None (channel attention only)."""
+    if isinstance(layer, _SpatialAttention):
+        return layer
+    if isinstance(layer, _ChannelThenSpatial):
+        if not hasattr(layer, "spatial"):
+            raise ValueError(f"Layer {layer.name!r} is not built yet; call it once first.")
+        return layer.spatial
+    return None
+
+
 def make_attention(
     name: str,
     *,
