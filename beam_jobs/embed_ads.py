@@ -58,6 +58,7 @@ from beam_jobs.transforms.write import WriteDeadLetter
 from tfvctr import layout
 from tfvctr.config import Config, load_config
 from tfvctr.errors import ConfigError, DataError, TfvctrError
+from tfvctr.fingerprint import check_model_data
 from tfvctr.io import fs
 
 PROG = "python -m beam_jobs.embed_ads"
@@ -162,6 +163,7 @@ def run_args(args: argparse.Namespace, beam_args: list[str], verbose: bool = Tru
         raise ConfigError(f"--coverage: expected a value in (0, 1], received {coverage}")
     dtype = args.dtype or config.embed.dtype
     batch_size = args.batch_size or config.embed.batch_size
+    check_model_data(args.model, args.data, "embed")  # a complete model dir, data that fits it (tfvctr.fingerprint)
     data = _data_dir(args)
     for path in (fs.join(args.model, layout.VISUAL_TOWER), fs.join(data, layout.AD_COUNTS),
                  fs.join(data, layout.VOCAB_DIR, layout.CATEGORY_VOCAB)):

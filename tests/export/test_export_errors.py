@@ -72,8 +72,14 @@ def _error_line(cli_args: list[str], capsys) -> str:
 def test_a_bad_model_dir_is_one_clear_line(tiny, tmp_path, capsys):
     err = _error_line(["export", "--model-dir", str(tmp_path), "--table", tiny["table"], "--out", str(tmp_path)],
                       capsys)
-    assert err == f"tfvctr export: error: {tmp_path}: not a model dir (config.yaml missing); pass the --model-dir " \
-                  f"of `tfvctr train`"
+    assert err == f"tfvctr export: error: {tmp_path}: no model.keras: not a trained model dir; run `tfvctr train " \
+                  f"--model-dir {tmp_path}`"
+    os.makedirs(tmp_path / "m")
+    open(tmp_path / "m" / "model.keras", "w").close()
+    err = _error_line(["export", "--model-dir", str(tmp_path / "m"), "--table", tiny["table"], "--out", str(tmp_path)],
+                      capsys)
+    assert err == f"tfvctr export: error: {tmp_path / 'm'}: not a model dir (config.yaml missing); pass the " \
+                  f"--model-dir of `tfvctr train`"
 
 
 def test_a_table_of_another_model_is_one_clear_line(tiny, tmp_path, capsys):

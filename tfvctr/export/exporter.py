@@ -21,6 +21,7 @@ from tfvctr.errors import DataError, TfvctrError
 from tfvctr.export import check as check_lib
 from tfvctr.export import warmup as warmup_lib
 from tfvctr.export.table import Table, load_table, write_ad_ids
+from tfvctr.fingerprint import check_model_data
 from tfvctr.io import fs
 
 SAMPLE_ROWS = 100
@@ -47,19 +48,6 @@ def _trained_data_dir(model_dir: str, data_dir: Optional[str]) -> str:
     return data_dir
 
 
-def _check_fingerprint(model_dir: str, vocab_dir: str) -> None:
-    """The issue-13 fingerprint check, when that module offers one (model vs its data)."""
-    if not fs.exists(fs.join(model_dir, layout.FINGERPRINT)):
-        return
-    try:
-        from tfvctr import fingerprint
-    except ImportError:
-        return
-    check = getattr(fingerprint, "check", None) or getattr(fingerprint, "check_fingerprint", None)
-    if callable(check):
-        check(model_dir, vocab_dir)
-
-
 def load_model_dir(model_dir: str, data_dir: Optional[str] = None) -> tuple[Config, Any, Any, str]:
     """`(config, model, encoder, vocab_dir)` of a `tfvctr train` model dir; one-line errors otherwise."""
     import keras
@@ -67,6 +55,9 @@ def load_model_dir(model_dir: str, data_dir: Optional[str] = None) -> tuple[Conf
     import tfvctr.models  # noqa: F401 - registers the model classes for load_model
     from tfvctr.features import FeatureEncoder
 
+    # The model dir is complete and fits the data (tfvctr.fingerprint: unfinished training,
+    # changed vocabularies, another feature set); then the files this stage reads.
+    check_model_data(model_dir, data_dir, "export")
     config_path, model_path = fs.join(model_dir, layout.CONFIG), fs.join(model_dir, layout.MODEL)
     for path in (config_path, model_path):
         if not fs.exists(path):
@@ -74,7 +65,6 @@ def load_model_dir(model_dir: str, data_dir: Optional[str] = None) -> tuple[Conf
                             f"of `tfvctr train`")
     config = load_config(config_path)
     vocab_dir = _trained_data_dir(model_dir, data_dir)
-    _check_fingerprint(model_dir, vocab_dir)
     encoder = FeatureEncoder.from_data_dir(config.dataset, vocab_dir)
     model = keras.saving.load_model(model_path, compile=False)
     if getattr(model, "visual_tower", None) is None or getattr(model, "head", None) is None:
