@@ -260,7 +260,7 @@ def check_model_data(model_dir: str, data_dir: Optional[str], stage: str, warn: 
         if step is not None:
             raise DataError(f"{model_dir}: training never finished: last checkpoint at step {step}; "
                             f"run `tfvctr train` again to resume")
-        raise DataError(f"{model_dir}: no {needed}: not a trained model dir; run `tfvctr train --model-dir {model_dir}`")
+        raise DataError(f"{fs.join(model_dir, needed)}: no trained model; run `tfvctr train --model-dir {model_dir}` first")
     fp = read_fingerprint(model_dir)
     if fp is None:
         return None
