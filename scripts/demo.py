@@ -56,7 +56,14 @@ def main() -> None:
     )
     step("6/7 evaluate both on the eval day", ["evaluate", "--model-dir", baseline, "--data", data])
     step("6/7 (cont.)", ["evaluate", "--model-dir", model, "--data", data, "--baseline", os.path.join(baseline, "metrics.json")])
-    step("7/7 Beam: the visual-embedding table", ["embed", "--model", model, "--data", data, "--out", table, "--overwrite"])
+    step("7/7 Beam: the visual-embedding table of the ad catalog",
+         ["embed", "--model", model, "--data", data, "--ads", os.path.join(raw, "ads.csv"), "--out", table, "--overwrite"])
+    serving = os.path.join(out, "serving")
+    step("7/7 (cont.) export for TF Serving, checked through TF Serving's loader",
+         ["export", "--model-dir", model, "--table", table, "--out", serving])
+    exported = max((os.path.join(serving, n, v) for n in os.listdir(serving) for v in os.listdir(os.path.join(serving, n))
+                    if v.isdigit()), key=os.path.getmtime)
+    print(f"TF Serving export: {exported}", flush=True)
 
     metrics = {}
     for name, d in (("CSCNN-DCN", model), ("DCN, no image", baseline)):
@@ -74,6 +81,7 @@ def main() -> None:
     for label, path in (("raw tables + images", raw), ("grouped TFRecords, vocab, stats, manifest", data),
                         ("CSCNN-DCN model dir (checkpoints, .keras, metrics.json, plots)", model),
                         ("DCN baseline model dir", baseline), ("visual-embedding table", table),
+                        ("TF Serving export (docs/export.md)", exported),
                         ("TensorBoard", f"tensorboard --logdir {model}/tensorboard")):
         print(f"  {label:62s} {path}")
 
