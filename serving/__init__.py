@@ -1,4 +1,7 @@
-"""Serving through TF Serving's REST API: configs, client and dev server.
+"""Serving through TF Serving's REST API (docs/serving.md).
 
-Empty in this release: SavedModel export and serving are the next milestone (README).
+* `models.config`, `batching_parameters.txt`, `monitoring.config`: real TF Serving's files.
+* `client`: a stdlib REST client for TF Serving and the dev server alike.
+* `rest_api`, `servables`, `http_app`, `model_config`: `tfvctr serve`, the dev server.
+* `demo`: the REST step of `make demo`.
 """

@@ -98,9 +98,9 @@ class Manager(Protocol):
 
 
 # ------------------------------------------------------------------ routes
-_V1 = re.compile(r"/v1/.*", re.IGNORECASE)
-_PREDICT = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE)
-_STATUS = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE)
+_V1 = re.compile(r"/v1/.*", re.IGNORECASE | re.ASCII)
+_PREDICT = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE | re.ASCII)
+_STATUS = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE | re.ASCII)
 _INT64_MAX = 2**63 - 1
 DEFAULT_SIGNATURE = "serving_default"
 
