@@ -64,6 +64,15 @@ def main() -> None:
     exported = max((os.path.join(serving, n, v) for n in os.listdir(serving) for v in os.listdir(os.path.join(serving, n))
                     if v.isdigit()), key=os.path.getmtime)
     print(f"TF Serving export: {exported}", flush=True)
+    # The REST step: the dev server on the export, a warm, a cold, an unknown and a new ad
+    # (with its image), then SIGTERM (serving/demo.py; docs/serving.md).
+    print("\n=== 7/7 (cont.) serve the export over TF Serving's REST API (dev server), then stop it", flush=True)
+    started_serving = time.time()
+    result = subprocess.run([sys.executable, "-m", "serving.demo", "--model-base", serving, "--model-name",
+                             os.path.basename(os.path.dirname(exported)), "--model-dir", model, "--data", data], cwd=REPO)
+    if result.returncode != 0:
+        sys.exit(f"demo: the REST serving step failed (exit {result.returncode})")
+    print(f"--- REST serving: {time.time() - started_serving:.0f} s", flush=True)
 
     metrics = {}
     for name, d in (("CSCNN-DCN", model), ("DCN, no image", baseline)):
