@@ -16,7 +16,9 @@ from tests.models.model_fixtures import (
     tiny_config,
     train_step,
 )
+from tfvctr.config import config_from_dict
 from tfvctr.errors import ConfigError
+from tfvctr.layers.attention import CSCNNAttention, SCAAttention
 from tfvctr.models import VBPR, VBPRHead, bpr_loss, build_model, in_batch_pairs, pointwise_loss
 from tfvctr.models.vbpr import VARIANTS
 
@@ -24,9 +26,18 @@ AD_FEATURES = FEATURES + [{"name": "ad_id", "source": "ad", "kind": "categorical
 LABELS = tf.constant([1.0, 0.0, 0.0, 1.0, 0.0])
 
 
+def _config(variant, features=AD_FEATURES, **model):
+    if variant != "vbpr":
+        return tiny_config("vbpr", features=features, vbpr={"variant": variant}, **model)
+    # VBPR's fixed features come from a pre-trained CNN (the trainer loads it; unused here).
+    data = tiny_config("vbpr", features=features, vbpr={"variant": "dvbpr"}, **model).to_dict()
+    data["model"]["vbpr"]["variant"] = "vbpr"
+    data["training"]["pretrained_cnn"] = "/pretrained/model_dir"
+    return config_from_dict(data)
+
+
 def _model(variant, features=AD_FEATURES, **model):
-    config = tiny_config("vbpr", features=features, vbpr={"variant": variant}, **model)
-    return build_model(config, NUM_CATEGORIES, VOCAB_SIZES, seed=0)
+    return build_model(_config(variant, features, **model), NUM_CATEGORIES, VOCAB_SIZES, seed=0)
 
 
 def _batch(**kw):
@@ -81,16 +92,25 @@ def test_dvbpr_c_items_of_one_category_share_gamma_and_beta():
     assert y[0] != y[1]  # dvbpr: the ads have their own β_a, γ_a
 
 
-def test_sherlock_uses_a_category_specific_projection():
+def test_sherlock_stacks_a_shared_and_a_category_specific_projection():
     head = _model("sherlock").head
-    assert tuple(head.projection.shape) == (NUM_CATEGORIES, 4, 3)
+    # visual_factors 3: 2 shared factors (E_0) and 1 category-specific (E_k).
+    assert tuple(head.projection.shape) == (4, 2)
+    assert tuple(head.category_projection.shape) == (NUM_CATEGORIES, 4, 1)
     feats = {"user_id": tf.constant([3, 3]), "ad_id": tf.constant([1, 1]), "category": tf.constant([1, 2])}
-    x_v = tf.ones((2, 4))
-    head.theta_u.assign(tf.ones_like(head.theta_u))
+    x_v = tf.constant([[1.0, 2.0, 0.0, -1.0], [1.0, 2.0, 0.0, -1.0]])
+    theta = np.arange(3, dtype="float32") + 1.0
+    head.theta_u.assign(np.tile(theta, (head.theta_u.shape[0], 1)))
     y = head({"features": feats, "x_v": x_v}).numpy()
-    p = head.projection.numpy()
     base = head({"features": feats, "x_v": tf.zeros((2, 4))}).numpy()
-    np.testing.assert_allclose(y - base, [p[1].sum(), p[2].sum()], atol=1e-5)
+    e0, ek, f = head.projection.numpy(), head.category_projection.numpy(), x_v.numpy()[0]
+    expected = [theta @ np.concatenate([f @ e0, f @ ek[k]]) for k in (1, 2)]
+    np.testing.assert_allclose(y - base, expected, atol=1e-5)
+
+
+def test_sherlock_with_one_visual_factor_is_rejected():
+    with pytest.raises(ValueError, match="Expected >= 2 for variant 'sherlock'"):
+        VBPRHead("sherlock", num_users=3, num_items=3, item_key="ad_id", num_categories=2, visual_dim=4, visual_factors=1)
 
 
 def test_deepstyle_subtracts_the_category_embedding():
@@ -108,9 +128,30 @@ def test_without_ad_id_the_item_terms_are_keyed_by_category():
     assert _model("dvbpr", features=FEATURES).head.item_key == "category"
 
 
-def test_dvbpr_sca_needs_a_category_specific_attention():
-    with pytest.raises(ConfigError, match="variant dvbpr_sca needs a category-specific attention"):
-        _model("dvbpr_sca", attention="se")
+def _attention_layers(model):
+    return [layer for layer in model.visual_tower.get_layer("cnnf_backbone").layers if layer.name.endswith("_attention")]
+
+
+def test_dvbpr_sca_uses_sca_cnn_attention_and_differs_from_cscnn():
+    sca, cscnn = _model("dvbpr_sca"), _model("cscnn")
+    sca_layers, cscnn_layers = _attention_layers(sca), _attention_layers(cscnn)
+    assert sca_layers and all(isinstance(layer, SCAAttention) for layer in sca_layers)
+    assert cscnn_layers and all(isinstance(layer, CSCNNAttention) for layer in cscnn_layers)
+    # Same sites, other modules: other parameter counts and other outputs.
+    assert len(sca_layers) == len(cscnn_layers)
+    assert sca.visual_tower.count_params() != cscnn.visual_tower.count_params()
+    batch = _batch()
+    assert not np.allclose(sca.visual_tower({"image": batch["image"], "category": batch["category"]}),
+                           cscnn.visual_tower({"image": batch["image"], "category": batch["category"]}))
+
+
+def test_dvbpr_sca_ignores_the_configured_attention():
+    assert all(isinstance(layer, SCAAttention) for layer in _attention_layers(_model("dvbpr_sca", attention="se")))
+
+
+def test_vbpr_without_a_pretrained_cnn_is_refused():
+    with pytest.raises(ConfigError, match="variant: vbpr needs fixed features of a pre-trained CNN; set training.pretrained_cnn"):
+        tiny_config("vbpr", features=AD_FEATURES, vbpr={"variant": "vbpr"})
 
 
 def test_vbpr_without_user_id_is_a_config_error():

@@ -39,6 +39,7 @@ ATTENTION_NAMES = (
     "cbam_channel_cscnn",
     "cscnn_channel",
     "cscnn_spatial",
+    "sca",  # SCA-CNN with a category embedding: the DVBPR-SCA baseline (not a `model.attention` value)
 )
 
 
@@ -692,6 +693,7 @@ def make_attention(
     | `cbam_channel_cscnn` | `CategoryChannelAttention`              | Table 5 right, CBAM-Chan.|
     | `cscnn_channel`      | `CategoryChannelAttention` (CSCNN's channel module alone, ablation) | Eq. 10 |
     | `cscnn_spatial`      | `CategorySpatialAttention` (CSCNN's spatial module alone, ablation) | Eq. 11 |
+    | `sca`                | `SCAAttention` (SCA-CNN, category embedding as state) | Table 4, DVBPR-SCA |
 
     Args:
         name: one of `ATTENTION_NAMES`.
@@ -731,6 +733,119 @@ def make_attention(
         )
     if name == "se_cscnn":
         return CategorySEAttention(prior_dim=channel_prior_dim, reduction=reduction, **prior, **common)
+    if name == "sca":
+        return SCAAttention(embedding_dim=channel_prior_dim, reduction=reduction, **prior, **common)
     if name in ("cbam_channel_cscnn", "cscnn_channel"):
         return CategoryChannelAttention(prior_dim=channel_prior_dim, reduction=reduction, **prior, **common)
     return CategorySpatialAttention(prior_size=spatial_prior_size, **prior, **common)
+
+
+@keras.saving.register_keras_serializable(package="tfvctr")
+class SCAAttention(_Attention):
+    """SCA-CNN's channel-wise then spatial attention (Chen et al., CVPR 2017, §3.2-3.4), with
+    a category embedding in place of the captioning LSTM state: the DVBPR-SCA baseline of
+    CSCNN (Liu et al. 2020, §4.4, Table 4).
+
+    SCA-CNN conditions both attentions on the decoder's hidden state h_{t-1}; CSCNN's
+    baseline feeds it the ad's category instead, h = E_k (row k of a learned
+    [num_categories, embedding_dim] table, row 0 the unknown category). With V the feature
+    map as C channels over m = H x W locations:
+
+    Channel-wise, Eq. (5)-(6): v = mean over locations of V (v in R^C);
+    b = tanh((W_c (x) v + b_c) (+) W_hc h)   (W_c in R^k, outer product: k x C);
+    beta = softmax(W_i' b + b_i')            (beta in R^C, over channels).
+    Spatial, Eq. (3)-(4), on the channel-weighted V' = beta * V (the C-S order, Eq. 8):
+    a = tanh((W_s V' + b_s) (+) W_hs h)      (W_s in R^{k x C}, per location);
+    alpha = softmax(W_i a + b_i)             (alpha in R^m, over locations).
+    Output X = alpha * V' = alpha * beta * V.
+
+    Unlike CSCNN (Eq. 8-11: sigmoid gates, max and mean pooling, a 7x7 convolution and a
+    category *map* As_k), both weightings are softmaxes (they sum to 1 over channels and
+    over locations) computed by one-hidden-layer perceptrons, and the category enters as
+    an additive term inside the tanh.
+
+    Args:
+        num_categories: rows of the category embedding, including the unknown row 0.
+        embedding_dim: size of h = E_k (default 20, CSCNN's C').
+        reduction: the attention width is k = max(1, C // reduction).
+        kernel_initializer: initializer of the W matrices.
+        prior_initializer: initializer of the category embedding.
+        seed: seed of the initializers; None for random.
+
+    Call arguments:
+        feature_map: float tensor [B, H, W, C].
+        category_ids: int tensor [B]; ids outside [0, num_categories) use row 0.
+        return_attention: also return `{"channel": beta [B, C], "spatial": alpha [B, H, W]}`.
+
+    Returns:
+        X [B, H, W, C], or `(X, maps)` with `return_attention=True`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = SCAAttention(num_categories=10, embedding_dim=4, seed=0)
+    >>> out, maps = layer(np.ones((2, 5, 5, 8), "float32"), np.array([1, 9]), return_attention=True)
+    >>> tuple(out.shape), len(layer.trainable_weights), tuple(maps["spatial"].shape)
+    ((2, 5, 5, 8), 11, (2, 5, 5))
+    """
+
+    def __init__(self, num_categories: int, embedding_dim: int = 20, reduction: int = 4, **kwargs: Any) -> None:
+        super().__init__(num_categories=num_categories, **kwargs)
+        _check_positive_int(embedding_dim, "embedding_dim")
+        _check_positive_int(reduction, "reduction")
+        self.embedding_dim = embedding_dim
+        self.reduction = reduction
+
+    def build(self, feature_map_shape: Any, category_ids_shape: Any = None) -> None:
+        _check_feature_map_shape(feature_map_shape, self.name)
+        channels = int(feature_map_shape[-1])
+        k = max(1, channels // self.reduction)
+
+        def kernel(name: str, shape: tuple, offset: int) -> keras.Variable:
+            init = clone_initializer(self.kernel_initializer, _offset(self.seed, offset))
+            return self.add_weight(name=name, shape=shape, initializer=init)
+
+        self.category_embedding = self.add_weight(
+            name="category_embedding",
+            shape=(self.num_categories, self.embedding_dim),
+            initializer=clone_initializer(self.prior_initializer, _offset(self.seed, 0)),
+        )
+        # Channel-wise attention (Eq. 5): W_c, b_c, W_hc, W_i', b_i'.
+        self.channel_kernel = kernel("channel_kernel", (k,), 1)
+        self.channel_bias = self.add_weight(name="channel_bias", shape=(k,), initializer="zeros")
+        self.channel_state_kernel = kernel("channel_state_kernel", (self.embedding_dim, k), 2)
+        self.channel_output_kernel = kernel("channel_output_kernel", (k,), 3)
+        self.channel_output_bias = self.add_weight(name="channel_output_bias", shape=(), initializer="zeros")
+        # Spatial attention (Eq. 3): W_s, b_s, W_hs, W_i (b_i cancels in the softmax over
+        # locations, as b_i' does over channels; both are kept to match the equations).
+        self.spatial_kernel = kernel("spatial_kernel", (channels, k), 4)
+        self.spatial_bias = self.add_weight(name="spatial_bias", shape=(k,), initializer="zeros")
+        self.spatial_state_kernel = kernel("spatial_state_kernel", (self.embedding_dim, k), 5)
+        self.spatial_output_kernel = kernel("spatial_output_kernel", (k,), 6)
+        self.spatial_output_bias = self.add_weight(name="spatial_output_bias", shape=(), initializer="zeros")
+
+    def _refine(self, feature_map: Any, category_ids: Any) -> tuple[Any, dict[str, Any]]:
+        ops = keras.ops
+        dtype = feature_map.dtype
+        rows = self.prior_rows(category_ids, "channel-wise and spatial")
+        h = ops.cast(ops.take(self.category_embedding, rows, axis=0), dtype)  # [B, E]
+        # Channel-wise: b[B, C, k] = tanh(v_c W_c + b_c + h W_hc); beta = softmax_C(b W_i' + b_i').
+        v = ops.mean(feature_map, axis=(1, 2))  # [B, C]
+        b = ops.tanh(
+            v[:, :, None] * self.channel_kernel[None, None, :]
+            + self.channel_bias
+            + ops.matmul(h, self.channel_state_kernel)[:, None, :]
+        )
+        beta = ops.softmax(ops.einsum("bck,k->bc", b, self.channel_output_kernel) + self.channel_output_bias, axis=-1)
+        weighted = feature_map * beta[:, None, None, :]
+        # Spatial: a[B, H, W, k] = tanh(V' W_s + b_s + h W_hs); alpha = softmax over H x W.
+        a = ops.tanh(
+            ops.matmul(weighted, self.spatial_kernel) + self.spatial_bias + ops.matmul(h, self.spatial_state_kernel)[:, None, None, :]
+        )
+        scores = ops.einsum("bhwk,k->bhw", a, self.spatial_output_kernel) + self.spatial_output_bias
+        shape = ops.shape(scores)
+        alpha = ops.reshape(ops.softmax(ops.reshape(scores, (shape[0], -1)), axis=-1), shape)
+        return weighted * alpha[:, :, :, None], {"channel": beta, "spatial": alpha}
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "embedding_dim": self.embedding_dim, "reduction": self.reduction}

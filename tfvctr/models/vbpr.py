@@ -11,17 +11,26 @@ trainable in every variant). Variants (config `model.vbpr.variant`):
 | variant     | Φ / item terms                                                               |
 |-------------|-------------------------------------------------------------------------------|
 | `bpr_mf`    | no image: the first four terms only                                          |
-| `vbpr`      | frozen CNN features (tower not trainable; e.g. after `tfvctr pretrain`)       |
+| `vbpr`      | fixed features of a pre-trained CNN: needs `training.pretrained_cnn`          |
 | `dvbpr`     | CNN trained end to end                                                       |
 | `dvbpr_c`   | items of one category share γ_a and β_a (tables keyed by category)           |
-| `sherlock`  | category-specific linear map after the CNN: Φ = E_k f                         |
+| `sherlock`  | shared plus category-specific maps after the CNN: Φ = [E_0 f ; E_k f]         |
 | `deepstyle` | category embedding subtracted: Φ = E f − c_k                                  |
-| `dvbpr_sca` | category-specific attention inside the CNN: `model.attention` (a `*cscnn*` one)|
+| `dvbpr_sca` | SCA-CNN attention with a category embedding (`SCAAttention`) inside the CNN    |
 | `cscnn`     | CSCNN attention (`cscnn`) inside the CNN                                       |
 
-The SCA baseline of the paper (SCA-CNN with a category embedding in place of the caption
-feature) is not implemented as such: `dvbpr_sca` uses the configured category-specific
-attention.
+`vbpr` (He & McAuley 2016) scores fixed image features extracted by a CNN trained on
+another task. Ours: the tower of a `tfvctr pretrain` run (category classification, as
+DeepCTR §4 pre-trains), loaded by the trainer from `training.pretrained_cnn` and frozen
+here; the config refuses `vbpr` without it (a frozen *random* CNN is not VBPR).
+
+`sherlock` (He et al., IJCAI 2016) stacks a projection shared by all categories over a
+category-specific one: the first `visual_factors - visual_factors // 2` factors of Φ come
+from E_0 (shared), the rest from E_k (category k).
+
+`dvbpr_sca` follows CSCNN §4.4: SCA-CNN's channel-wise and spatial attention (Chen et
+al., CVPR 2017) with the category embedding in place of the captioning state, at the
+same sites as CSCNN's attention (`model.attention_layers`).
 """
 
 from __future__ import annotations
@@ -37,7 +46,6 @@ from tfvctr.models.base import CTRModel, tower_config
 from tfvctr.models.visual_tower import build_visual_tower
 
 VARIANTS = ("bpr_mf", "vbpr", "dvbpr", "dvbpr_c", "sherlock", "deepstyle", "dvbpr_sca", "cscnn")
-_CATEGORY_AWARE_ATTENTION = ("cscnn", "se_cscnn", "cbam_channel_cscnn", "cscnn_channel", "cscnn_spatial")
 
 
 @keras.saving.register_keras_serializable(package="tfvctr")
@@ -96,6 +104,11 @@ class VBPRHead(keras.layers.Layer):
                 f"Invalid value received for argument `visual_dim`. Expected 0 exactly for variant 'bpr_mf'. "
                 f"Received: visual_dim={visual_dim} with variant={variant!r}"
             )
+        if variant == "sherlock" and visual_factors < 2:
+            raise ValueError(
+                f"Invalid value received for argument `visual_factors`. Expected >= 2 for variant 'sherlock' "
+                f"(shared and category-specific factors). Received: visual_factors={visual_factors}"
+            )
         if factors < 1 or visual_factors < 1:
             raise ValueError(
                 f"Invalid value received for argument `factors`/`visual_factors`. Expected positive integers. "
@@ -133,7 +146,12 @@ class VBPRHead(keras.layers.Layer):
             self.theta_u = weight("theta_u", (self.num_users, self.visual_factors), 3)
             glorot = keras.initializers.GlorotUniform(seed=None if self.seed is None else self.seed + 4)
             if self.variant == "sherlock":
-                self.projection = weight("projection", (self.num_categories, self.visual_dim, self.visual_factors), 4, glorot)
+                shared = self.visual_factors - self.visual_factors // 2
+                self.projection = weight("projection", (self.visual_dim, shared), 4, glorot)
+                glorot_k = keras.initializers.GlorotUniform(seed=None if self.seed is None else self.seed + 6)
+                self.category_projection = weight(
+                    "category_projection", (self.num_categories, self.visual_dim, self.visual_factors - shared), 6, glorot_k
+                )
             else:
                 self.projection = weight("projection", (self.visual_dim, self.visual_factors), 4, glorot)
             if self.variant == "deepstyle":
@@ -149,7 +167,8 @@ class VBPRHead(keras.layers.Layer):
             f = ops.cast(inputs["x_v"], self.compute_dtype)
             if self.variant == "sherlock":
                 k = ops.reshape(ops.cast(features["category"], "int32"), (-1,))
-                phi = ops.einsum("nd,ndk->nk", f, ops.take(self.projection, k, axis=0))
+                specific = ops.einsum("nd,ndk->nk", f, ops.take(self.category_projection, k, axis=0))
+                phi = ops.concatenate([ops.matmul(f, self.projection), specific], axis=-1)
             else:
                 phi = ops.matmul(f, self.projection)
             if self.variant == "deepstyle":
@@ -183,7 +202,8 @@ class VBPR(CTRModel):
 
     See the module docstring for the variants, and `CTRModel` for the batch layout.
     `visual_tower` is None for `bpr_mf`; for `vbpr` it is frozen (`trainable=False`,
-    always run in inference mode), so `visual_variables` is empty.
+    always run in inference mode), so `visual_variables` is empty; the trainer fills it
+    from `training.pretrained_cnn`.
 
     Args: as `CTRModel`. Call arguments / Returns: as `CTRModel` (logits `[N]`).
     """
@@ -211,17 +231,7 @@ class VBPR(CTRModel):
         if v.variant == "bpr_mf":
             visual_dim = 0
         else:
-            if v.variant == "cscnn":
-                attention = "cscnn"
-            elif v.variant == "dvbpr_sca":
-                if m.attention not in _CATEGORY_AWARE_ATTENTION:
-                    raise ConfigError(
-                        f"model.attention: variant dvbpr_sca needs a category-specific attention "
-                        f"({', '.join(_CATEGORY_AWARE_ATTENTION)}), received {m.attention!r}"
-                    )
-                attention = m.attention
-            else:
-                attention = "none"
+            attention = {"cscnn": "cscnn", "dvbpr_sca": "sca"}.get(v.variant, "none")
             self.visual_tower = build_visual_tower(
                 tower_config(m, attention=attention),
                 self.config.dataset.image_size,
