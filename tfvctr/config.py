@@ -354,6 +354,12 @@ class Config:
         self.training.validate(f"{where}: training")
         self.embed.validate(f"{where}: embed")
         self.tune.validate(f"{where}: tune", self)
+        if self.model.architecture == "vbpr" and self.model.vbpr.variant == "vbpr" and not self.training.pretrained_cnn:
+            # VBPR scores *fixed* features of a pre-trained CNN; a frozen random tower is not it.
+            raise ConfigError(
+                f"{where}: model.vbpr.variant: vbpr needs fixed features of a pre-trained CNN; set "
+                f"training.pretrained_cnn to a `tfvctr pretrain` model dir (or use variant dvbpr to train the CNN)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
