@@ -4,7 +4,7 @@ Against real TF Serving (docs/serving.md, "Contract tests against real TF Servin
 
     python tests/serving/model_factory.py /tmp/tfs            # writes ctr/1, ctr/2, models.config
     docker run --rm -p 8501:8501 -v /tmp/tfs:/models tensorflow/serving \\
-        --model_config_file=/models/models.config
+        --model_config_file=/models/models.config --rest_api_timeout_in_ms=5000
     TFVCTR_SERVING_URL=http://127.0.0.1:8501 TFVCTR_SERVING_MODELS=/tmp/tfs pytest tests/serving
 
 TFVCTR_SERVING_MODELS is the same folder, read in-process for the reference numbers.
@@ -90,6 +90,7 @@ def server_url(test_models):
     if EXTERNAL_URL:
         yield EXTERNAL_URL.rstrip("/")
         return
-    server = DevServer(["--model-config-file", os.path.join(test_models, "models.config"), "--max-body-mb", "1"])
+    server = DevServer(["--model-config-file", os.path.join(test_models, "models.config"), "--max-body-mb", "1",
+                        "--timeout-ms", "5000"])
     yield server.url
     assert server.stop() == 0, "".join(server.stderr[-20:])

@@ -51,13 +51,21 @@ class CtrModule(tf.Module):
         return {"payload_bytes": payload, "text": payload, "n2": n * 2, "ok": n > 0}
 
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="n")])
+    def spin(self, n):
+        """Loops n[0] times: a request that outlives any timeout (the per-request timeout test)."""
+        _, acc = tf.while_loop(lambda i, a: i < n[0], lambda i, a: (i + 1, a + tf.sin(tf.cast(i, tf.float32))),
+                               (tf.constant(0, tf.int64), tf.constant(0.0)))
+        return {"acc": tf.fill(tf.shape(n), acc)}
+
+
 def build(base_path: str, version: int, scale: float | None = None) -> str:
     """Writes version `version` of the test model under `base_path`; returns its folder."""
     module = CtrModule(float(version) if scale is None else scale)
     path = os.path.join(base_path, str(version))
     tf.saved_model.save(module, path, signatures={
         "serving_default": module.serve, "score_with_image": module.score_with_image,
-        "half_plus_two": module.half_plus_two, "echo": module.echo,
+        "half_plus_two": module.half_plus_two, "echo": module.echo, "spin": module.spin,
     })
     return path
 

@@ -12,6 +12,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import time
 import urllib.parse
 
 import numpy as np
@@ -254,3 +255,24 @@ def test_concurrent_requests_all_succeed_with_their_own_answers(server_url):
     # Version 2 scales price by 2: each answer belongs to its own request.
     logits = np.float32([results[i] for i in range(40)])
     np.testing.assert_allclose(np.diff(logits), 2.0, rtol=1e-5)
+
+
+def test_a_request_past_the_timeout_gets_504_and_the_server_keeps_serving(server_url):
+    # The fixture's server times requests out after 5 s (--timeout-ms; TF Serving's
+    # --rest_api_timeout_in_ms); this one would loop for minutes.
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        spinning = pool.submit(call, server_url, "POST", "/v1/models/ctr/versions/1:predict",
+                               {"signature_name": "spin", "instances": [10**11]})
+        time.sleep(0.5)
+        # Served in parallel: a normal request is answered while the long one still runs.
+        t = time.monotonic()
+        assert predict(server_url, GOOD)["predictions"][0]["in_table"] is True
+        assert time.monotonic() - t < 3.0 and not spinning.done()
+        status, ctype, text = spinning.result()
+    assert (status, ctype) == (504, "application/json"), text
+    assert json.loads(text)["error"]
+    assert time.monotonic() - start < 30
+    assert predict(server_url, GOOD)["predictions"][0]["in_table"] is True
+    quick = predict(server_url, {"signature_name": "spin", "instances": [10]}, "/v1/models/ctr/versions/1:predict")
+    assert len(quick["predictions"]) == 1
