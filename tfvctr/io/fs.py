@@ -68,7 +68,7 @@ def dirname(path: str) -> str:
     """The folder of `path` (`gs://b/x/t.csv` → `gs://b/x`)."""
     if is_remote(path):
         return path.rstrip("/").rsplit("/", 1)[0]
-    return os.path.dirname(path)
+    return os.path.dirname(path.rstrip(os.sep) or path)
 
 
 def basename(path: str) -> str:
@@ -107,7 +107,9 @@ def check_writable(path: str, what: str = "output folder") -> None:
 def staging_path(path: str, kind: str = "tmp") -> str:
     """A unique sibling of `path` (`DIR/.NAME.tmp-<random>`): same filesystem, so a rename
     moves it into place; hidden, so a glob of the parent folder does not pick it up."""
-    return join(dirname(path) or ".", f".{basename(path)}.{kind}-{uuid.uuid4().hex[:12]}")
+    if not is_remote(path):
+        path = os.path.abspath(path)  # Beam workers in other processes write there too
+    return join(dirname(path), f".{basename(path)}.{kind}-{uuid.uuid4().hex[:12]}")
 
 
 def write_atomic(path: str, data: str | bytes) -> None:
@@ -167,6 +169,7 @@ def atomic_dir(path: str) -> Iterator[str]:
         with atomic_dir(out) as staged:
             write_everything_into(staged)
     """
+    path = path.rstrip("/") if is_remote(path) else os.path.abspath(path)
     check_writable(path)
     staged = staging_path(path)
     makedirs(staged)
