@@ -245,9 +245,12 @@ class ModelManager:
             servable._release()
 
     def version_states(self, name: str, version: int | None, label: str | None) -> list[tuple[int, str, str, str]]:
-        """GetModelStatusImpl: every version the server has seen, newest first."""
-        if label is not None:
-            version = self._resolve_label(name, label)
+        """GetModelStatusImpl: every version the server has seen, newest first.
+
+        TF Serving's status lookup reads only the name and the version: a label in the
+        path is not resolved, so `/labels/ANY` lists every version, as here.
+        """
+        del label
         m = self._model(name)
         states = dict(m.states) if m is not None else {}
         if not states:

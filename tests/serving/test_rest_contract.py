@@ -123,7 +123,9 @@ def test_status_document_has_tf_servings_layout(server_url):
     assert sorted(everything["model_version_status"], key=lambda s: s["version"]) == [_state(1), _state(2)]
     assert list(everything) == ["model_version_status"]
     assert get("/v1/models/ctr/versions/1") == {"model_version_status": [_state(1)]}
-    assert get("/v1/models/ctr/labels/canary") == {"model_version_status": [_state(2)]}
+    # GetModelStatusImpl reads the name and version only: a label, known or not, lists all.
+    assert get("/v1/models/ctr/labels/canary") == everything
+    assert get("/v1/models/ctr/labels/no-such-label") == everything
 
 
 def test_metadata_document_has_tf_servings_layout(server_url):
@@ -191,7 +193,7 @@ BAD_REQUESTS = {
                                 "Failed to convert version: 18446744073709551615 to numeric."),
     "status_unknown_model": ("GET", "/v1/models/nope", None, 404, "Could not find any versions of model nope"),
     "status_unknown_version": ("GET", "/v1/models/ctr/versions/7", None, 404, "Could not find version 7 of model ctr"),
-    "status_unknown_label": ("GET", "/v1/models/ctr/labels/beta", None, 400, "Unrecognized servable version label: beta"),
+    "metadata_unknown_label": ("GET", "/v1/models/ctr/labels/beta/metadata", None, 400, "Unrecognized servable version label: beta"),
     "metadata_unknown_model": ("GET", "/v1/models/nope/metadata", None, 404, "Servable not found for request: Latest(nope)"),
     "missing_model_name": ("GET", "/v1/models", None, 400, "Missing model name in request."),
     "bad_path": ("GET", "/v1/models/ctr/foo", None, 400, "Malformed request: GET /v1/models/ctr/foo"),
@@ -241,8 +243,8 @@ def test_paths_outside_v1_are_not_the_rest_api(server_url):
 
 
 def test_names_and_labels_are_url_decoded(server_url):
-    status, _, text = call(server_url, "GET", "/v1/models/%63tr/labels/st%61ble")
-    assert status == 200 and json.loads(text) == {"model_version_status": [_state(1)]}
+    status, _, text = call(server_url, "GET", "/v1/models/%63tr/labels/st%61ble/metadata")
+    assert status == 200 and json.loads(text)["model_spec"] == {"name": "ctr", "signature_name": "", "version": "1"}
 
 
 def test_concurrent_requests_all_succeed_with_their_own_answers(server_url):

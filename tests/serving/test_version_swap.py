@@ -125,3 +125,11 @@ def test_bad_flags_are_one_line_errors_with_exit_2(tmp_path, flags, message):
     r = subprocess.run([sys.executable, "-m", "tfvctr.cli", "serve", *flags], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_has_help():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "tfvctr.cli", "serve", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--model-config-file" in r.stdout and "8501" in r.stdout
