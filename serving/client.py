@@ -1,9 +1,8 @@
 """A REST client for TF Serving and the tfvctr dev server alike (stdlib only, no TensorFlow).
 
-    >>> from serving.client import ServingClient
-    >>> client = ServingClient("http://127.0.0.1:8501", "ctr")          # doctest: +SKIP
-    >>> client.predict([{"ad_id": "a1", "category": "shoes", ...}])     # doctest: +SKIP
-    [{'ctr': 0.031, 'in_table': True, 'logit': -3.4}]
+    client = ServingClient("http://127.0.0.1:8501", "ctr")
+    client.predict([{"ad_id": "a1", "category": "shoes", ...}])
+    # [{'ctr': 0.031, 'in_table': True, 'logit': -3.4}]   (tests/serving/ runs this against a server)
 
 It speaks only TF Serving's documented REST API (`g3doc/api_rest.md`), so it cannot
 tell the two servers apart. Retries: a 503 (UNAVAILABLE: a version is loading, the
