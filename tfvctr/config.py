@@ -163,7 +163,7 @@ class DeepCTRConfig:
 
     convnet_dim: int = 128
     basicnet_dim: int = 128
-    combnet_layers: list[int] = dataclasses.field(default_factory=lambda: [256, 256])
+    combnet_layers: list[int] = dataclasses.field(default_factory=lambda: [256])  # hidden FCs; + the FC to z
     dropout: float = 0.5
 
 
@@ -267,6 +267,9 @@ class TrainingConfig:
     selection_metric: Literal["valid_auc", "valid_cold_auc", "valid_logloss"] = "valid_auc"
     patience: int = 5  # evaluations without improvement before stopping; 0: never stop early
     min_delta: float = 0.0  # an improvement must beat the best by more than this
+    # Op determinism (tf.config.experimental.enable_op_determinism, for the whole process):
+    # two runs with the same seed and data give identical weights on CPU (docs/bad_input.md).
+    deterministic: bool = False
 
     def validate(self, where: str) -> None:
         _positive(self.steps, f"{where}.steps")

@@ -9,7 +9,14 @@ import tensorflow as tf
 
 from tests.models.model_fixtures import NUM_CATEGORIES, VOCAB_SIZES, moved, tiny_batch, tiny_config, train_step
 from tfvctr.errors import TfvctrError
-from tfvctr.models import DeepCTR, EnsembleModel, build_category_pretrainer, build_model, transfer_visual_weights
+from tfvctr.models import (
+    DeepCTR,
+    DeepCTRHead,
+    EnsembleModel,
+    build_category_pretrainer,
+    build_model,
+    transfer_visual_weights,
+)
 
 LABELS = tf.constant([1.0, 0.0, 0.0, 1.0, 0.0])
 
@@ -36,12 +43,46 @@ def test_one_step_changes_convnet_and_basicnet(deepctr):
 
 
 def test_combnet_uses_batch_norm_statistics_in_training_only(deepctr):
-    bn = deepctr.head.bn[0]
-    before = bn.moving_mean.numpy().copy()
-    deepctr(tiny_batch(), training=False)
-    np.testing.assert_array_equal(bn.moving_mean.numpy(), before)
-    deepctr(tiny_batch(), training=True)
-    assert not np.array_equal(bn.moving_mean.numpy(), before)
+    for bn in (deepctr.head.convnet_bn, deepctr.head.basicnet_bn):
+        before = bn.moving_mean.numpy().copy()
+        deepctr(tiny_batch(), training=False)
+        np.testing.assert_array_equal(bn.moving_mean.numpy(), before)
+        deepctr(tiny_batch(), training=True)
+        assert not np.array_equal(bn.moving_mean.numpy(), before)
+
+
+def test_combnet_is_two_fc_layers_over_batch_normed_convnet_and_basicnet_outputs():
+    head = DeepCTRHead(
+        [{"name": "device", "kind": "categorical"}], {"device": 5}, convnet_dim=3, basicnet_dim=4,
+        combnet_layers=[6], dropout=0.0, seed=0,
+    )
+    feats = {"device": np.array([1, 4, 2], "int32")}
+    x_v = np.array([[1.0, 2.0, 3.0], [0.0, -1.0, 5.0], [2.0, 2.0, 2.0]], "float32")
+    z = head({"features": feats, "x_v": x_v}, training=True).numpy()
+    kernels = [w for w in head.weights if w.name == "kernel"]
+    assert [tuple(k.shape) for k in kernels] == [(7, 6), (6, 1)]  # FC_1 and the FC producing z (Fig. 3)
+    # NumPy: batch statistics (training) normalise each stream before the concatenation (Fig. 7).
+    def bn(x, layer):
+        mean, var = x.mean(0), x.var(0)
+        return layer.gamma.numpy() * (x - mean) / np.sqrt(var + layer.epsilon) + layer.beta.numpy()
+
+    table = head.basicnet.weights[0].numpy()
+    basic = np.maximum(table[feats["device"]] + head.basicnet_bias.numpy(), 0.0)
+    h = np.concatenate([bn(x_v, head.convnet_bn), bn(basic, head.basicnet_bn)], axis=1)
+    fc1, out = head.fc[0], head.out
+    hidden = np.maximum(h @ fc1.kernel.numpy() + fc1.bias.numpy(), 0.0)
+    np.testing.assert_allclose(z, (hidden @ out.kernel.numpy() + out.bias.numpy())[:, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_shipped_deepctr_config_is_the_paper_setup():
+    from tfvctr.config import load_config
+
+    config = load_config(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "deepctr.yaml"))
+    m, tr = config.model, config.training
+    assert (m.architecture, m.backbone, m.attention) == ("deepctr", "deepctr17", "none")
+    assert len(m.deepctr.combnet_layers) == 1 and m.deepctr.convnet_dim == 128
+    assert tr.optimizer == "sgd" and tr.learning_rate == 0.1 and tr.cnn_learning_rate == 0.001
+    assert tr.pretrained_cnn  # pre-training then fine-tuning
 
 
 def test_keras_round_trip_gives_identical_logits(deepctr, tmp_path):

@@ -26,15 +26,23 @@ class DeepCTRHead(keras.layers.Layer):
 
     Basicnet, Eq. 4: `Y_fc1 = ReLU(V W + b)` over the one-hot basic features V, computed
     as a sum of embedding rows (`NonVisualEmbedding(merge="sum")`, never a one-hot
-    matrix). Combnet: `z = W_out · FC_L(... FC_1([conv, Y_fc1]))`, each FC followed by
-    batch normalisation, ReLU and dropout (§6.4, Figs. 6 and 8).
+    matrix). Combnet (§4: "fed to two fully-connected layers. The output of the last
+    fully-connected layer is a real value z"):
+
+        h = [BN(conv), BN(Y_fc1)]                    (Fig. 7: the two outputs normalised)
+        z = W_2 · Dropout(ReLU(W_1 · Dropout(h)))    (dropout in both FC layers, Fig. 8)
+
+    Batch norm sits on the Convnet and Basicnet outputs where they are concatenated: §6.2
+    explains its gain by the two streams' different scales and variances (Fig. 7).
+    `combnet_layers` lists the hidden FC widths (the paper: one, so two FC layers in all).
 
     Args:
         features: feature dicts / `FeatureConfig`s.
         vocab_sizes: embedding rows per embedded feature.
         convnet_dim: width of the Convnet output (0: Basicnet + Combnet only).
         basicnet_dim: Basicnet output width.
-        combnet_layers: Combnet hidden units.
+        combnet_layers: widths of the Combnet's hidden FC layers (the last FC, to z, is
+            added); the paper's Combnet has one, e.g. `[256]`.
         dropout: Combnet dropout rate.
         seed: initializer seed.
 
@@ -53,6 +61,8 @@ class DeepCTRHead(keras.layers.Layer):
         ...               training=True)
         >>> tuple(logits.shape)
         (2,)
+        >>> len([w for w in head.weights if w.name == "kernel"])  # two FC layers
+        2
     """
 
     def __init__(
@@ -61,7 +71,7 @@ class DeepCTRHead(keras.layers.Layer):
         vocab_sizes: Mapping[str, int],
         convnet_dim: int,
         basicnet_dim: int = 128,
-        combnet_layers: Sequence[int] = (256, 256),
+        combnet_layers: Sequence[int] = (256,),
         dropout: float = 0.5,
         seed: Optional[int] = None,
         **kwargs: Any,
@@ -71,7 +81,7 @@ class DeepCTRHead(keras.layers.Layer):
             raise ValueError(
                 f"Invalid value received for argument `basicnet_dim`. Expected a positive integer. Received: basicnet_dim={basicnet_dim}"
             )
-        if any(int(u) < 1 for u in combnet_layers):
+        if not combnet_layers or any(int(u) < 1 for u in combnet_layers):
             raise ValueError(
                 f"Invalid value received for argument `combnet_layers`. Expected positive integers. "
                 f"Received: combnet_layers={list(combnet_layers)}"
@@ -90,30 +100,39 @@ class DeepCTRHead(keras.layers.Layer):
             self.features, self.vocab_sizes, merge="sum", embedding_dim=self.basicnet_dim, seed=s + 100, name="basicnet"
         )
         self.fc = [
-            keras.layers.Dense(u, use_bias=False, kernel_initializer=keras.initializers.HeNormal(seed=s + 200 + i), name=f"combnet_{i}")
+            keras.layers.Dense(u, kernel_initializer=keras.initializers.HeNormal(seed=s + 200 + i), name=f"combnet_{i}")
             for i, u in enumerate(self.combnet_layers)
         ]
-        self.bn = [keras.layers.BatchNormalization(name=f"combnet_bn_{i}") for i in range(len(self.combnet_layers))]
-        self.drop = [keras.layers.Dropout(self.dropout, seed=s + 300 + i) for i in range(len(self.combnet_layers))]
+        self.basicnet_bn = keras.layers.BatchNormalization(name="basicnet_bn")
+        self.convnet_bn = keras.layers.BatchNormalization(name="convnet_bn") if self.convnet_dim else None
+        self.drop = [keras.layers.Dropout(self.dropout, seed=s + 300 + i) for i in range(len(self.combnet_layers) + 1)]
         self.out = keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(seed=s + 400), name="logit")
 
     def build(self, input_shape: Any = None) -> None:
         self.basicnet.build(None)
         self.basicnet_bias = self.add_weight(shape=(self.basicnet_dim,), initializer="zeros", name="basicnet_bias")
+        self.basicnet_bn.build((None, self.basicnet_dim))
+        if self.convnet_bn is not None:
+            self.convnet_bn.build((None, self.convnet_dim))
         width = self.basicnet_dim + self.convnet_dim
-        for fc, bn in zip(self.fc, self.bn, strict=True):
+        for fc in self.fc:
             fc.build((None, width))
-            bn.build((None, fc.units))
             width = fc.units
         self.out.build((None, width))
 
     def call(self, inputs: Mapping[str, Any], training: Optional[bool] = None) -> Any:
-        basic = ops.relu(self.basicnet(inputs["features"]) + self.basicnet_bias)
-        h = ops.concatenate([ops.cast(inputs["x_v"], basic.dtype), basic], axis=-1) if self.convnet_dim else basic
-        for fc, bn, drop in zip(self.fc, self.bn, self.drop, strict=True):
-            h = ops.relu(bn(fc(h), training=training))
+        basic = self.basicnet_bn(ops.relu(self.basicnet(inputs["features"]) + self.basicnet_bias), training=training)
+        if self.convnet_dim:
+            conv = self.convnet_bn(ops.cast(inputs["x_v"], basic.dtype), training=training)
+            h = ops.concatenate([conv, basic], axis=-1)
+        else:
+            h = basic
+        for fc, drop in zip(self.fc, self.drop, strict=False):
             if self.dropout:
                 h = drop(h, training=training)
+            h = ops.relu(fc(h))
+        if self.dropout:
+            h = self.drop[-1](h, training=training)
         return ops.squeeze(self.out(h), axis=-1)
 
     def get_config(self) -> dict[str, Any]:
