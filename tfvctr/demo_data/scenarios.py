@@ -56,21 +56,21 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "colour",
             "colour only: each category prefers its own hue or saturation; CTR 3%; the user matters little",
-            1000, 80_000,
+            1000, 120_000,
             _rules("red", "blue", "green", "yellow", "saturated", "muted", "blue", "red", "yellow", "green"),
             {"target_ctr": 0.03, "visual_strength": 1.4, **_WEAK_USER},
         ),
         Scenario(
             "geometry",
             "object size and vertical/horizontal position, with opposite signs in different categories; CTR 5%",
-            1000, 80_000,
+            1000, 100_000,
             _rules("large", "small", "left", "right", "high", "low", "large", "small", "high", "left"),
             {"target_ctr": 0.05},
         ),
         Scenario(
             "contrast",
             "object/background contrast and brightness (high contrast helps some categories, blending in others); CTR 2%",
-            1000, 100_000,
+            1000, 150_000,
             _rules("contrast", "low_contrast", "dark_background", "light_background", "bright_object",
                    "contrast", "contrast", "light_background", "low_contrast", "dark_background"),
             {"target_ctr": 0.02, "visual_strength": 1.8},
@@ -87,7 +87,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "region",
             "a region of the image: the object in the top-left or bottom-right quarter or near the centre; CTR 4%",
-            1000, 80_000,
+            1000, 100_000,
             _rules("top_left", "bottom_right", "centred", "top_left", "bottom_right",
                    "centred", "top_left", "bottom_right", "centred", "top_left"),
             {"target_ctr": 0.04, "visual_strength": 1.8},
