@@ -156,6 +156,8 @@ def _run(
     # Seed first: the shuffles' op seeds combine with the global seed, so a dataset built
     # before it would shuffle differently in the first run of a process than in later ones.
     keras.utils.set_random_seed(tr.seed)
+    if tr.deterministic:  # before the datasets and the model exist: they pick deterministic kernels
+        tf.config.experimental.enable_op_determinism()
     dataset = make()
     with data_lib.data_errors(files):
         # A first batch from a separate dataset builds the variables. Not from another
