@@ -276,6 +276,13 @@ def _b64decode(val: Any) -> bytes:
         raise invalid("Unable to base64 decode") from None
 
 
+def _utf8(s: str) -> bytes:
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (\ud800): rapidjson rejects it while parsing
+        raise invalid("JSON Parse error: The surrogate pair in string is invalid.") from None
+
+
 def _convert(val: Any, dtype: int) -> Any:
     """AddValueToTensor for one JSON leaf."""
     if dtype == DT_FLOAT or dtype == DT_DOUBLE:
@@ -288,7 +295,7 @@ def _convert(val: Any, dtype: int) -> Any:
     if dtype == DT_STRING:
         if not isinstance(val, str):
             raise _type_error(val, dtype)
-        return val.encode("utf-8")
+        return _utf8(val)
     if dtype == DT_BOOL:
         if not isinstance(val, bool):
             raise _type_error(val, dtype)
@@ -355,7 +362,7 @@ def _fast_leaves(vals: list, dtype: int) -> np.ndarray | None:
     if dtype == DT_STRING:
         if all(type(v) is str for v in vals):
             arr = np.empty(len(vals), dtype=object)
-            arr[:] = [v.encode("utf-8") for v in vals]
+            arr[:] = [_utf8(v) for v in vals]
             return arr
         return None
     if dtype == DT_FLOAT or dtype == DT_DOUBLE:
