@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from beam_jobs.flags import add_embed_arguments, add_runner_help
+from beam_jobs.flags import add_embed_arguments
+from tfvctr.commands import add_beam_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "embed",
-        help="Beam: run the visual tower over the ads -> the visual-embedding table",
-        description="Embed the ad catalog (--ads, read and validated as preprocess reads the ads table; bad rows to "
+    add_beam_command(
+        sub, "embed", run, "Beam: run the visual tower over the ads -> the visual-embedding table",
+        "Embed the ad catalog (--ads, read and validated as preprocess reads the ads table; bad rows to "
         "the dead letter) with MODEL/visual_tower.keras and write .npz shards, index.json and per-category mean "
         "vectors (docs/formats.md section 4). Coverage (CSCNN 3.4.2): 1 keeps every catalog ad; below 1, the ads "
         "carrying that share of the most recent split's impressions plus every ad newer than the data.",
-        allow_abbrev=False,
+        add_embed_arguments,
     )
-    add_embed_arguments(p)
-    add_runner_help(p)
-    p.set_defaults(func=run, beam_passthrough=True)
 
 
 def run(args: argparse.Namespace) -> int:

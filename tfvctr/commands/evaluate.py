@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from tfvctr.commands import add_command
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="AUC, per-user AUC, cold-ad AUC, log loss, calibration → M/metrics.json",
-        description="Score every impression of DATA/eval with the model in MODEL_DIR and write MODEL_DIR/metrics.json, "
+    p = add_command(
+        sub, "evaluate", run, "AUC, per-user AUC, cold-ad AUC, log loss, calibration → M/metrics.json",
+        "Score every impression of DATA/eval with the model in MODEL_DIR and write MODEL_DIR/metrics.json, "
         "roc.png and calibration.png. With --baseline, also the relative AUC (DeepCTR Eq. 8).",
     )
     p.add_argument("--model-dir", required=True, help="a `tfvctr train` model dir")
     p.add_argument("--data", required=True, help="output folder of `tfvctr preprocess`")
     p.add_argument("--baseline", default=None, help="metrics.json of the baseline model (relative AUC)")
     p.add_argument("--split", default="eval", choices=["eval", "train"], help="which split to score")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from beam_jobs.flags import add_preprocess_arguments, add_runner_help
+from beam_jobs.flags import add_preprocess_arguments
+from tfvctr.commands import add_beam_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "preprocess",
-        help="Beam: raw ads + impressions tables -> grouped TFRecords, vocabularies, stats",
-        description="Validate, join and split the raw tables and write one tf.train.SequenceExample per chunk of "
+    add_beam_command(
+        sub, "preprocess", run, "Beam: raw ads + impressions tables -> grouped TFRecords, vocabularies, stats",
+        "Validate, join and split the raw tables and write one tf.train.SequenceExample per chunk of "
         "<= K impressions of one ad (docs/formats.md section 2). Bad rows go to OUT/dead_letter/ with a reason; "
         "the counts in OUT/manifest.json add up.",
-        allow_abbrev=False,  # a prefix of one of Beam's flags must not be taken for ours
+        add_preprocess_arguments,
     )
-    add_preprocess_arguments(p)
-    add_runner_help(p)
-    p.set_defaults(func=run, beam_passthrough=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from tfvctr import layout
+from tfvctr.commands import add_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "saliency",
-        help="saliency and spatial-attention pictures of the highest- and lowest-CTR ads of each category",
-        description="For every category, the highest and lowest predicted-CTR ads of the eval split as PNG grids: "
+    p = add_command(
+        sub, "saliency", run, "saliency and spatial-attention pictures of the highest- and lowest-CTR ads of each category",
+        "For every category, the highest and lowest predicted-CTR ads of the eval split as PNG grids: "
         "image | saliency (DeepCTR Eqs. 9-11: max over RGB of |d logit / d pixel|) | overlay | the spatial attention "
         f"Ms of the first attended layer (CSCNN, CBAM); the learned category spatial priors ({layout.SPATIAL_PRIORS_PLOT}); "
         f"and {layout.SALIENCY_INDEX}, the ads shown with their CTRs and the share of saliency on the object.",
@@ -21,7 +21,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for the pictures (created; files in it are overwritten)")
     p.add_argument("--ads", type=int, default=2, metavar="N", help="highest and lowest N ads per category (default 2)")
     p.add_argument("--split", default="eval", choices=list(layout.SPLITS), help="which split's ads (default eval)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import argparse
 import importlib.resources
 import os
 
-from tfvctr.commands import add_set_argument
+from tfvctr.commands import add_command, add_set_argument
 from tfvctr.config import load_config
 from tfvctr.errors import TfvctrError
 
@@ -55,10 +55,9 @@ def starter_config() -> str:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "validate-config",
-        help="check a YAML config and print what it declares (or print a starter config)",
-        description="Load a YAML config, check every key and value, and print a summary. "
+    p = add_command(
+        sub, "validate-config", run, "check a YAML config and print what it declares (or print a starter config)",
+        "Load a YAML config, check every key and value, and print a summary. "
         "Exits 2 with one line naming the file, key and problem if it is invalid. "
         "CONFIG may also name a config shipped with tfvctr: demo, demo_vbpr, jd_cscnn_dcn. "
         "With --print and no CONFIG, prints a starter config to edit for your own tables.",
@@ -69,7 +68,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="print the full config with defaults filled in; without CONFIG, a starter config for your tables",
     )
     add_set_argument(p, "training.steps=100")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
