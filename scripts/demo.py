@@ -56,6 +56,9 @@ def main() -> None:
     )
     step("6/7 evaluate both on the eval day", ["evaluate", "--model-dir", baseline, "--data", data])
     step("6/7 (cont.)", ["evaluate", "--model-dir", model, "--data", data, "--baseline", os.path.join(baseline, "metrics.json")])
+    pictures = os.path.join(out, "saliency")
+    step("6/7 (cont.) what the model looks at: saliency and spatial attention pictures",
+         ["saliency", "--model-dir", model, "--data", data, "--out", pictures])
     step("7/7 Beam: the visual-embedding table of the ad catalog",
          ["embed", "--model", model, "--data", data, "--ads", os.path.join(raw, "ads.csv"), "--out", table, "--overwrite"])
     serving = os.path.join(out, "serving")
@@ -89,7 +92,8 @@ def main() -> None:
     print("\nOutputs:")
     for label, path in (("raw tables + images", raw), ("grouped TFRecords, vocab, stats, manifest", data),
                         ("CSCNN-DCN model dir (checkpoints, .keras, metrics.json, plots)", model),
-                        ("DCN baseline model dir", baseline), ("visual-embedding table", table),
+                        ("DCN baseline model dir", baseline), ("saliency and attention pictures", pictures),
+                        ("visual-embedding table", table),
                         ("TF Serving export (docs/export.md)", exported),
                         ("TensorBoard", f"tensorboard --logdir {model}/tensorboard")):
         print(f"  {label:62s} {path}")
