@@ -73,10 +73,10 @@ def test_grouped_training_reads_every_chunk_once_per_epoch(grouped):
 def test_alg1_draws_k_impressions_of_ads_in_proportion_to_impressions(grouped):
     root, _ = grouped
     config = _config(sampling="alg1", impressions_per_ad=3, augment={"random_crop": False, "flip": False})
-    ds = data.make_dataset(config, root, "train", encoder=_encoder(config, root), batch_size=50, with_meta=True)
+    ds = data.make_dataset(config, root, "train", encoder=_encoder(config, root), batch_size=5, with_meta=True)
     draws = collections.Counter()
-    for inputs, _, meta in ds.take(20):
-        counts = np.bincount(inputs["ad_index"].numpy(), minlength=50)
+    for inputs, _, meta in ds.take(200):  # n distinct ads per batch: n <= the number of ads
+        counts = np.bincount(inputs["ad_index"].numpy(), minlength=5)
         assert (counts == 3).all()  # k impressions per ad, with replacement
         draws.update(a.decode() for a in meta["ad_id"].numpy())
     impressions = collections.Counter()

@@ -165,6 +165,10 @@ class DeepCTRConfig:
     basicnet_dim: int = 128
     combnet_layers: list[int] = dataclasses.field(default_factory=lambda: [256])  # hidden FCs; + the FC to z
     dropout: float = 0.5
+    # The gradient an image's Convnet output receives from its copies (docs/training.md,
+    # "Eq. 6"): `sum` (autodiff of the copy; with the loss over the global impression count)
+    # or `mean`, Eq. 6's 1/k average over the ad's impressions in the batch.
+    image_gradient: Literal["sum", "mean"] = "sum"
 
 
 @dataclasses.dataclass

@@ -15,12 +15,13 @@ Sampling (`training.sampling`):
 
 * `grouped`: every chunk once per epoch in a seeded shuffled order, repeated forever; the
   trainer runs a step count, so every worker runs the same number of steps.
-* `alg1`: DeepCTR Alg. 1, ads drawn with probability proportional to their impression
-  count, then k impressions uniformly with replacement. Streaming version: a chunk of L
-  impressions is kept with probability L/K (rejection sampling), so an ad, the sum of its
-  chunks, is drawn in proportion to its impressions; its k impressions are then drawn
-  uniformly with replacement from the kept chunk (the same marginal distribution of
-  impressions as drawing from the whole ad).
+* `alg1`: DeepCTR Alg. 1. Every batch holds n *distinct* ads drawn with probability
+  proportional to their impression count (Eq. 7; n draws without replacement by the
+  Gumbel-top-n trick, i.e. successive draws in proportion to p(u) among the ads not yet
+  drawn), and for each ad k impressions drawn uniformly with replacement from *all* of its
+  impressions (every chunk of the ad in this worker's shards). The worker merges its
+  shards' chunks per ad once, in memory (`load_ads`), so this mode is for data that fits
+  a worker's memory; at scale use `grouped`, which streams.
 * `ungrouped`: one image per impression (n = N). Only for `benchmarks/grouped_vs_ungrouped.py`.
 
 Resume: the per-worker iterator of this dataset is checkpointable (`tf.train.Checkpoint(
@@ -187,20 +188,80 @@ def _seed_pair(seed: int, salt: int, index: tf.Tensor) -> tf.Tensor:
     return tf.stack([tf.constant(seed * 7919 + salt, tf.int64), tf.cast(index, tf.int64)])
 
 
-def _alg1_keep(index: tf.Tensor, chunk: dict, seed: int, k_max: int) -> tf.Tensor:
-    length = tf.shape(chunk["seq/label"], out_type=tf.int64)[0]
-    u = tf.random.stateless_uniform([], seed=_seed_pair(seed, 1, index))
-    return u < tf.cast(length, tf.float32) / float(k_max)
+def load_ads(files: list[str], dataset: DatasetConfig) -> dict:
+    """Every chunk of `files` merged per ad (for `alg1`): `{name: [A]}` context tensors and
+    `{"seq/<name>": ragged [A, None, ...]}` holding all of each ad's impressions, in order of
+    first appearance; `impression_count` is the ad's total."""
+    records = tf.data.TFRecordDataset(files, compression_type=_compression(files[0]))
+    order: dict[bytes, int] = {}
+    context: list[dict] = []
+    seqs: list[dict[str, list]] = []
+    for chunk in records.map(lambda r: parse_chunk(r, dataset)):
+        ad = chunk["ad_id"].numpy()
+        if ad not in order:
+            order[ad] = len(order)
+            context.append({k: v for k, v in chunk.items() if not k.startswith("seq/")})
+            seqs.append({k: [] for k in chunk if k.startswith("seq/")})
+        for k, v in chunk.items():
+            if k.startswith("seq/"):
+                seqs[order[ad]][k].append(v)
+    if not order:
+        raise DataError(f"{os.path.dirname(files[0])}: no chunks to sample from")
+    merged: dict[str, Any] = {}
+    for name, first in context[0].items():
+        values = [c[name] for c in context]
+        merged[name] = tf.ragged.stack(values) if first.shape.rank else tf.stack(values)
+    for name in seqs[0]:
+        per_ad = [tf.concat(s[name], axis=0) for s in seqs]
+        lengths = [int(v.shape[0]) if not isinstance(v, tf.RaggedTensor) else int(v.nrows()) for v in per_ad]
+        merged[name] = tf.RaggedTensor.from_row_lengths(tf.concat(per_ad, axis=0), lengths)
+    merged["impression_count"] = tf.cast(merged["seq/label"].row_lengths(), tf.int64)
+    return merged
 
 
-def _alg1_resample(index: tf.Tensor, chunk: dict, seed: int, k: int) -> tuple[tf.Tensor, dict]:
-    length = tf.shape(chunk["seq/label"])[0]
-    picks = tf.random.stateless_uniform([k], seed=_seed_pair(seed, 2, index), minval=0, maxval=length, dtype=tf.int32)
-    out = dict(chunk)
-    for name, value in chunk.items():
-        if name.startswith("seq/"):
-            out[name] = tf.gather(value, picks)
-    return index, out
+def alg1_draws(step: tf.Tensor, counts: tf.Tensor, n: int, k: int, seed: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """DeepCTR Alg. 1, one batch: n distinct ads by p(u) ∝ #V_u (Eq. 7), k impressions each.
+
+    Gumbel-top-n: the n largest `log #V_u + Gumbel noise` are n successive draws without
+    replacement, each in proportion to p(u) among the ads left. Then k impression positions
+    per ad, uniform with replacement over all of that ad's impressions.
+
+    Returns:
+        `(ads [n] int32, picks [n, k] int32)`; stateless in `(seed, step)`.
+    """
+    counts = tf.cast(counts, tf.float32)
+    u = tf.random.stateless_uniform(tf.shape(counts), seed=_seed_pair(seed, 1, step), minval=1e-12, maxval=1.0)
+    keys = tf.math.log(counts) - tf.math.log(-tf.math.log(u))
+    ads = tf.math.top_k(keys, k=n, sorted=False).indices
+    lengths = tf.gather(counts, ads)
+    r = tf.random.stateless_uniform([n, k], seed=_seed_pair(seed, 2, step))
+    picks = tf.minimum(tf.cast(tf.floor(r * lengths[:, None]), tf.int32), tf.cast(lengths[:, None], tf.int32) - 1)
+    return tf.cast(ads, tf.int32), picks
+
+
+def _alg1_chunks(files: list[str], dataset: DatasetConfig, n: int, k: int, seed: int) -> tf.data.Dataset:
+    """`(element number, ad chunk of k impressions)`, n distinct ads after each other per batch."""
+    ads = load_ads(files, dataset)
+    num_ads = int(ads["impression_count"].shape[0])
+    if n > num_ads:
+        raise DataError(
+            f"{os.path.dirname(files[0])}: training.sampling alg1 draws {n} distinct ads per batch "
+            f"(training.ads_per_batch) but this worker's shards hold {num_ads}; lower ads_per_batch"
+        )
+    counts = ads["impression_count"]
+
+    def batch_of(step):
+        chosen, picks = alg1_draws(step, counts, n, k, seed)
+        return tf.data.Dataset.from_tensor_slices((step * n + tf.range(n, dtype=tf.int64), chosen, picks))
+
+    def gather(index, a, picks):
+        out = {}
+        for name, value in ads.items():
+            row = value[a]
+            out[name] = tf.gather(row, picks) if name.startswith("seq/") else row
+        return index, out
+
+    return tf.data.Dataset.counter().flat_map(batch_of).map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _ungroup(chunk: dict) -> dict:
@@ -288,26 +349,26 @@ def make_dataset(
     size = ds_config.image_size
     augment = tr.augment
 
-    file_ds = tf.data.Dataset.from_tensor_slices(files)
-    if training:
-        file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    records = file_ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type=_compression(files[0])),
-        cycle_length=min(len(files), 8),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    if training:
-        records = records.shuffle(tr.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    chunks = records.map(lambda r: parse_chunk(r, ds_config), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if sampling == "ungrouped":
-        chunks = chunks.map(_ungroup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
-    # Element numbers seed the stateless augmentation / sampling ops (resumable randomness).
-    chunks = chunks.enumerate()
-    if sampling == "alg1":
-        k_max = ds_config.impressions_per_chunk
-        chunks = chunks.filter(lambda i, c: _alg1_keep(i, c, seed, k_max))
-        chunks = chunks.map(lambda i, c: _alg1_resample(i, c, seed, tr.impressions_per_ad))
+    if training and sampling == "alg1":
+        # Element numbers seed the augmentation below, as enumerate() does for the others.
+        chunks = _alg1_chunks(files, ds_config, batch_size, tr.impressions_per_ad, seed)
+    else:
+        file_ds = tf.data.Dataset.from_tensor_slices(files)
+        if training:
+            file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        records = file_ds.interleave(
+            lambda f: tf.data.TFRecordDataset(f, compression_type=_compression(files[0])),
+            cycle_length=min(len(files), 8),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        if training:
+            records = records.shuffle(tr.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+        chunks = records.map(lambda r: parse_chunk(r, ds_config), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if sampling == "ungrouped":
+            chunks = chunks.map(_ungroup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+        # Element numbers seed the stateless augmentation ops (resumable randomness).
+        chunks = chunks.enumerate()
 
     def prepare(index, chunk):
         chunk = dict(chunk)

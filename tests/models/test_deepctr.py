@@ -74,6 +74,24 @@ def test_combnet_is_two_fc_layers_over_batch_normed_convnet_and_basicnet_outputs
     np.testing.assert_allclose(z, (hidden @ out.kernel.numpy() + out.bias.numpy())[:, 0], rtol=1e-4, atol=1e-5)
 
 
+def test_eq6_mean_divides_each_images_gradient_by_its_impression_count():
+    batch = tiny_batch(ad_index=(0, 0, 1, 1, 1))  # k = 2 and 3
+    grads, outputs = {}, {}
+    for mode in ("sum", "mean"):
+        model = build_model(_config(deepctr={"image_gradient": mode}), NUM_CATEGORIES, VOCAB_SIZES, seed=0)
+        x = model.visual_tower({"image": batch["image"], "category": batch["category"]}, training=False)
+        with tf.GradientTape() as tape:
+            tape.watch(batch["image"])
+            logits = model(batch, training=False)
+            loss = tf.reduce_sum(logits)
+        outputs[mode] = logits.numpy()
+        grads[mode] = tape.gradient(loss, batch["image"]).numpy()
+        assert x.shape[0] == 2
+    np.testing.assert_allclose(outputs["sum"], outputs["mean"], rtol=1e-6)  # forward unchanged
+    np.testing.assert_allclose(grads["mean"][0], grads["sum"][0] / 2, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(grads["mean"][1], grads["sum"][1] / 3, rtol=1e-4, atol=1e-9)
+
+
 def test_shipped_deepctr_config_is_the_paper_setup():
     from tfvctr.config import load_config
 

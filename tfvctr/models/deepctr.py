@@ -192,6 +192,20 @@ class DeepCTR(CTRModel):
         self.head.build(None)
         self.built = True
 
+    def call(self, batch: Mapping[str, Any], training: Optional[bool] = None) -> Any:
+        if self.config.model.deepctr.image_gradient == "sum":
+            return super().call(batch, training=training)
+        # Eq. 6: ∇conv_u = (1/k) Σ_{c∈C_u} ∇c. The gather's gradient is the sum over the
+        # copies; scale it by 1/k_u (k_u: the ad's impressions in the batch) on the way back
+        # only: `x·s + stop_gradient(x − x·s)` equals x forward and passes s·∇ backward.
+        x_v_ads = self.visual_tower({"image": batch["image"], "category": batch["category"]}, training=self.tower_training(training))
+        ad_index = ops.cast(batch["ad_index"], "int32")
+        k = ops.segment_sum(ops.ones_like(ad_index, dtype=x_v_ads.dtype), ad_index, num_segments=ops.shape(x_v_ads)[0])
+        scale = (1.0 / ops.maximum(k, 1.0))[:, None]
+        x_v_ads = x_v_ads * scale + ops.stop_gradient(x_v_ads - x_v_ads * scale)
+        inputs = {"features": self.gather_features(batch), "x_v": ops.take(x_v_ads, batch["ad_index"], axis=0)}
+        return self.head(inputs, training=training)
+
 
 # ---------------------------------------------------------------------- pre-training
 
