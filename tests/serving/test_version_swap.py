@@ -133,3 +133,17 @@ def test_serve_has_help():
 
     r = subprocess.run([sys.executable, "-m", "tfvctr.cli", "serve", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--model-config-file" in r.stdout and "8501" in r.stdout
+
+
+def test_a_label_on_a_version_that_is_not_loaded_is_refused_at_start_as_by_tf_serving(tmp_path):
+    import subprocess
+    import sys
+
+    model_factory.build(str(tmp_path / "ctr"), 1)
+    cfg = tmp_path / "models.config"
+    cfg.write_text(f'model_config_list {{ config {{ name: "ctr" base_path: "{tmp_path / "ctr"}" '
+                   f'version_labels {{ key: "stable" value: 1 }} version_labels {{ key: "canary" value: 2 }} }} }}')
+    r = subprocess.run([sys.executable, "-m", "tfvctr.cli", "serve", "--model-config-file", str(cfg), "--port", "0"],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 2
+    assert "version label 'canary' points at version 2, which is not loaded (loaded: [1])" in r.stderr

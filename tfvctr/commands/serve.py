@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", default=None, help="model name in the REST paths (default: the only model under BASE)")
     p.add_argument("--model-config-file", default=None, help="TF Serving models.config (text ModelServerConfig); "
                    "with --model-base, base paths under /models are re-rooted at BASE (the docker -v mount)")
-    p.add_argument("--port", type=int, default=8501, help="REST port (TF Serving's --rest_api_port; 0 picks a free one)")
+    p.add_argument("--port", type=int, default=8501, help="REST port (default 8501, TF Serving's --rest_api_port; 0 picks a free one)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--threads", type=int, default=None, help="request threads (TF Serving's --rest_api_num_threads; default 4 x CPUs)")
     p.add_argument("--timeout-ms", type=int, default=30_000, help="per-request timeout (TF Serving's --rest_api_timeout_in_ms)")
