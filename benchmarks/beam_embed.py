@@ -20,6 +20,8 @@ import shutil
 import tempfile
 import time
 
+from tfvctr import layout
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,7 +46,7 @@ def main() -> None:
         config = load_config(args.config)
         config.dataset.image_size = args.image_size
         os.makedirs(model)
-        config_path = os.path.join(model, "config.yaml")
+        config_path = os.path.join(model, layout.CONFIG)
         save_config(config, config_path)
         build_tfrecords.run(["--config", config_path, "--ads", os.path.join(raw, "ads.csv"),
                              "--impressions", os.path.join(raw, "impressions.csv"), "--out", data], verbose=False)
@@ -54,10 +56,10 @@ def main() -> None:
         import tfvctr.layers  # noqa: F401
         from tfvctr.models.visual_tower import build_visual_tower
 
-        with open(os.path.join(data, "vocab", "category.txt")) as f:
+        with open(os.path.join(data, layout.VOCAB_DIR, layout.CATEGORY_VOCAB)) as f:
             num_categories = len(f.read().splitlines()) + 1
         tower = build_visual_tower(config.model, args.image_size, num_categories, seed=0)
-        tower.save(os.path.join(model, "visual_tower.keras"))
+        tower.save(os.path.join(model, layout.VISUAL_TOWER))
 
         start = time.perf_counter()
         index = embed_ads.run(["--model", model, "--data", data, "--ads", os.path.join(raw, "ads.csv"),

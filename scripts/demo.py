@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from tfvctr import layout
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TFVCTR = os.path.join(os.path.dirname(sys.executable), "tfvctr")
@@ -55,7 +57,7 @@ def main() -> None:
         ["train", "--config", args.config, "--data", data, "--model-dir", baseline, "--set", "model.architecture=dcn", "--set", "name=dcn_no_image", *steps],
     )
     step("6/7 evaluate both on the eval day", ["evaluate", "--model-dir", baseline, "--data", data])
-    step("6/7 (cont.)", ["evaluate", "--model-dir", model, "--data", data, "--baseline", os.path.join(baseline, "metrics.json")])
+    step("6/7 (cont.)", ["evaluate", "--model-dir", model, "--data", data, "--baseline", os.path.join(baseline, layout.METRICS)])
     pictures = os.path.join(out, "saliency")
     step("6/7 (cont.) what the model looks at: saliency and spatial attention pictures",
          ["saliency", "--model-dir", model, "--data", data, "--out", pictures])
@@ -79,7 +81,7 @@ def main() -> None:
 
     metrics = {}
     for name, d in (("CSCNN-DCN", model), ("DCN, no image", baseline)):
-        with open(os.path.join(d, "metrics.json")) as f:
+        with open(os.path.join(d, layout.METRICS)) as f:
             metrics[name] = json.load(f)
     print(f"\n=== done in {time.time() - started:.0f} s\n")
     nan = float("nan")
