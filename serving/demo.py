@@ -71,11 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     from tfvctr.export.warmup import sample_rows
 
     config = load_config(os.path.join(args.model_dir, layout.CONFIG))
-    cols = sample_rows(config, args.data, 2000)
     cold = read_cold_ads(args.data) or set()
-    ids = [a.decode() for a in cols["ad_id"]]
+    for n in (2000, 20000):  # eval shards are grouped by ad: a cold ad may come late
+        cols = sample_rows(config, args.data, n)
+        ids = [a.decode() for a in cols["ad_id"]]
+        cold_i = next((i for i, a in enumerate(ids) if a in cold), None)
+        if cold_i is not None:
+            break
     warm_i = next(i for i, a in enumerate(ids) if a not in cold)
-    cold_i = next((i for i, a in enumerate(ids) if a in cold), warm_i)
+    if cold_i is None:
+        print("demo: no cold ad among the eval rows read; the 'cold' row repeats the warm ad", flush=True)
+        cold_i = warm_i
 
     proc, url = start_server(args.model_base, args.model_name)
     try:
