@@ -135,6 +135,7 @@ def export_model(model_dir: str, table_path: str, out: str, version: Optional[in
             "name": config.name, "version": version, "model_dir": os.path.abspath(model_dir),
             "table": os.path.abspath(table_path), "vocab_dir": vocab_dir, "rows": table.rows, "dim": table.dim,
             "dtype": table.dtype, "fallback_rows": int(table.fallback.shape[0]),
+            "fused_path": module.fused is not None,
             "saved_model_pb_bytes": os.path.getsize(os.path.join(staging, "saved_model.pb")),
             "check": result,
         }

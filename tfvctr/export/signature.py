@@ -16,6 +16,8 @@ import tensorflow as tf
 from tfvctr.config import Config, FeatureConfig
 from tfvctr.data import decode_image
 from tfvctr.errors import ConfigError
+from tfvctr.export.fused import FusedDCN
+from tfvctr.export.fused import applies as fused_applies
 from tfvctr.export.table import Table
 from tfvctr.features import CATEGORY
 
@@ -66,10 +68,19 @@ class ServingModule:
         ad_ids_path: the asset file (one ad_id per line, line i = row i).
     """
 
-    def __init__(self, config: Config, model: Any, encoder: Any, table: Table, ad_ids_path: str) -> None:
+    def __init__(self, config: Config, model: Any, encoder: Any, table: Table, ad_ids_path: str,
+                 fused: bool = True, jit: bool = False) -> None:
         self._config = config
         self.model = model
         self.encoder = encoder
+        # The one-gather path for all-hashed DCN heads (tfvctr.export.fused), when it applies.
+        self.fused = FusedDCN(config, model.head, jit=jit) if fused and fused_applies(config, model.head) else None
+        if self.fused is not None:
+            # Only the category id is needed from the vocabularies: the same ids as the encoder's
+            # (0 = unknown, 1 + line of vocab/category.txt), without encoding every field again.
+            categories = encoder.vocabularies[CATEGORY]
+            self.category_ids = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+                tf.constant(categories, tf.string), tf.range(1, len(categories) + 1, dtype=tf.int64)), default_value=0)
         self._num_rows = table.rows
         self._image_size = config.dataset.image_size
         # A variable, so the rows go to the variables shards and never into the GraphDef.
@@ -114,17 +125,29 @@ class ServingModule:
 
     # ------------------------------------------------------------------ signatures
 
+    def _outputs(self, logit: tf.Tensor, in_table: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"ctr": tf.sigmoid(logit), "logit": logit, "in_table": in_table}
+
     def _serve(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        if self.fused is not None:
+            category = tf.cast(self.category_ids.lookup(inputs[CATEGORY]), tf.int32)
+            x_v, in_table = self._table_lookup(inputs[AD_ID], category)
+            return self._outputs(self.fused.logit(inputs, x_v), in_table)
         features = self._features(inputs)
         x_v, in_table = self._table_lookup(inputs[AD_ID], features[CATEGORY])
         return self._head(features, x_v, in_table)
 
     def _serve_with_image(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        features = self._features(inputs)
-        _, in_table = self._table_lookup(inputs[AD_ID], features[CATEGORY])
+        if self.fused is not None:
+            category = tf.cast(self.category_ids.lookup(inputs[CATEGORY]), tf.int32)
+        else:
+            features = self._features(inputs)
+            category = features[CATEGORY]
+        _, in_table = self._table_lookup(inputs[AD_ID], category)
         image = self._decode(inputs[IMAGE_BYTES])
-        x_v = tf.cast(self.model.visual_tower({"image": image, "category": features[CATEGORY]}, training=False),
-                      tf.float32)
+        x_v = tf.cast(self.model.visual_tower({"image": image, "category": category}, training=False), tf.float32)
+        if self.fused is not None:
+            return self._outputs(self.fused.logit(inputs, x_v), in_table)
         return self._head(features, x_v, in_table)
 
     def write(self, path: str) -> None:
@@ -136,6 +159,8 @@ class ServingModule:
             self.encoder.build(None)  # no weights: its lookup tables exist since __init__
         archive.track(self.encoder)
         archive.track(self.rows)
+        if self.fused is not None:
+            archive.track(self.category_ids)
         archive.add_endpoint(DEFAULT_SIGNATURE, self._serve, input_signature=[input_specs(self._config)])
         archive.add_endpoint(IMAGE_SIGNATURE, self._serve_with_image,
                              input_signature=[input_specs(self._config, with_image=True)])
