@@ -132,19 +132,18 @@ class _ToEmbed(beam.DoFn):
         self._ds = ds
 
     def process(self, element: tuple) -> Iterable:
+        # (No bare `return` among the yields: Beam warns about mixing them, beam#22969.)
         ad_id, groups = element
         ads, counts = list(groups["ads"]), list(groups["counts"])
-        if not ads:
-            return  # in the data but no longer in the catalog: nothing to embed
         if len(ads) > 1:
             reason = f"ad_id {ad_id!r} appears {len(ads)} times in the ads table"
             for ad in ads:
                 yield pvalue.TaggedOutput(DEAD, dead_letter("ads", records.ad_to_row(ad, self._ds), "duplicate_ad",
                                                             reason))
-            return
-        ad = ads[0]
-        yield AdToEmbed(ad_id, ad[records.CATEGORY], ad[records.IMAGE_BYTES], counts[0] if counts else 0,
-                        new=not counts)
+        elif ads:  # none: in the data but no longer in the catalog, nothing to embed
+            ad = ads[0]
+            yield AdToEmbed(ad_id, ad[records.CATEGORY], ad[records.IMAGE_BYTES], counts[0] if counts else 0,
+                            new=not counts)
 
 
 class JoinRecentCounts(beam.PTransform):
