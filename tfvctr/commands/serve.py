@@ -10,14 +10,15 @@ import logging
 import os
 import sys
 
+from tfvctr.commands import add_command
 from tfvctr.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="serve SavedModels over TF Serving's REST API (dev server; production: tensorflow/serving)",
-        description="Serve `tfvctr export` SavedModels with TF Serving's REST API (/v1/models/NAME[:predict|/metadata]), "
+    p = add_command(
+        sub, "serve", run,
+        "serve SavedModels over TF Serving's REST API (dev server; production: tensorflow/serving)",
+        "Serve `tfvctr export` SavedModels with TF Serving's REST API (/v1/models/NAME[:predict|/metadata]), "
         "answering as TF Serving does, with its version policy and hot version swaps. "
         "--model-base BASE --model-name NAME serves BASE/NAME/<version>/ (the tensorflow/serving image's "
         "MODEL_BASE_PATH/MODEL_NAME); BASE holding version folders itself is served under its folder name. "
@@ -34,7 +35,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body accepted, MiB (413 above)")
     p.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions "
                    "(TF Serving's --file_system_poll_wait_seconds)")
-    p.set_defaults(func=run)
 
 
 def resolve_models(model_base: str | None, model_name: str | None, config_file: str | None):
