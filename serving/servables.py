@@ -197,7 +197,7 @@ def aspired_versions(spec: ModelSpecConfig, on_disk: list[int]) -> list[int]:
 class _Model:
     def __init__(self, spec: ModelSpecConfig):
         self.spec = spec
-        self.available: dict[int, SavedModelServable] = {}  # replaced as a whole (readers never lock)
+        self.available: dict[int, SavedModelServable] = {}  # replaced as a whole under the swap lock
         self.states: dict[int, tuple[str, str, str]] = {}  # version -> (state, error_code, error_message)
         self.failed: dict[int, tuple] = {}  # version -> fingerprint at the failed load
 
@@ -212,6 +212,7 @@ class ModelManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._poll_lock = threading.Lock()
+        self._swap_lock = threading.Lock()  # held for a dict look-up or assignment only
 
     # ---------------------------------------------------------------- lookups
     def _model(self, name: str) -> _Model | None:
@@ -229,16 +230,20 @@ class ModelManager:
         if label is not None:
             version = self._resolve_label(name, label)
         m = self._model(name)
-        available = m.available if m is not None else {}
-        if version is None:
-            servable = available[max(available)] if available else None
-            request = f"Latest({name})"
-        else:
-            servable = available.get(version)
-            request = f"Specific({name}, {version})"
+        # Look-up and reference under the swap lock: a version retired by a swap is never
+        # handed out afterwards, and one handed out before is closed only after release.
+        with self._swap_lock:
+            available = m.available if m is not None else {}
+            if version is None:
+                servable = available[max(available)] if available else None
+                request = f"Latest({name})"
+            else:
+                servable = available.get(version)
+                request = f"Specific({name}, {version})"
+            if servable is not None:
+                servable._acquire()
         if servable is None:
             raise RestError("NOT_FOUND", f"Servable not found for request: {request}")
-        servable._acquire()
         try:
             yield servable
         finally:
@@ -316,7 +321,8 @@ class ModelManager:
         if not on_disk and not aspired:
             drop = list(new)
         retired = [new.pop(v) for v in drop]
-        m.available = new  # the swap: one reference assignment, atomic for readers
+        with self._swap_lock:
+            m.available = new  # the swap
         for s in retired:
             m.states[s.version] = (UNLOADING, "OK", "")
             threading.Thread(target=self._unload, args=(m, s), daemon=True, name=f"unload-{name}-{s.version}").start()
