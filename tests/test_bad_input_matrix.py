@@ -11,7 +11,8 @@ runs them all. The four outcomes:
 * warned: exit 0 and a `WARNING:` line naming the problem and the count;
 * fine: exit 0 and the data right.
 
-Commands run in-process (`tfvctr.cli.main`) and share a few module-scoped runs (raw tables,
+Serving's bad requests are tested with the server (tests/serving). Commands run
+in-process (`tfvctr.cli.main`) and share a few module-scoped runs (raw tables,
 a good preprocess, a 2-step model, one run per bad table), so the whole matrix takes
 about two minutes.
 """
@@ -955,6 +956,42 @@ def _(ctx):
             "it lacks feature 'device'")
 
 
+# =========================================================================== export
+
+
+@case("export", "model_dir_missing")
+def _(ctx):
+    refused(tfvctr("export", "--model-dir", ctx.path("no_model"), "--table", ctx.path("no_table"), "--out",
+                   ctx.path("s1")), "no_model: no such model dir")
+
+
+@case("export", "training_never_finished")
+def _(ctx):
+    model_dir = ctx.copy(ctx.model, "s2")
+    os.remove(os.path.join(model_dir, "model.keras"))
+    refused(tfvctr("export", "--model-dir", model_dir, "--table", ctx.path("no_table"), "--out", ctx.path("s2_out")),
+            "s2: training never finished: last checkpoint at step 2; run `tfvctr train` again to resume")
+
+
+@case("export", "data_of_another_image_size")
+def _(ctx):
+    data = _data_with(ctx, "s3", lambda ds: ds.update(image_size=32))
+    refused(tfvctr("export", "--model-dir", ctx.model, "--data", data, "--table", ctx.path("no_table"), "--out",
+                   ctx.path("s3_out")), "its images are 32 px, the model's 16 px")
+
+
+@case("export", "vocabulary_changed_under_the_model")
+def _(ctx):
+    data = ctx.copy(ctx.data, "s4_data")
+    model_dir = ctx.copy(ctx.model, "s4_model")
+    with open(os.path.join(model_dir, "data_dir.txt"), "w") as f:
+        f.write(data)
+    with open(os.path.join(data, "vocab", "category.txt"), "a") as f:
+        f.write("new_category\n")
+    refused(tfvctr("export", "--model-dir", model_dir, "--table", ctx.path("no_table"), "--out", ctx.path("s4_out")),
+            "the vocabularies the model was trained with changed since (vocabularies differ: category)")
+
+
 # =========================================================================== the matrix
 
 
@@ -965,5 +1002,5 @@ def test_bad_input(ctx, name):
 
 def test_the_matrix_covers_every_stage_with_at_least_60_cases():
     stages = {name.split("-")[0] for name in CASES}
-    assert stages == {"demo", "validate", "preprocess", "train", "evaluate", "embed"}
+    assert stages == {"demo", "validate", "preprocess", "train", "evaluate", "embed", "export"}
     assert len(CASES) >= 60
