@@ -101,6 +101,11 @@ class Plan:
     models: list[str]
     sizes: dict[str, dict[str, int]]  # scenario -> {"ads", "impressions", "image_size"}
     evals: int = EVALS
+    config_sha: str = ""  # the resolved config's fingerprint: results under another are not mixed in
+
+    def mine(self, rows: list[dict]) -> list[dict]:
+        """The result rows of this plan: same steps, same resolved config."""
+        return [r for r in rows if r.get("steps") == self.steps and r.get("config_sha") == self.config_sha]
 
     def cells(self) -> list[tuple[str, str, int]]:
         return [(s, m, seed) for s in self.scenarios for seed in range(self.seeds) for m in self.models]
@@ -162,9 +167,18 @@ def run_cli(args: list[str], log_path: str) -> None:
         sys.exit(f"generalisation: `tfvctr {' '.join(args)}` failed (exit {code}); log {log_path}:\n{tail}")
 
 
-def write_config(base: str, path: str, quick: bool) -> None:
-    """The suite's config: `base` as is (quick: 32 px images), shared by every scenario."""
+def write_config(base: str, path: str, quick: bool) -> tuple[str, str]:
+    """The suite's config: `base` as is (quick: 32 px images), shared by every scenario.
+
+    Returns fingerprints of the config with every default resolved, whole and of its
+    dataset section, so results or data made under other settings (someone changed the
+    config or the code's defaults) are not mixed in.
+    """
+    import hashlib
+
     import yaml
+
+    from tfvctr.config import load_config
 
     with open(base) as f:
         data = yaml.safe_load(f)
@@ -172,27 +186,48 @@ def write_config(base: str, path: str, quick: bool) -> None:
         data["dataset"]["image_size"] = QUICK["image_size"]
     with open(path, "w") as f:
         yaml.safe_dump(data, f, sort_keys=False)
+    resolved = load_config(path).to_dict()
+    with open(path.replace(".yaml", ".resolved.yaml"), "w") as f:
+        yaml.safe_dump(resolved, f, sort_keys=False)
+
+    def sha(value: Any) -> str:
+        return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+    return sha(resolved), sha(resolved["dataset"])
 
 
-def prepare(scenario: str, work: str, config: str, size: dict[str, int]) -> dict[str, str]:
-    """Generates and preprocesses one scenario (skipped when already done)."""
+def prepare(scenario: str, work: str, config: str, size: dict[str, int], dataset_sha: str) -> dict[str, str]:
+    """Generates and preprocesses one scenario (each skipped when already done, preprocess
+    only if under the same dataset settings)."""
     d = os.path.join(work, scenario)
     raw, data = os.path.join(d, "raw"), os.path.join(d, "data")
     os.makedirs(d, exist_ok=True)
-    if not os.path.exists(os.path.join(raw, "ad_effects.csv")) or not os.path.exists(
-        os.path.join(raw, "simulator.json")
-    ):
+    # Markers written after each step succeeded: a step killed half-way runs again.
+    generated, preprocessed = os.path.join(d, "generated.ok"), os.path.join(d, "preprocessed.ok")
+    if not os.path.exists(generated):
+        for stale in (preprocessed, os.path.join(d, "lr.json")):  # built from the data about to be replaced
+            if os.path.exists(stale):
+                os.remove(stale)
         start = time.time()
         run_cli(["demo-data", "--out", raw, "--scenario", scenario, "--ads", str(size["ads"]),
                  "--impressions", str(size["impressions"]), "--image-size", str(size["image_size"]),
                  "--format", "csv", "--no-progress"], os.path.join(d, "demo_data.log"))  # fmt: skip
+        open(generated, "w").close()
         log(f"  {scenario}: generated in {time.time() - start:.0f} s")
-    if not os.path.exists(os.path.join(data, "manifest.json")):
+    if os.path.exists(preprocessed):
+        with open(preprocessed) as f:
+            if f.read().strip() != dataset_sha:  # other dataset settings: other splits
+                os.remove(preprocessed)
+    if not os.path.exists(preprocessed):
+        if os.path.exists(os.path.join(d, "lr.json")):
+            os.remove(os.path.join(d, "lr.json"))
         start = time.time()
         workers = ["--direct_num_workers", "2"] if size["impressions"] >= 350_000 else []
         run_cli(["preprocess", "--config", config, "--ads", os.path.join(raw, "ads.csv"),
                  "--impressions", os.path.join(raw, "impressions.csv"), "--out", data, "--overwrite", *workers],
                 os.path.join(d, "preprocess.log"))  # fmt: skip
+        with open(preprocessed, "w") as f:
+            f.write(dataset_sha)
         log(f"  {scenario}: preprocessed in {time.time() - start:.0f} s")
     return {"dir": d, "raw": raw, "data": data}
 
@@ -380,6 +415,7 @@ def child_main(spec_path: str) -> None:
         metrics = evaluate(model_dir, spec["data"])
         row = {
             "scenario": spec["scenario"], "model": cell["model"], "seed": cell["seed"], "steps": spec["steps"],
+            "config_sha": spec["config_sha"],
             "auc": metrics["auc"], "cold_auc": metrics.get("cold", {}).get("auc"), "log_loss": metrics["log_loss"],
             "cold_impressions": metrics.get("cold", {}).get("impressions"),
         }  # fmt: skip
@@ -402,14 +438,13 @@ def child_main(spec_path: str) -> None:
         keras.backend.clear_session()
 
 
-def run_cells(
-    scenario: str, seed: int, models: list[str], paths: dict, config: str, steps: int, evals: int, work: str
-) -> None:
+def run_cells(scenario: str, seed: int, models: list[str], paths: dict, config: str, plan: "Plan", work: str) -> None:
+    steps, evals = plan.steps, plan.evals
     results = os.path.join(work, "results.jsonl")
     cells = [{"model": m, "seed": seed, "model_dir": os.path.join(paths["dir"], f"{m}_seed{seed}")} for m in models]
     # A cell killed mid-way runs again: `train` resumes from its checkpoints in model_dir.
     spec = {"scenario": scenario, "data": paths["data"], "config": config, "steps": steps, "results": results,
-            "cells": cells, "evals": evals}  # fmt: skip
+            "cells": cells, "evals": evals, "config_sha": plan.config_sha}  # fmt: skip
     spec_path = os.path.join(paths["dir"], f"spec_seed{seed}.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
@@ -591,7 +626,8 @@ def write_doc(plan: Plan, summary: dict, results: list[tuple[bool, str]], path: 
         "",
         f"Command: `{command}` — {len(plan.scenarios)} scenarios × {len(plan.models)} models × "
         f"{plan.seeds} seeds, {plan.steps} steps per run, {minutes:.0f} min wall clock on the 2-core build",
-        "machine (including the runs of earlier, resumed invocations).",
+        "machine (including the runs of earlier, resumed invocations). Config fingerprint "
+        f"`{plan.config_sha}` (the resolved config is `WORK/config.resolved.yaml`).",
         "",
         f"![cold-ad AUC per scenario]({rel_png})",
         "",
@@ -700,13 +736,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     plan = Plan(scenarios, seeds, steps, models, sizes, QUICK["evals"] if args.quick else EVALS)
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
-    done = load_results(work)
+    config = os.path.join(work, "config.yaml")
+    plan.config_sha, dataset_sha = write_config(args.config, config, args.quick)
+    rows = load_results(work)
+    done = plan.mine(rows)
     print_plan(plan, done)
+    if len(rows) > len(done):
+        log(
+            f"  ({len(rows) - len(done)} finished cells of other steps or another config {plan.config_sha} are ignored)"
+        )
     if args.plan:
         return 0
     started = time.time()
-    config = os.path.join(work, "config.yaml")
-    write_config(args.config, config, args.quick)
 
     lr = {}
     if args.report:  # what finished so far, nothing new run
@@ -721,7 +762,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         paths = {}
         for s in scenarios:
-            paths[s] = prepare(s, work, config, sizes[s])
+            paths[s] = prepare(s, work, config, sizes[s], dataset_sha)
             lr[s] = regressions(paths[s], config)
             f = lr[s]
             log(f"  {s}: floor {f['floor']['auc']:.4f} / cold {f['floor']['cold_auc']:.4f}; image ceiling "
@@ -730,11 +771,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         # Seeds outermost: a suite cut short still has every scenario at one seed.
         for seed in range(seeds):
             for s in scenarios:
-                finished = {r["model"] for r in load_results(work)
-                            if r["scenario"] == s and r["seed"] == seed and r.get("steps") == steps}  # fmt: skip
+                finished = {
+                    r["model"] for r in plan.mine(load_results(work)) if r["scenario"] == s and r["seed"] == seed
+                }
                 todo = [m for m in models if m not in finished]
                 if todo:
-                    run_cells(s, seed, todo, paths[s], config, steps, plan.evals, work)
+                    run_cells(s, seed, todo, paths[s], config, plan, work)
     elapsed = 0.0 if args.report else time.time() - started
     timing_path = os.path.join(work, "wall_seconds.json")
     previous = 0.0
@@ -743,7 +785,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             previous = json.load(f).get("seconds", 0.0)
     with open(timing_path, "w") as f:
         json.dump({"seconds": previous + elapsed}, f)
-    summary = summarise(plan, load_results(work), lr)
+    summary = summarise(plan, plan.mine(load_results(work)), lr)
     results = checks(plan, summary)
     log(f"\n=== acceptance (issue 12): {sum(ok for ok, _ in results)} of {len(results)} hold")
     for ok, text in results:
