@@ -31,8 +31,10 @@ def run(args: argparse.Namespace) -> int:
     shown = sum(len(c["ads"]) for c in summary["categories"].values())
     print(f"saliency: {shown} ads of {len(summary['categories'])} categories -> {args.out}")
     for category, c in sorted(summary["categories"].items()):
-        on_object = [a["saliency_on_object"] for a in c["ads"]]
-        print(f"  {category:12s} {c['plot']}  saliency on the object {min(on_object):.2f}-{max(on_object):.2f}")
+        # Above 1: the saliency sits on the object more than the object's area alone would give.
+        ratio = [a["saliency_on_object"] / a["object_share"] for a in c["ads"] if a["object_share"] > 0]
+        spread = f"{min(ratio):.2f}-{max(ratio):.2f}" if ratio else "n/a"
+        print(f"  {category:12s} {c['plot']:28s} saliency on the object / object area {spread}")
     if summary["priors_plot"]:
         print(f"  spatial priors: {summary['priors_plot']}; attention maps of {summary['attention_site']}")
     return 0
