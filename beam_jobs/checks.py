@@ -28,12 +28,16 @@ def check_inputs(ads_path: str, impressions_path: str, dataset_config: Any,
 def _check_eval_from_format(eval_from_text: Optional[str], info: TableInfo) -> None:
     from tfvctr.io import tables
 
-    if eval_from_text is None or info.day_format is None:
+    if eval_from_text is None:
         return
     try:
         _, given = tables.parse_day(eval_from_text)
-    except ValueError:
+    except ValueError as e:
+        if "without dashes" in str(e):  # 20240301 would be day 20,240,301: after every day of any data
+            raise DataError(f"--eval-from-day {str(e)[len('day: '):]}") from None
         return  # the job's own flag parsing says what is wrong with it
+    if info.day_format is None:
+        return
     if given != info.day_format:
         kind = "an ISO date" if given == "iso" else "a day number"
         written = "ISO dates" if info.day_format == "iso" else "day numbers"

@@ -531,6 +531,12 @@ def _(ctx):
             "--eval-from-day 2024-01-02 is an ISO date, but", "writes days as day numbers")
 
 
+@case("preprocess", "eval_from_day_without_dashes")
+def _(ctx):
+    refused(ctx.preprocess(ctx.path("p25"), None, None, "--eval-from-day", "20240301"),
+            "--eval-from-day '20240301' looks like a date without dashes; write it 2024-03-01")
+
+
 @case("preprocess", "every_impression_dead")
 def _(ctx):
     lines = _impressions_bytes(ctx).split(b"\n")
