@@ -155,6 +155,9 @@ class VBPRConfig:
     visual_factors: int = 10  # size of theta_u
     loss: Literal["pointwise", "pairwise"] = "pointwise"
     l2: float = 0.0
+    # Negatives of the pair-wise loss: `sampled`, the papers' protocol (per click, an ad the user
+    # did not click, scored for that user); `in_batch`, the user's own non-clicks in the batch.
+    negatives: Literal["sampled", "in_batch"] = "sampled"
 
 
 @dataclasses.dataclass

@@ -35,8 +35,12 @@ from tfvctr.io import fs
 CEILING_COLUMN = "true_ctr"
 
 
-def read_cold_ads(data_dir: str) -> Optional[set[str]]:
-    """Ads with no train impressions (absent from training), or None without ad_counts.jsonl."""
+def read_cold_ads(data_dir: str, below: int = 1) -> Optional[set[str]]:
+    """Ads with fewer than `below` train impressions, or None without ad_counts.jsonl.
+
+    `below=1` (default): ads absent from training. CSCNN's cold items (§4.1) are items with
+    fewer than 5 training interactions: `below=5`.
+    """
     path = fs.join(data_dir, layout.AD_COUNTS)
     if not fs.exists(path):
         return None
@@ -47,7 +51,7 @@ def read_cold_ads(data_dir: str) -> Optional[set[str]]:
                 continue
             try:
                 row = json.loads(line)
-                if int(row["train_impressions"]) == 0:
+                if int(row["train_impressions"]) < below:
                     cold.add(str(row["ad_id"]))
             except (ValueError, KeyError) as e:
                 raise DataError(f"{path}:{line_no}: expected a JSON object with ad_id and train_impressions ({e})") from None
@@ -237,6 +241,7 @@ def evaluate(
     split: str = "eval",
     batch_size: Optional[int] = None,
     write: bool = True,
+    cold_below: int = 1,
 ) -> dict:
     """Evaluates the model in `model_dir` on `DATA_DIR/split`; writes metrics.json, roc.png, calibration.png.
 
@@ -248,6 +253,7 @@ def evaluate(
         split: "eval" (default) or "train".
         batch_size: ads per batch (default `training.ads_per_batch`).
         write: write the files (False: only return the metrics).
+        cold_below: cold ads have fewer train impressions than this (1: none; CSCNN: 5).
 
     Returns:
         The metrics dict that `metrics.json` holds.
@@ -277,7 +283,7 @@ def evaluate(
         pred = score(Evaluator(model, passthrough), dataset)
     if pred["labels"].size == 0:
         raise DataError(f"{fs.join(data_dir, split)}: no impressions to evaluate")
-    result = compute_metrics(pred, read_cold_ads(data_dir), load_baseline(baseline) if baseline else None)
+    result = compute_metrics(pred, read_cold_ads(data_dir, cold_below), load_baseline(baseline) if baseline else None)
     result.update(split=split, data_dir=data_dir, model_dir=model_dir, name=config.name)
     # Which step's weights model.keras holds: the best one by the valid split, or None when
     # training had no valid split (then it is the last step).

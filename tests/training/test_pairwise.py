@@ -2,6 +2,7 @@
 training loop: in-batch same-user pairs, the loss over the global pair count, zero-pair
 steps, and the model's regularization losses in both modes."""
 
+import collections
 import json
 
 import keras
@@ -26,13 +27,12 @@ def data_dir(tmp_path_factory):
     return root
 
 
-def _config(variant="bpr_mf", loss="pairwise", l2=0.0, **training):
+def _config(variant="bpr_mf", loss="pairwise", l2=0.0, negatives="in_batch", **training):
     d = rf.tiny_config_dict(**{"augment": {"random_crop": False, "flip": False}, **training})
     # The ad's identity as the item of Eq. 12 (without it the category stands in).
     d["dataset"]["features"].append({"name": "ad_id", "source": "ad", "kind": "categorical", "hash_buckets": 32})
-    d["model"].update(
-        architecture="vbpr", vbpr={"variant": variant, "factors": 3, "visual_factors": 3, "loss": loss, "l2": l2}
-    )
+    vbpr = {"variant": variant, "factors": 3, "visual_factors": 3, "loss": loss, "l2": l2, "negatives": negatives}
+    d["model"].update(architecture="vbpr", vbpr=vbpr)
     return config_from_dict(d)
 
 
@@ -56,6 +56,7 @@ def _fresh_model(config, enc, inputs):
 def test_step_loss_is_numpy_bpr_over_the_global_pair_count(data_dir, tmp_path):
     config = _config("dvbpr", steps=1)
     enc = FeatureEncoder.from_data_dir(config.dataset, data_dir)
+    keras.utils.set_random_seed(config.training.seed)  # as the trainer does: shuffles combine it with their op seeds
     inputs, labels, meta = next(iter(data.make_dataset(config, data_dir, encoder=enc, with_meta=True)))
     model = _fresh_model(config, enc, inputs)
     logits = model(inputs, training=True).numpy()
@@ -163,3 +164,76 @@ def test_two_local_replicas_apply_the_l2_once_and_carry_the_pair_users(data_dir,
     for w0, a, b in zip(initial, results["plain"]["weights"], results["l2"]["weights"], strict=True):
         diff = np.asarray(b) - np.asarray(a)
         np.testing.assert_allclose(diff, -lr * 2 * l2 * w0.astype(np.float64).ravel(), rtol=1e-3, atol=1e-8)
+
+
+# ------------------------------------------------------------ sampled negatives (the papers' protocol)
+
+
+def test_sampled_negatives_are_ads_the_user_did_not_click():
+    from tfvctr.models.losses import sampled_negative_pairs
+
+    labels = tf.constant([1, 0, 1, 1, 0, 1], tf.float32)
+    users = tf.constant(["a", "a", "a", "b", "b", "c"])
+    ad_index = tf.constant([0, 1, 2, 0, 3, 0])
+    seen = collections.defaultdict(set)
+    for shift in range(30):  # other batch contents, other draws
+        perm = tf.constant(np.roll(np.arange(4), shift % 4), tf.int32)
+        pos, neg = sampled_negative_pairs(labels, users, tf.gather(perm, ad_index), 4)
+        pos, neg = pos.numpy(), neg.numpy()
+        clicked = {u: {int(perm[a]) for a, y, uu in zip(ad_index.numpy(), labels.numpy(), users.numpy(), strict=True) if y and uu.decode() == u}
+                   for u in "abc"}
+        assert sorted(pos.tolist()) == [0, 2, 3, 5]  # one pair per click
+        for p, j in zip(pos, neg, strict=True):
+            user = users.numpy()[p].decode()
+            assert j not in clicked[user]  # never an ad the user clicked (a clicked ads 0 and 2)
+            seen[user].add(int(j))
+    assert len(seen["c"]) == 3  # c clicked one ad: the three others are all drawn over the batches
+    # A user who clicked every ad of the batch gets no pair.
+    pos, neg = sampled_negative_pairs(tf.constant([1.0, 1.0]), tf.constant(["a", "a"]), tf.constant([0, 1]), 2)
+    assert pos.shape == (0,) and neg.shape == (0,)
+
+
+def test_sampled_objective_scores_the_negative_ad_for_the_clicking_user(data_dir):
+    config = _config("bpr_mf", negatives="sampled")
+    enc = FeatureEncoder.from_data_dir(config.dataset, data_dir)
+    inputs, labels, meta = next(iter(data.make_dataset(config, data_dir, encoder=enc, with_meta=True)))
+    model = _fresh_model(config, enc, inputs)
+    head = model.head
+    for name in ("beta_i", "gamma_u", "gamma_i"):  # non-trivial scores
+        w = getattr(head, name)
+        w.assign(tf.random.stateless_normal(w.shape, (1, len(name))))
+    from tfvctr.models.losses import sampled_negative_pairs
+
+    pos, neg = sampled_negative_pairs(labels, meta["user_id"], inputs["ad_index"], inputs["image"].shape[0])
+    assert pos.shape[0] == int(tf.reduce_sum(labels)) > 0
+    # NumPy: y_uj = α + β_u + β_j + γ_u·γ_j with u the positive impression's user, j the negative ad.
+    u = inputs["user_id"].numpy()
+    ad_item = inputs["ad_id"].numpy()
+    item = ad_item[inputs["ad_index"].numpy()]
+    def y(user, it):
+        return (head.alpha.numpy() + head.beta_u.numpy()[user] + head.beta_i.numpy()[it]
+                + head.gamma_u.numpy()[user] @ head.gamma_i.numpy()[it])
+    pos_np, neg_np = pos.numpy(), neg.numpy()
+    expected = sum(np.log1p(np.exp(-(y(u[p], item[p]) - y(u[p], ad_item[j])))) for p, j in zip(pos_np, neg_np, strict=True))
+    loss_sum, pairs, extras = bpr_objective(model, {**inputs, PAIR_USER_KEY: meta["user_id"]}, labels)
+    assert float(pairs) == len(pos_np)
+    assert float(loss_sum) == pytest.approx(float(expected), rel=1e-4)
+    assert float(tf.reduce_sum(extras["positives"] + extras["negatives"])) == labels.shape[0]
+
+
+def test_training_with_sampled_negatives_runs_and_lowers_the_loss(data_dir, tmp_path):
+    config = _config("dvbpr", negatives="sampled", steps=8, log_every=4, checkpoint_every=8, learning_rate=0.05)
+    result = train(config, data_dir, str(tmp_path), log=None)
+    losses = [h["loss"] for h in result["history"]]
+    assert result["loss_name"] == "bpr_loss" and all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+
+
+def test_cold_ads_can_be_those_with_fewer_than_five_train_impressions(tmp_path):
+    from tfvctr import layout
+    from tfvctr.evaluation import read_cold_ads
+
+    rows = [("a", 0), ("b", 1), ("c", 4), ("d", 5), ("e", 40)]
+    (tmp_path / layout.AD_COUNTS).write_text("".join(json.dumps({"ad_id": a, "train_impressions": n}) + "\n" for a, n in rows))
+    assert read_cold_ads(str(tmp_path)) == {"a"}  # never in training
+    assert read_cold_ads(str(tmp_path), below=5) == {"a", "b", "c"}  # CSCNN §4.1: < 5 interactions

@@ -74,3 +74,49 @@ def pairwise_loss(labels: Any, logits: Any, user_ids: Any) -> tuple[tf.Tensor, t
     logits = tf.reshape(logits, [-1])
     loss = bpr_loss(tf.gather(logits, pairs[:, 0]), tf.gather(logits, pairs[:, 1]))
     return loss, tf.shape(pairs)[0]
+
+
+def sampled_negative_pairs(labels: Any, user_ids: Any, ad_index: Any, num_ads: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    """The papers' BPR protocol: each click (u, i⁺) paired with one ad j⁻ that u did not click.
+
+    VBPR, DVBPR and CSCNN (Appendix A) draw the negative of a positive (u, i⁺) from the items
+    u did not interact with, scored for u; in-batch pairs (`in_batch_pairs`) only use the
+    non-clicks u happened to have in the batch. Here j⁻ is drawn uniformly from the batch's
+    n ads (a sample of the catalog, so their images are already embedded) among those u did
+    not click in the batch; a click whose user clicked every ad of the batch gets no pair.
+    The draw is stateless, seeded by the batch's content, so a resumed run repeats it.
+
+    Args:
+        labels: `[N]` 0/1 labels.
+        user_ids: `[N]` raw user ids (strings).
+        ad_index: `[N]` int32, the ad (0..n-1) of each impression.
+        num_ads: n.
+
+    Returns:
+        `(positive impression indices [P], negative ads [P])`, int32.
+    """
+    labels = tf.reshape(tf.cast(labels, tf.float32), [-1])
+    user_ids = tf.reshape(user_ids, [-1])
+    ad_index = tf.reshape(tf.cast(ad_index, tf.int32), [-1])
+    pos = tf.cast(tf.reshape(tf.where(labels > 0.5), [-1]), tf.int32)
+    same_user = tf.cast(tf.equal(tf.gather(user_ids, pos)[:, None], user_ids[None, :]), tf.float32)  # [P, N]
+    clicks = tf.one_hot(ad_index, num_ads) * labels[:, None]  # [N, n]
+    allowed = tf.matmul(same_user, clicks) < 0.5  # [P, n]: ads u did not click
+    hashed = tf.strings.to_hash_bucket_fast(tf.strings.as_string(user_ids) if user_ids.dtype != tf.string else user_ids, 2**31 - 1)
+    seed = tf.stack([tf.reduce_sum(hashed) % (2**31 - 1), tf.cast(tf.reduce_sum(ad_index * 7919 + 1), tf.int64)])
+    u = tf.random.stateless_uniform(tf.shape(allowed), seed=seed, minval=1e-12, maxval=1.0)
+    gumbel = -tf.math.log(-tf.math.log(u))
+    neg = tf.argmax(tf.where(allowed, gumbel, tf.fill(tf.shape(gumbel), -float("inf"))), axis=1, output_type=tf.int32)
+    has_negative = tf.reduce_any(allowed, axis=1)
+    return tf.boolean_mask(pos, has_negative), tf.boolean_mask(neg, has_negative)
+
+
+def with_negative_impressions(inputs: dict, positives: Any, negative_ads: Any, impression_keys: list[str]) -> dict:
+    """The batch plus one made-up impression per pair: the positive's impression features
+    (its user and context) shown with the negative ad. They follow the N real ones, so the
+    model's logits `[N + P]` hold y_ui⁺ at `positives` and y_uj⁻ at `N + arange(P)`."""
+    out = dict(inputs)
+    for key in impression_keys:
+        out[key] = tf.concat([inputs[key], tf.gather(inputs[key], positives)], axis=0)
+    out["ad_index"] = tf.concat([tf.cast(inputs["ad_index"], tf.int32), tf.cast(negative_ads, tf.int32)], axis=0)
+    return out

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvctr.errors import TfvctrError
-from tfvctr.models.losses import pairwise_loss
+from tfvctr.models.losses import bpr_loss, pairwise_loss, sampled_negative_pairs, with_negative_impressions
 
 AUC_BINS = 1000  # histogram resolution of the streaming train AUC
 
@@ -70,15 +70,26 @@ def model_inputs(inputs: dict) -> dict:
 
 
 def bpr_objective(model: Any, inputs: dict, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, dict]:
-    """Pair-wise BPR objective (CSCNN Appendix A, Eq. 14; Rendle et al. 2009) over in-batch pairs.
+    """Pair-wise BPR objective (CSCNN Appendix A, Eq. 14; Rendle et al. 2009).
 
-    `sum over (u, i⁺, j⁻) of -ln σ(y_ui − y_uj)`: every clicked impression of user u paired
-    with every non-clicked impression of the same u in the batch (`in_batch_pairs`, on the
-    raw user ids of `with_pair_users`). The count is the number of pairs, so the trainer
+    `sum over (u, i⁺, j⁻) of -ln σ(y_ui − y_uj)`. `model.vbpr.negatives: sampled` (default,
+    the papers' protocol): each click paired with an ad of the batch its user did not click,
+    scored for that user (`sampled_negative_pairs`). `in_batch`: every clicked impression of
+    user u paired with every non-clicked impression of the same u in the batch
+    (`in_batch_pairs`). Users are the raw ids of `with_pair_users`. The count is the number of pairs, so the trainer
     divides by the global number of pairs of the step. The label histograms still give the
     train AUC on impressions.
     """
     users = inputs[PAIR_USER_KEY]
+    if model.config.model.vbpr.negatives == "sampled":  # the papers' protocol (losses.sampled_negative_pairs)
+        batch = model_inputs(inputs)
+        pos, neg_ads = sampled_negative_pairs(labels, users, batch["ad_index"], tf.shape(batch["image"])[0])
+        impression_keys = [f.name for f in model.config.dataset.impression_features]
+        scores = tf.cast(model(with_negative_impressions(batch, pos, neg_ads, impression_keys), training=True), tf.float32)
+        n = tf.shape(labels)[0]
+        logits = scores[:n]
+        loss_sum = bpr_loss(tf.gather(logits, pos), scores[n:])
+        return loss_sum, tf.cast(tf.shape(pos)[0], tf.float32), _auc_histograms(labels, logits)
     logits = tf.cast(model(model_inputs(inputs), training=True), tf.float32)
     loss_sum, pairs = pairwise_loss(labels, logits, users)
     return loss_sum, tf.cast(pairs, tf.float32), _auc_histograms(labels, logits)
