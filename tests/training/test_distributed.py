@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -152,3 +153,38 @@ def test_two_local_replicas_match_one_replica_with_the_same_global_batch(data_di
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
     for a, b in zip(two["weights"], one["weights"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_workers_agree_on_the_early_stop_and_keep_the_same_best_weights(tmp_path):
+    # The learning rate blows up after step 2 (x100): best step 2, stop at the 2nd evaluation
+    # after it (step 6 of 20). Only the chief scores the valid split; the others must leave the
+    # loop at the same step (a worker that kept training would hang in the next all-reduce).
+    data_dir = tmp_path / "data"
+    rf.write_dataset(str(data_dir), num_ads=16, num_shards=2)
+    shutil.copytree(data_dir / "eval", data_dir / "valid")
+    config = rf.tiny_config_dict(steps=20, ads_per_batch=8, checkpoint_every=100, log_every=100, eval_every=2,
+                                 patience=2, selection_metric="valid_logloss", learning_rate=0.01, decay_steps=[2],
+                                 decay_factor=100.0)
+    config["model"]["architecture"] = "dcn"
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    model_dir = tmp_path / "mw"
+    procs, outs = [], []
+    for i in range(2):
+        spec, out = _spec(tmp_path, f"w{i}", data_dir, model_dir, config, 20)
+        procs.append(_start(spec, {"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        outs.append(out)
+    logs = [_finish(p) for p in procs]
+    w0, w1 = (json.loads(o.read_text()) for o in outs)
+    assert w0["last_step"] == w1["last_step"] == 6 and w0["stopped_early"] and w1["stopped_early"]
+    assert w0["best_step"] == w1["best_step"] == 2
+    assert w0["valid_history"] == w1["valid_history"] and [h["step"] for h in w0["valid_history"]] == [2, 4, 6]
+    assert w0["batches_consumed"] == w1["batches_consumed"] == 6
+    assert w0["digest"] == w1["digest"]  # both hold the best step's weights
+    assert "early stop at step 6" in logs[0] and "early stop" not in logs[1]  # the chief logs
+    selection = json.loads((model_dir / "selection.json").read_text())
+    assert selection["best_step"] == 2 and selection["last_step"] == 6
+    best = model_dir / "checkpoints" / "best"
+    assert sorted(p.name for p in best.iterdir()) == ["best-2.data-00000-of-00001", "best-2.index"]
+    assert not [p for p in (model_dir / "checkpoints").iterdir() if p.name.startswith("tmp-")]

@@ -5,7 +5,7 @@ SPEC: {"config": dict, "data": dir, "model_dir": dir, "steps": int, "out": json 
 (MultiWorkerMirroredStrategy from TF_CONFIG must precede every other TensorFlow op); with
 `local_cpus` the CPU is split into n logical devices under a MirroredStrategy (the path of a
 host with several GPUs). The result JSON holds the final step, the batches consumed, the
-per-block losses and a digest of the final weights.
+per-block losses, a digest of the final weights and, with a valid split, the model selection.
 """
 
 import hashlib
@@ -55,6 +55,11 @@ def main(spec_path: str) -> None:
                 "batches_consumed": result["batches_consumed"],
                 "losses": [h["loss"] for h in result.get("history", [])],
                 "steps_run": [h["step"] for h in result.get("history", [])],
+                # Model selection (when the data dir has a valid split).
+                "best_step": result.get("best_step"),
+                "last_step": result.get("last_step"),
+                "stopped_early": result.get("stopped_early"),
+                "valid_history": result.get("valid_history"),
                 "digest": digest,
                 "weights": [w.astype(np.float64).ravel().tolist() for w in weights],
             },

@@ -37,6 +37,9 @@ class DCNHead(keras.layers.Layer):
         cross_type: `"v1"` (Eq. 5) or `"v2"` (DCN-v2, keras-rs `FeatureCross`).
         projection_dim: DCN-v2 low rank.
         dropout: dropout after each deep layer.
+        embedding_l2: L2 penalty `embedding_l2 * sum(W^2)` on every embedding table of x_nv
+            (collected in `losses`; the trainer adds it once per step).
+        visual_dropout: dropout on x_v where it joins the head (Eq. 3).
         seed: initializer seed.
 
     Call arguments:
@@ -67,9 +70,20 @@ class DCNHead(keras.layers.Layer):
         projection_dim: Optional[int] = None,
         dropout: float = 0.0,
         seed: Optional[int] = None,
+        embedding_l2: float = 0.0,
+        visual_dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if embedding_l2 < 0:
+            raise ValueError(
+                f"Invalid value received for argument `embedding_l2`. Expected a value >= 0. Received: embedding_l2={embedding_l2}"
+            )
+        if not 0.0 <= visual_dropout < 1.0:
+            raise ValueError(
+                f"Invalid value received for argument `visual_dropout`. Expected a value in [0, 1). "
+                f"Received: visual_dropout={visual_dropout}"
+            )
         if visual_dim < 0:
             raise ValueError(f"Invalid value received for argument `visual_dim`. Expected >= 0. Received: visual_dim={visual_dim}")
         if not deep_layers or any(int(u) < 1 for u in deep_layers):
@@ -88,8 +102,14 @@ class DCNHead(keras.layers.Layer):
         self.projection_dim = projection_dim
         self.dropout = float(dropout)
         self.seed = seed
+        self.embedding_l2 = float(embedding_l2)
+        self.visual_dropout = float(visual_dropout)
         s = 0 if seed is None else seed
-        self.embedding = NonVisualEmbedding(self.features, self.vocab_sizes, merge="concat", seed=s + 100, name="x_nv")
+        regularizer = keras.regularizers.L2(self.embedding_l2) if self.embedding_l2 else None
+        self.embedding = NonVisualEmbedding(
+            self.features, self.vocab_sizes, merge="concat", embeddings_regularizer=regularizer, seed=s + 100, name="x_nv"
+        )
+        self.visual_drop = keras.layers.Dropout(self.visual_dropout, seed=s + 350)
         self.deep = [_dense(u, "relu", s + 200 + i, f"deep_{i}") for i, u in enumerate(self.deep_layers)]
         self.drop = [keras.layers.Dropout(self.dropout, seed=s + 300 + i) for i in range(len(self.deep_layers))]
         self.cross = CrossNetwork(cross_layers, kind=cross_type, projection_dim=projection_dim, seed=s + 400, name="cross")
@@ -113,7 +133,10 @@ class DCNHead(keras.layers.Layer):
         for i, (layer, drop) in enumerate(zip(self.deep, self.drop, strict=True)):
             h = layer(h)
             if i == 0 and self.visual_dim:
-                h = ops.concatenate([ops.cast(inputs["x_v"], h.dtype), h], axis=-1)  # Eq. 3
+                x_v = ops.cast(inputs["x_v"], h.dtype)
+                if self.visual_dropout:
+                    x_v = self.visual_drop(x_v, training=training)
+                h = ops.concatenate([x_v, h], axis=-1)  # Eq. 3
             if self.dropout:
                 h = drop(h, training=training)
         z = self.cross(x_nv)
@@ -132,6 +155,8 @@ class DCNHead(keras.layers.Layer):
                 "projection_dim": self.projection_dim,
                 "dropout": self.dropout,
                 "seed": self.seed,
+                "embedding_l2": self.embedding_l2,
+                "visual_dropout": self.visual_dropout,
             }
         )
         return config
@@ -146,7 +171,8 @@ class CSCNNDCN(CTRModel):
 
     Args:
         config: the `Config`; `config.model` gives backbone, attention, visual_dim,
-            deep_layers, cross_layers, cross_type, projection_dim, dropout.
+            deep_layers, cross_layers, cross_type, projection_dim, dropout, embedding_l2,
+            visual_dropout.
         num_categories: rows of the category tables (vocabulary + unknown).
         vocab_sizes: embedding rows per feature (`FeatureEncoder.vocab_sizes`).
         seed: initializer seed (None: `config.training.seed`).
@@ -187,6 +213,8 @@ class CSCNNDCN(CTRModel):
             projection_dim=m.projection_dim,
             dropout=m.dropout,
             seed=self.seed,
+            embedding_l2=m.embedding_l2,
+            visual_dropout=m.visual_dropout,
             name="head",
         )
         self.head.build(None)

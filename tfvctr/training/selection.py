@@ -196,7 +196,9 @@ class Validator:
             def broadcast(v):
                 def replica_fn(x):
                     ctx = tf.distribute.get_replica_context()
-                    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x if chief else tf.zeros_like(x))
+                    # tf.identity: an input passed straight through has no device of the
+                    # replica, and the all-reduce refuses it ("destinations can not be empty").
+                    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(x) if chief else tf.zeros_like(x))
 
                 out = self.strategy.run(replica_fn, args=(v,))
                 return self.strategy.experimental_local_results(out)[0] / replicas
