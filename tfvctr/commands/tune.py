@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from tfvctr.commands import add_set_argument
+from tfvctr.commands import add_command, add_set_argument
+from tfvctr.config import load_config
+from tfvctr.errors import TfvctrError
+from tfvctr.tuning import tune  # cheap: Optuna is imported when a study runs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "tune",
-        help="search the hyperparameter ranges of the config's tune section (Optuna; resumable)",
-        description="Search the ranges declared under `tune.params` of CONFIG with Optuna: each trial trains "
+    p = add_command(
+        sub, "tune", run, "search the hyperparameter ranges of the config's tune section (Optuna; resumable)",
+        "Search the ranges declared under `tune.params` of CONFIG with Optuna: each trial trains "
         "the config with the trial's values for tune.steps_per_trial steps into DIR/trials/NNNN/ and is scored "
         "by the validation metric (tune.metric, default training.selection_metric) of its best step on DATA/valid. "
         "Trials run one after another. The study is kept in DIR/study.db: rerunning the same command continues "
@@ -28,18 +30,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="start no new trial after this many minutes of this run (default: tune.timeout_minutes)",
     )
     add_set_argument(p, example="tune.steps_per_trial=300")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tfvctr.config import load_config
-    from tfvctr.tuning import tune
-
     # The config first: loading it runs no TensorFlow op, and a bad search space is then
     # reported before TensorFlow's import time.
     config = load_config(args.config, args.overrides)
     # The strategy must exist before any TensorFlow op (as in `tfvctr train`).
-    from tfvctr.errors import TfvctrError
     from tfvctr.training.strategy import make_strategy, worker_info
 
     strategy = make_strategy()
