@@ -212,6 +212,7 @@ class Ctx:
             "numeric_word": b"ad00,1,0,u1,ios,,abc,0.3\n",
             "numeric_inf": b"ad00,1,0,u1,ios,,inf,0.3\n",
             "passthrough_word": b"ad00,1,0,u1,ios,,1.0,high\n",
+            "line_break_in_value": b'ad00,1,0,u1,"io\ns",,1.0,0.3\n',
             "unknown_ad": b"no_such_ad,1,0,u1,ios,,1.0,0.3\n",
             "rejected_ad": b"ad_price,1,0,u1,ios,,1.0,0.3\n",
             "duplicate_ad": b"ad_dup,1,0,u1,ios,,1.0,0.3\n",
@@ -219,7 +220,10 @@ class Ctx:
         }
         with open(paths["impressions"], "rb") as f:
             first_bad_line = f.read().count(b"\n") + 1
-        self.bad_lines = {name: first_bad_line + i for i, name in enumerate(bad)}
+        self.bad_lines, line = {}, first_bad_line
+        for name, text in bad.items():
+            self.bad_lines[name] = line
+            line += text.count(b"\n")
         _append(paths["impressions"], b"".join(bad.values()))
         out = self.path("bad_csv_out")
         return self.preprocess(out, paths["ads"], paths["impressions"]), out
@@ -569,6 +573,7 @@ DEAD_IMPRESSIONS = {
     "numeric_word": "impressions: position: expected a number, got 'abc'",
     "numeric_inf": "impressions: position: expected a finite number, got 'inf'",
     "passthrough_word": "impressions: true_ctr: expected a number, got 'high'",
+    "line_break_in_value": "impressions: device: 'io\\ns' contains a line break (vocabulary files hold one value per line)",
     "open_quote": "impressions: unparseable line: malformed CSV: unexpected end of data",
 }
 

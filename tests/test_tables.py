@@ -512,3 +512,14 @@ def test_an_empty_csv_file_is_refused_as_empty(tmp_path, ds):
     path.write_text("")
     with pytest.raises(DataError, match=f"^{re.escape(str(path))}: empty file; expected a header line naming the columns$"):
         tables.table_columns(str(path))
+
+
+@pytest.mark.parametrize("column, value", [("device", "io\ns"), ("interests", ["sport", "mu\r\nsic"])],
+                         ids=["categorical", "multi"])
+def test_a_vocabulary_value_with_a_line_break_is_refused(ds, column, value):
+    row = {"ad_id": "a", "label": 1, "day": 0, "user_id": "u\nv", "device": "d", "position": 1, "interests": [],
+           "true_ctr": 0.1}  # user_id is hashed: no vocabulary file, a line break is harmless there
+    assert tables.coerce_row(row, "impressions", ds)["user_id"] == "u\nv"
+    row[column] = value
+    with pytest.raises(ValueError, match=rf"^{column}: '.*' contains a line break \(vocabulary files hold one value per line\)$"):
+        tables.coerce_row(row, "impressions", ds)

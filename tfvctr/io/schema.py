@@ -213,6 +213,9 @@ class RowCoercer:
         features = dataset_config.ad_features if table == "ads" else dataset_config.impression_features
         self.features = {f.name: f for f in features}
         self.day_format: Optional[DayFormat] = None
+        # Values that end up as lines of a vocabulary file (vocab/<name>.txt): a line break
+        # inside one would split it in two and shift every id after it.
+        self._one_line = {f.name for f in features if f.vocabulary == "auto"} | ({"category"} if table == "ads" else set())
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -236,7 +239,15 @@ class RowCoercer:
                 out[name] = _coerce_feature(self.features[name], value)
             else:  # passthrough
                 out[name] = None if _is_missing(value) else _as_float(name, value)
+            if name in self._one_line:
+                _check_one_line(name, out[name])
         return out
+
+
+def _check_one_line(name: str, value: Any) -> None:
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, str) and ("\n" in v or "\r" in v):
+            raise ValueError(f"{name}: {v!r} contains a line break (vocabulary files hold one value per line)")
 
 
 def coerce_row(row: dict[str, Any], table: TableName, dataset_config: DatasetConfig) -> dict[str, Any]:
