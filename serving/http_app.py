@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import signal
 
 from aiohttp import web
 
 from serving import rest_api
+from tfvctr.errors import TfvctrError
 
 access_log = logging.getLogger("tfvctr.serve.access")
 log = logging.getLogger("tfvctr.serve")
@@ -78,7 +80,13 @@ async def serve(
     runner = web.AppRunner(app, access_log=access_log, access_log_format=ACCESS_LOG_FORMAT, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, shutdown_timeout=timeout_ms / 1000, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as e:  # port taken, address not on this machine: the user's to fix
+        await runner.cleanup()
+        executor.shutdown(wait=False)
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise TfvctrError(f"cannot listen on {host}:{port}: {reason}") from None
     bound = runner.addresses[0][1]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

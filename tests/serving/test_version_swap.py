@@ -147,3 +147,19 @@ def test_a_label_on_a_version_that_is_not_loaded_is_refused_at_start_as_by_tf_se
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 2
     assert "version label 'canary' points at version 2, which is not loaded (loaded: [1])" in r.stderr
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    model_factory.build(str(tmp_path / "ctr"), 1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "tfvctr.cli", "serve", "--model-base", str(tmp_path / "ctr"),
+                            "--port", str(port)], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr
