@@ -176,13 +176,18 @@ def test_an_interrupted_trial_is_marked_and_retried_with_its_values_and_checkpoi
     assert retry["resumed"] and retry["model_dir"].endswith("0002") and not os.path.exists(interrupted["model_dir"])
 
 
-def test_a_data_error_stops_the_study_and_the_trial_is_retried_later(tmp_path):
-    class BadData(FakeRunner):
+@pytest.mark.parametrize(
+    "error",
+    [DataError("D/train/part-0.tfrecord: corrupted record at offset 0"), RuntimeError("a bug in the trainer")],
+    ids=["data_error", "bug"],
+)
+def test_an_error_that_is_not_the_trials_fault_stops_the_study_and_the_trial_is_retried(tmp_path, error):
+    class Broken(FakeRunner):
         def __call__(self, config, data_dir, model_dir, report):
-            raise DataError("D/train/part-0.tfrecord: corrupted record at offset 0")
+            raise error
 
-    with pytest.raises(DataError, match="corrupted record"):
-        _run(_config(), tmp_path, BadData(), trials=3)
+    with pytest.raises(type(error), match=str(error)):
+        _run(_config(), tmp_path, Broken(), trials=3)
     result = _run(_config(), tmp_path, FakeRunner(), trials=1)
     assert [(r["state"], r["retry_of"]) for r in result["rows"]] == [("interrupted", None), ("complete", 0)]
 

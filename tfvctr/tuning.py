@@ -312,6 +312,13 @@ def _interrupt(study: Any, storage: Any, trial: Any) -> None:
     study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
 
 
+def _interrupt_running(study: Any, storage: Any, trial: Any, t0: float) -> None:
+    """Ends the running `trial` as interrupted: not its fault (Ctrl-C, unreadable data that
+    would fail every trial, a bug), so the study stops and retries it on the next run."""
+    trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
+    _interrupt(study, storage, study.get_trials(deepcopy=False)[trial.number])
+
+
 def tune(
     config: Config,
     data_dir: str,
@@ -452,17 +459,14 @@ def _run_one(study, storage, trial, space, data, steps, data_dir, out_dir, metri
                 f"training returned no finite {metric} (result['best'] = {result.get('best')!r}); "
                 f"does the data have a valid split?"
             )
-    except (KeyboardInterrupt, DataError):
-        # Not the trial's fault (Ctrl-C; unreadable data would fail every trial): stop the
-        # study, and retry this trial with the same values when the command runs again.
-        trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
-        _interrupt(study, storage, study.get_trials(deepcopy=False)[trial.number])
-        raise
     except optuna.TrialPruned as e:
         trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
         trial.set_user_attr("error", str(e))
         study.tell(trial, state=TrialState.PRUNED)
         return
+    except DataError:
+        _interrupt_running(study, storage, trial, t0)
+        raise
     except TfvctrError as e:
         # A diverging learning rate or an impossible combination fails this trial, not the study.
         trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
@@ -471,7 +475,7 @@ def _run_one(study, storage, trial, space, data, steps, data_dir, out_dir, metri
         log(f"trial {trial.number} failed: {str(e).splitlines()[0]}")
         return
     except BaseException:
-        study.tell(trial, state=TrialState.FAIL)
+        _interrupt_running(study, storage, trial, t0)
         raise
     trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
     if result.get("best_step") is not None:
