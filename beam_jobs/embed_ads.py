@@ -5,7 +5,9 @@
 (or `tfvctr embed`). Serving never runs the CNN for a known ad: CSCNN §3.4.2 precomputes
 x_v offline. The ads come from the catalog itself (`--ads`, read and validated exactly as
 `build_tfrecords` reads the ads table, bad rows to the dead letter), so ads that have no
-impressions yet are embedded too. **Coverage rule**: `coverage: 1` (the default) keeps
+impressions yet are embedded too. Without `--ads` the ads are those of
+`D/ad_counts.jsonl` (every ad preprocess wrote, images read again from the URIs it
+records): no ad can be newer than the data then. **Coverage rule**: `coverage: 1` (the default) keeps
 every catalog ad; below 1 it keeps the ads that carry that share of the most recent
 split's impressions (`D/ad_counts.jsonl`: the eval days, the last `dataset.eval_days`
 days; the train days when there is no eval split) **plus every ad newer than the data**
@@ -49,6 +51,7 @@ from beam_jobs.transforms.embed import (  # noqa: F401 - coverage_threshold, Cov
     EmbedAds,
     JoinRecentCounts,
     KeepCovered,
+    ReadDataAds,
     WriteTable,
     coverage_threshold,
 )
@@ -64,19 +67,24 @@ from tfvctr.io import fs
 PROG = "python -m beam_jobs.embed_ads"
 
 
-def build_pipeline(p: beam.Pipeline, config: Config, model_dir: str, data: str, ads_path: str, out: str,
+def build_pipeline(p: beam.Pipeline, config: Config, model_dir: str, data: str, ads_path: Optional[str], out: str,
                    coverage: float, recent: str, dtype: str, batch_size: int, rows_per_shard: int) -> None:
     """Adds the whole job to `p`: the composites of `beam_jobs.transforms.embed`, wired as in the docstring."""
     ds = config.dataset
-    read = p | "ReadAds" >> ReadTable(ads_path, "ads", with_source=True)
-    ads = read["rows"] | "ValidateAds" >> ValidateAds(ds, ads_path)
-    joined = ads["ads"] | "JoinRecentCounts" >> JoinRecentCounts(join_path(data, layout.AD_COUNTS), recent, ds)
+    counts_path = join_path(data, layout.AD_COUNTS)
+    if ads_path is None:  # --data only: the ads preprocess wrote (no new ads by definition)
+        joined = p | "ReadDataAds" >> ReadDataAds(counts_path, recent, ds)
+        dead = [joined[DEAD]]
+    else:
+        read = p | "ReadAds" >> ReadTable(ads_path, "ads", with_source=True)
+        ads = read["rows"] | "ValidateAds" >> ValidateAds(ds, ads_path)
+        joined = ads["ads"] | "JoinRecentCounts" >> JoinRecentCounts(counts_path, recent, ds)
+        dead = [read[DEAD], ads[DEAD], joined[DEAD]]
     kept = joined["ads"] | "KeepCovered" >> KeepCovered(coverage)
     embedded = kept | "EmbedAds" >> EmbedAds(join_path(model_dir, layout.VISUAL_TOWER),
                                              join_path(data, layout.VOCAB_DIR, layout.CATEGORY_VOCAB), batch_size)
     _ = embedded["rows"] | "WriteTable" >> WriteTable(out, dtype, rows_per_shard)
-    _ = ((read[DEAD], ads[DEAD], joined[DEAD], embedded[DEAD]) | "AllDead" >> beam.Flatten()
-         | "WriteDeadLetter" >> WriteDeadLetter(out))
+    _ = ((*dead, embedded[DEAD]) | "AllDead" >> beam.Flatten() | "WriteDeadLetter" >> WriteDeadLetter(out))
 
 
 def recent_field(data: str) -> str:
@@ -169,14 +177,17 @@ def run_args(args: argparse.Namespace, beam_args: list[str], verbose: bool = Tru
                  fs.join(data, layout.VOCAB_DIR, layout.CATEGORY_VOCAB)):
         if not fs.exists(path):
             raise DataError(f"{path}: not found")
-    # Image paths resolve against the table's folder: absolute, so workers find them anywhere.
-    ads_path = args.ads if fs.is_remote(args.ads) else os.path.abspath(args.ads)
-    check_table(ads_path, "ads", config.dataset)  # refused up front, as preprocess does
+    ads_path = None
+    if args.ads:
+        # Image paths resolve against the table's folder: absolute, so workers find them anywhere.
+        ads_path = args.ads if fs.is_remote(args.ads) else os.path.abspath(args.ads)
+        check_table(ads_path, "ads", config.dataset)  # refused up front, as preprocess does
     recent = recent_field(data)
     prepare_output(args.out, args.overwrite)
     options = pipeline_options(beam_args)
     if verbose:
-        print(f"embed: {fs.join(args.model, layout.VISUAL_TOWER)} over {ads_path} -> {args.out} on "
+        print(f"embed: {fs.join(args.model, layout.VISUAL_TOWER)} over {ads_path or fs.join(data, layout.AD_COUNTS)} -> "
+              f"{args.out} on "
               f"{runner_name(options)} ...", flush=True)
     start = time.time()
     p = beam.Pipeline(options=options)

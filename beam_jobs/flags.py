@@ -36,9 +36,9 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
 def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     """`embed_ads` / `tfvctr embed`."""
     parser.add_argument("--model", required=True, help=f"model dir holding {TOWER_FILE} (and {layout.CONFIG})")
-    parser.add_argument("--ads", required=True,
+    parser.add_argument("--ads", default=None,
                         help="the ad catalog to embed (.csv/.jsonl/.parquet, local, gs:// or a glob), the ads table "
-                             "format of preprocess")
+                             "format of preprocess; default: the ads of DATA/ad_counts.jsonl (no new ads)")
     parser.add_argument("--out", required=True, help="output folder of the table")
     parser.add_argument("--data", default=None,
                         help=f"the preprocess output the model was trained on ({layout.AD_COUNTS}, "

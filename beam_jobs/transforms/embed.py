@@ -166,6 +166,41 @@ class JoinRecentCounts(beam.PTransform):
         return {"ads": joined.ads, DEAD: joined[DEAD]}
 
 
+class _FromAdCounts(beam.DoFn):
+    """An `ad_counts.jsonl` line → `AdToEmbed` with its image prepared (`--data`-only mode), or a dead letter."""
+
+    def __init__(self, field: str, ds: Any):
+        self._field, self._ds = field, ds
+
+    def process(self, line: str) -> Iterable:
+        from beam_jobs import images
+
+        counter("input_ads").inc()
+        row = json.loads(line)
+        ad_id = str(row["ad_id"])
+        try:
+            encoded = images.load_image(row["image"], self._ds.image_size, self._ds.image_format,
+                                        self._ds.max_image_pixels)
+        except images.ImageError as e:
+            yield pvalue.TaggedOutput(DEAD, dead_letter("ads", row, e.code, f"ad {ad_id}: {e}"))
+        else:
+            yield AdToEmbed(ad_id, str(row["category"]), encoded, int(row.get(self._field) or 0), new=False)
+
+
+class ReadDataAds(beam.PTransform):
+    """Without a catalog (`--data` only): the ads of `ad_counts.jsonl` (every ad preprocess wrote), as
+    `AdToEmbed` with their images prepared again from the URIs it records; `"ads"` and `"dead"`."""
+
+    def __init__(self, counts_path: str, field: str, ds: Any):
+        super().__init__()
+        self._counts_path, self._field, self._ds = counts_path, field, ds
+
+    def expand(self, pbegin):
+        out = (pbegin | "ReadCounts" >> beam.io.ReadFromText(self._counts_path)
+               | "Prepare" >> beam.ParDo(_FromAdCounts(self._field, self._ds)).with_outputs(DEAD, main="ads"))
+        return {"ads": out.ads, DEAD: out[DEAD]}
+
+
 # ----------------------------------------------------------------------------- embedding
 
 

@@ -154,3 +154,14 @@ def test_embed_without_a_data_dir_says_what_to_pass(faulty_run, model_dir, tmp_p
     err = capsys.readouterr().err.strip()
     assert err == (f"tfvctr embed: error: {bare}/data_dir.txt: not found; pass --data (the preprocess output the "
                    f"model was trained on)")
+
+
+def test_without_a_catalog_the_ads_preprocess_wrote_are_embedded(faulty_run, model_dir, tmp_path):
+    out = str(tmp_path / "table")
+    index = embed_ads.run(["--model", model_dir, "--out", out, "--coverage", "0.6"], verbose=False)
+    counts = _ad_counts(faulty_run["out"])
+    recent = [counts[a]["eval_impressions"] for a in VALID_ADS]
+    threshold = coverage_threshold({c: recent.count(c) for c in set(recent)}, 0.6)
+    kept = sorted(a for a in VALID_ADS if counts[a]["eval_impressions"] >= threshold)
+    assert sorted(_load_table(out)["ad_id"].tolist()) == kept and index["new_ads"] == 0
+    assert index["ads_input"] == len(counts) == index["rows"] + index["ads_below_coverage"] + index["dead_letter_ads"]
