@@ -417,6 +417,19 @@ def _(ctx):
     refused(ctx.preprocess(ctx.path("p5"), path), "ads_dup.parquet: column 'category' appears twice (columns 2 and 3)")
 
 
+@case("preprocess", "corrupt_parquet")
+def _(ctx):
+    path = _table(ctx, "broken.parquet", b"PAR1 this is not parquet")
+    refused(ctx.preprocess(ctx.path("p16"), path), "broken.parquet: not a readable Parquet file (")
+
+
+@case("preprocess", "semicolon_separated_csv")
+def _(ctx):
+    text = _impressions_bytes(ctx).replace(b",", b";")
+    refused(ctx.preprocess(ctx.path("p17"), None, _table(ctx, "semicolons.csv", text)),
+            "semicolons.csv: missing columns", "is the file separated by ';'? CSV tables are comma-separated")
+
+
 @case("preprocess", "header_only_table")
 def _(ctx):
     header = _impressions_bytes(ctx).split(b"\n")[0] + b"\n"

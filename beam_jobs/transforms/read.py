@@ -117,7 +117,7 @@ def _records(f, fmt: str, file: str) -> Iterable[tuple[str, Optional[dict]]]:
     from tfvctr.io import readers
 
     if fmt == "parquet":
-        for n, row in enumerate(readers.iter_parquet_rows(f), start=1):
+        for n, row in enumerate(readers.iter_parquet_rows(f, file), start=1):
             yield f"row {n}", row
         return
     f.seek(0)

@@ -234,19 +234,25 @@ def _csv_records(f: IO[bytes], path: str) -> Iterator[Record]:
     yield from pending
 
 
-def iter_parquet_rows(f: IO[bytes]) -> Iterator[dict[str, Any]]:
-    """The rows of a Parquet file (values keep their Arrow types as Python objects)."""
+def _parquet_file(f: IO[bytes], path: str) -> Any:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
+    try:
+        return pq.ParquetFile(f)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({str(e).strip().splitlines()[0][:200]})") from None
+
+
+def iter_parquet_rows(f: IO[bytes], path: str = "table.parquet") -> Iterator[dict[str, Any]]:
+    """The rows of a Parquet file (values keep their Arrow types as Python objects)."""
+    for batch in _parquet_file(f, path).iter_batches(batch_size=4096):
         yield from batch.to_pylist()
 
 
 def parquet_columns(f: IO[bytes], path: str) -> list[str]:
-    """The column names of a Parquet file; DataError if one appears twice."""
-    import pyarrow.parquet as pq
-
-    names = list(pq.ParquetFile(f).schema_arrow.names)
+    """The column names of a Parquet file; DataError if it is not Parquet or a column appears twice."""
+    names = list(_parquet_file(f, path).schema_arrow.names)
     try:
         check_unique_columns(names)
     except ValueError as e:

@@ -69,7 +69,12 @@ def check_columns(path: str, columns: Iterable[str], table: TableName, dataset_c
         what = f"missing column {missing[0]!r}"
     else:
         what = "missing columns " + ", ".join(repr(c) for c in missing)
-    raise DataError(f"{path}: {what} (required for the {table} table); found: {found}")
+    hint = ""
+    if len(columns) == 1:
+        separator = next((sep for sep in (";", "\t", "|") if sep in columns[0]), None)
+        if separator is not None:
+            hint = f"; is the file separated by {separator!r}? CSV tables are comma-separated"
+    raise DataError(f"{path}: {what} (required for the {table} table); found: {found}{hint}")
 
 
 # --------------------------------------------------------------------------- days

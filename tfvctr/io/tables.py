@@ -59,7 +59,7 @@ def iter_numbered(path: str) -> Iterator[tuple[str, Record]]:
     _require_file(path)
     with fs.open(path, "rb") as f:
         if fmt == "parquet":
-            for n, row in enumerate(iter_parquet_rows(f), start=1):
+            for n, row in enumerate(iter_parquet_rows(f, path), start=1):
                 yield f"row {n}", Record(n, row)
             return
         for record in iter_records(f, fmt, path):
