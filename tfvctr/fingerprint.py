@@ -8,7 +8,7 @@ architecture with its sizes. `tfvctr train` records them when training starts
 
 * training again into that model dir with an incompatible config or data is refused,
   naming what differs (a changed `training.*` value is fine: it resumes);
-* `check_model_data(model_dir, data_dir, stage)` (evaluate, embed, export) refuses a
+* `check_model_data(model_dir, data_dir, stage)` (evaluate, embed, export, saliency) refuses a
   model dir whose training never finished ("last checkpoint at step N; run `tfvctr
   train` again to resume") and a data dir whose features or image size differ from the
   model's, or whose vocabularies changed under the model; it warns when only the data
@@ -36,7 +36,7 @@ VERSION = 1
 # default act through the data and so through the vocabulary and statistics hashes).
 _FEATURE_KEYS = ("name", "source", "kind", "embedding_dim", "vocabulary", "hash_buckets", "max_length", "combiner",
                  "transform", "num_buckets")
-STAGES = ("evaluate", "embed", "export")
+STAGES = ("evaluate", "embed", "export", "saliency")
 
 
 def _sha(data: bytes) -> str:
@@ -240,7 +240,7 @@ def check_model_data(model_dir: str, data_dir: Optional[str], stage: str, warn: 
     Args:
         model_dir: a `tfvctr train` model dir.
         data_dir: the data the stage reads (None: check the model dir only).
-        stage: "evaluate", "embed" or "export".
+        stage: "evaluate", "embed", "export" or "saliency".
         warn: called with each `WARNING:` line (default: print to stderr).
 
     Returns:

@@ -35,6 +35,7 @@ from tfvctr import layout
 from tfvctr.config import Config, load_config
 from tfvctr.errors import DataError, TfvctrError
 from tfvctr.features import CATEGORY, FeatureEncoder
+from tfvctr.fingerprint import check_model_data
 from tfvctr.io import fs
 from tfvctr.layers.attention import spatial_module
 
@@ -318,16 +319,15 @@ def object_mask(image: np.ndarray, threshold: float = 0.2) -> np.ndarray:
 
 def load_trained(model_dir: str, data_dir: str) -> tuple[Config, FeatureEncoder, Any]:
     """The config, feature encoder (the training data's vocabularies) and model of a model dir."""
+    check_model_data(model_dir, data_dir, "saliency")  # unfinished training, a data dir that does not fit
     config = load_config(fs.join(model_dir, layout.CONFIG))
     pointer = fs.join(model_dir, layout.DATA_DIR_POINTER)
     vocab_dir = data_dir
     if fs.exists(pointer):
         with fs.open(pointer) as f:
             vocab_dir = f.read().strip() or data_dir
-    path = fs.join(model_dir, layout.MODEL)
-    if not fs.exists(path):
-        raise TfvctrError(f"{path}: no trained model; run `tfvctr train --model-dir {model_dir}` first")
-    return config, FeatureEncoder.from_data_dir(config.dataset, vocab_dir), keras.saving.load_model(path, compile=False)
+    model = keras.saving.load_model(fs.join(model_dir, layout.MODEL), compile=False)
+    return config, FeatureEncoder.from_data_dir(config.dataset, vocab_dir), model
 
 
 def saliency_report(
