@@ -30,6 +30,37 @@ def step(title: str, args: list[str]) -> None:
     print(f"--- {title}: {time.time() - start:.0f} s", flush=True)
 
 
+def summary_table(metrics: dict, selections: dict) -> str:
+    """The eval-day figures of each model, with the training step model selection chose and
+    that step's figure on the valid split (`M/selection.json`)."""
+    nan = float("nan")
+
+    def num(x, width):
+        return f"{nan if x is None else x:{width}.4f}"
+
+    metric = next(iter(selections.values()))["metric"] if selections else None
+    valid_head = f"{metric or 'valid':>14s}" if metric else ""
+    lines = [f"{'eval day (day 6)':22s} {'AUC':>7s} {'cold AUC':>9s} {'log loss':>9s} {'user AUC':>9s}"
+             + (f" {'chosen step':>13s} {valid_head}" if selections else "")]
+    for name, m in metrics.items():
+        cold = m.get("cold") or {}
+        line = (f"{name:22s} {num(m['auc'], 7)} {num(cold.get('auc'), 9)} {num(m['log_loss'], 9)} "
+                f"{num(m.get('per_user_auc'), 9)}")
+        sel = selections.get(name)
+        if sel:
+            chosen = f"{sel['best_step']}/{sel['last_step']}{'*' if sel['stopped_early'] else ''}"
+            line += f" {chosen:>13s} {num(sel['best'].get(sel['metric']), 14)}"
+        lines.append(line)
+    m = metrics["CSCNN-DCN"]
+    lines.append(f"{'simulator (ceiling)':22s} {num(m.get('ceiling_auc'), 7)} {num((m.get('cold') or {}).get('ceiling_auc'), 9)}")
+    if selections:
+        lines.append(f"chosen step: the step whose weights model.keras holds (best {metric} on the valid split) / the "
+                     f"last step trained; * stopped early (training.patience)")
+    else:
+        lines.append("no valid split: model selection was off (the last step's weights are used)")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
@@ -79,18 +110,16 @@ def main() -> None:
         sys.exit(f"demo: the REST serving step failed (exit {result.returncode})")
     print(f"--- REST serving: {time.time() - started_serving:.0f} s", flush=True)
 
-    metrics = {}
+    metrics, selections = {}, {}
     for name, d in (("CSCNN-DCN", model), ("DCN, no image", baseline)):
         with open(os.path.join(d, layout.METRICS)) as f:
             metrics[name] = json.load(f)
+        selection_file = os.path.join(d, layout.SELECTION)
+        if os.path.exists(selection_file):  # absent when preprocess wrote no valid split
+            with open(selection_file) as f:
+                selections[name] = json.load(f)
     print(f"\n=== done in {time.time() - started:.0f} s\n")
-    nan = float("nan")
-    print(f"{'eval day (day 6)':22s} {'AUC':>7s} {'cold AUC':>9s} {'log loss':>9s} {'user AUC':>9s}")
-    for name, m in metrics.items():
-        cold = m.get("cold", {})
-        print(f"{name:22s} {m['auc']:7.4f} {cold.get('auc', nan):9.4f} {m['log_loss']:9.4f} {m.get('per_user_auc', nan):9.4f}")
-    m = metrics["CSCNN-DCN"]
-    print(f"{'simulator (ceiling)':22s} {m.get('ceiling_auc', nan):7.4f} {m.get('cold', {}).get('ceiling_auc', nan):9.4f}")
+    print(summary_table(metrics, selections))
     print("\nOutputs:")
     for label, path in (("raw tables + images", raw), ("grouped TFRecords, vocab, stats, manifest", data),
                         ("CSCNN-DCN model dir (checkpoints, .keras, metrics.json, plots)", model),

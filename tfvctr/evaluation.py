@@ -250,7 +250,7 @@ def evaluate(
         data_dir: the grouped TFRecords to score.
         baseline: a metrics.json to compute the relative AUC against (DeepCTR Eq. 8).
         model, encoder: use these instead of loading `model.keras` / the vocabularies.
-        split: "eval" (default) or "train".
+        split: "eval" (default), "valid" or "train".
         batch_size: ads per batch (default `training.ads_per_batch`).
         write: write the files (False: only return the metrics).
         cold_below: cold ads have fewer train impressions than this (1: none; CSCNN: 5).

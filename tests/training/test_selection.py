@@ -219,3 +219,20 @@ def test_without_a_valid_split_one_warning_and_the_last_weights(tmp_path):
     assert "best_step" not in result and result["step"] == 2
     assert not (tmp_path / "m" / "selection.json").exists()
     assert evaluation.evaluate(str(tmp_path / "m"), root, write=False)["best_step"] is None
+
+
+def test_evaluate_command_says_which_step_model_keras_holds(planted, data_dir, capsys):
+    import argparse
+
+    from tfvctr.commands import evaluate as command
+
+    _, model_dir, result, _ = planted
+    args = argparse.Namespace(model_dir=model_dir, data=data_dir, baseline=None, split="valid")
+    assert command.run(args) == 0
+    best = result["best"]["valid_logloss"]
+    assert f"model of step 2 (best valid_logloss {best:.4f} of the valid split; trained to step 6, stopped early)" in (
+        capsys.readouterr().out)
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["best_step"] == 2 and metrics["split"] == "valid"
+    assert metrics["log_loss"] == pytest.approx(best, rel=1e-5)
