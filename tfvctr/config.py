@@ -233,9 +233,13 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class AugmentConfig:
+    # Augmentation strength. A CNN that sees each ad's one image every epoch can learn the
+    # ad, not the visual rule (issue 12); jitter makes the exact pixels useless as an id. But
+    # both erase information: a shift of up to `crop_padding` px blurs where an object is,
+    # and `flip` swaps left and right, so weaken them when the image effect is positional.
     random_crop: bool = True
-    crop_padding: int = 4
-    flip: bool = True
+    crop_padding: int = 4  # translation strength in pixels (0: none)
+    flip: bool = True  # horizontal
 
 
 @dataclasses.dataclass
