@@ -1,6 +1,5 @@
 """Tests of tfvctr.layers.attention: the CSCNN modules (Eq. 8-11) and their baselines."""
 
-import doctest
 import typing
 
 import keras
@@ -10,7 +9,6 @@ import tensorflow as tf
 
 from tests.layer_testing import run_layer_test
 from tfvctr.config import ModelConfig
-from tfvctr.layers import attention as attention_module
 from tfvctr.layers.attention import (
     CategoryChannelAttention,
     CategorySEAttention,
@@ -309,22 +307,6 @@ def test_make_attention_rejects_an_unknown_name():
     with pytest.raises(ValueError, match="Expected one of none, se, .*Received: name='cbam_all'"):
         make_attention("cbam_all", num_categories=3)
 
-
-def test_docstring_examples_run():
-    finder = doctest.DocTestFinder()
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    tested = set()
-    for test in finder.find(attention_module, globs={**vars(attention_module)}):
-        if test.examples:
-            tested.add(test.name.rsplit(".", 1)[-1])
-            runner.run(test)
-    assert runner.failures == 0
-    public = {
-        name
-        for name, value in vars(attention_module).items()
-        if isinstance(value, type) and issubclass(value, keras.layers.Layer) and not name.startswith("_")
-    }
-    assert public <= tested, f"public layers without a docstring Example: {sorted(public - tested)}"
 
 
 @pytest.mark.parametrize("height, width", [(1, 1), (3, 3), (7, 12), (16, 16)])
