@@ -1,0 +1,254 @@
+"""Latency of the TF Serving export through TF Serving's own loader, against this core's FLOP floor.
+
+    nice .venv/bin/python benchmarks/serving.py [--demo-export demo_out/serving/demo/1] [--jd-ads 1000000]
+
+For each model the SavedModel written by `tfvctr export` (the JD-sized one is built here
+with random weights: latency does not depend on their values) is loaded with
+`tf.compat.v1.saved_model.loader.load` into a `Session` with **one intra-op and one
+inter-op thread**, and `serving_default` is called through `Session.make_callable` by
+its SignatureDef tensor names, for 1, 100 and 1,000 candidates: p50, p99 and items/s.
+
+The FLOP floor of a case is the head's dense FLOPs (2·B·Σ in·out over the deep layers,
+the output layer and the cross layers) divided by this core's fp32 GEMM rate, measured in
+the same run and the same kind of session (a 512×1024 by 1024×1024 matmul, best of
+several). `ratio` = p50 / floor: 1.0 would be a graph that does nothing but its matmuls
+at peak speed. Also: the table's bytes per ad (float16 and float32) and the time the TF1
+loader needs for the JD-sized export (restore of the table variable + the hash table's
+init from the asset file).
+
+JD-sized: `configs/jd_cscnn_dcn.yaml` (95 hashed string fields × 4-d, 1024/512/256, 3
+cross layers, x_v 150-d, ResNet18 tower), the hash buckets cut to `--hash-buckets` per
+field (10M × 95 × 4 floats would be 15 GB; a gather's cost does not depend on the table
+size), and a `--jd-ads`-row float16 table of random vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+from tfvctr.export.check import load_session, session_runner  # noqa: E402
+from tfvctr.export.warmup import read_warmup  # noqa: E402
+
+BATCHES = (1, 100, 1000)
+RUNS = {1: 1000, 100: 300, 1000: 60}
+VARIANTS = (("jd", False, False), ("jd-fused", True, False), ("jd-fused-xla", True, True))
+
+
+def gemm_peak(m: int = 512, k: int = 1024, n: int = 1024, repeats: int = 30) -> float:
+    """FLOP/s of one fp32 matmul in a 1-thread TF1 session (the best of `repeats`)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        a = tf.constant(np.random.default_rng(0).standard_normal((m, k)).astype(np.float32))
+        b = tf.Variable(np.random.default_rng(1).standard_normal((k, n)).astype(np.float32))
+        out = tf.reduce_sum(tf.matmul(a, b))  # a scalar: no big fetch in the timing
+        init = tf.compat.v1.global_variables_initializer()
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
+    with tf.compat.v1.Session(graph=graph, config=config) as s:
+        s.run(init)
+        run = s.make_callable(out)
+        for _ in range(5):
+            run()
+        best = min(_timed(run) for _ in range(repeats))
+    return 2.0 * m * k * n / best
+
+
+def _timed(fn: Any, *args: Any) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def head_flops(model: Any, batch: int) -> float:
+    """Dense FLOPs of the head for `batch` candidates (deep layers, output layer, cross layers)."""
+    head = model.head
+    flops = 0.0
+    for layer in [*head.deep, head.out]:
+        k, n = layer.kernel.shape
+        flops += 2.0 * batch * int(k) * int(n)
+    d = head.embedding.output_dim
+    flops += head.cross_layers * 4.0 * batch * d  # x0 (x_l . w) + b + x_l: a dot and two axpys per layer
+    return flops
+
+
+def _inputs_like(request: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    n = len(request["ad_id"])
+    index = np.arange(batch) % n
+    return {k: v[index] for k, v in request.items()}
+
+
+def random_inputs(meta: Any, batch: int, ad_ids: list[str], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    sig = meta.signature_def["serving_default"]
+    out = {}
+    for name, info in sig.inputs.items():
+        rank = len(info.tensor_shape.dim)
+        if name == "ad_id":
+            out[name] = np.array([ad_ids[i].encode() for i in rng.integers(0, len(ad_ids), batch)], dtype=object)
+        elif info.dtype == tf.string.as_datatype_enum:
+            shape = (batch,) if rank == 1 else (batch, 4)
+            out[name] = np.array([f"v{i}".encode() for i in rng.integers(0, 10**9, int(np.prod(shape)))],
+                                 dtype=object).reshape(shape)
+        else:
+            out[name] = rng.standard_normal(batch).astype(np.float32)
+    return out
+
+
+def measure(export_dir: str, make_inputs: Any, flops: Any, peak: float, label: str) -> list[dict[str, Any]]:
+    start = time.perf_counter()
+    session, meta = load_session(export_dir, intra_threads=1, inter_threads=1)
+    load_seconds = time.perf_counter() - start
+    names = sorted(meta.signature_def["serving_default"].inputs)
+    call = session_runner(session, meta, "serving_default", names)
+    rows = []
+    for batch in BATCHES:
+        inputs = make_inputs(batch)
+        for _ in range(20):
+            call(inputs)
+        times = np.array([_timed(call, inputs) for _ in range(RUNS[batch])])
+        p50, p99 = float(np.percentile(times, 50)), float(np.percentile(times, 99))
+        floor = flops(batch) / peak
+        rows.append({"model": label, "candidates": batch, "p50_ms": round(p50 * 1e3, 3), "p99_ms": round(p99 * 1e3, 3),
+                     "items_per_s": round(batch / p50), "flop_floor_ms": round(floor * 1e3, 3),
+                     "ratio_p50_to_floor": round(p50 / floor, 2), "p99_over_p50": round(p99 / p50, 2),
+                     "load_seconds": round(load_seconds, 2)})
+        print(f"  {label:10s} {batch:5d} candidates: p50 {p50 * 1e3:8.3f} ms  p99 {p99 * 1e3:8.3f} ms  "
+              f"{batch / p50:9.0f} items/s  floor {floor * 1e3:7.3f} ms  ratio {p50 / floor:6.2f}", flush=True)
+    session.close()
+    return rows
+
+
+def demo_case(export_dir: str, peak: float) -> list[dict[str, Any]]:
+    from tfvctr.export.exporter import load_model_dir
+
+    with open(os.path.join(export_dir, "assets.extra", "tfvctr_export.json")) as f:
+        info = json.load(f)
+    _, model, _, _ = load_model_dir(info["model_dir"], info.get("vocab_dir"))
+    request = max((inputs for sig, inputs in read_warmup(export_dir) if sig == "serving_default"),
+                  key=lambda r: len(r["ad_id"]))  # real eval rows, tiled to the batch size
+    return measure(export_dir, lambda b: _inputs_like(request, b), lambda b: head_flops(model, b), peak, "demo")
+
+
+def build_jd(ads: int, hash_buckets: int, dtype: str) -> tuple[Any, Any, Any, Any]:
+    """`(config, model, encoder, table)`: the JD-sized model with random weights and a random table."""
+    import keras
+
+    from tfvctr.config import load_config
+    from tfvctr.export.table import Table
+    from tfvctr.features import FeatureEncoder
+    from tfvctr.models.factory import build_model
+
+    config = load_config(os.path.join(REPO, "configs", "jd_cscnn_dcn.yaml"))
+    config.dataset.features = [dataclasses.replace(f, hash_buckets=min(f.hash_buckets, hash_buckets))
+                               if f.hash_buckets else f for f in config.dataset.features]
+    categories = [f"cat{i:04d}" for i in range(config.model.num_categories - 1)]
+    encoder = FeatureEncoder(config.dataset, {"category": categories}, {})
+    keras.utils.set_random_seed(0)
+    model = build_model(config, len(categories) + 1, encoder.vocab_sizes, seed=0)
+    rng = np.random.default_rng(0)
+    ad_ids = [f"ad{i:08d}" for i in range(ads)]
+    vectors = np.empty((ads, config.model.visual_dim), dtype)
+    for start in range(0, ads, 100_000):  # in slices: no 1M x 150 float64 temporary
+        vectors[start:start + 100_000] = rng.standard_normal((min(100_000, ads - start), vectors.shape[1]))
+    fallback = np.zeros((len(categories) + 1, vectors.shape[1]), dtype)
+    table = Table(path="random", ad_ids=np.array(ad_ids), categories=np.array(["cat0000"] * ads),
+                  vectors=vectors, fallback=fallback, dtype=dtype)
+    return config, model, encoder, table
+
+
+def write_jd_export(out: str, config: Any, model: Any, encoder: Any, table: Any, fused: bool,
+                    jit: bool) -> dict[str, Any]:
+    from tfvctr.export.signature import ServingModule
+    from tfvctr.export.table import write_ad_ids
+
+    dtype = table.dtype
+    asset_dir = tempfile.mkdtemp()
+    write_ad_ids(table, os.path.join(asset_dir, "ad_ids.txt"))
+    start = time.perf_counter()
+    module = ServingModule(config, model, encoder, table, os.path.join(asset_dir, "ad_ids.txt"), fused=fused, jit=jit)
+    assert (module.fused is not None) == fused
+    module.write(out)
+    write_seconds = time.perf_counter() - start
+    shutil.rmtree(asset_dir, ignore_errors=True)
+    variables = sum(os.path.getsize(os.path.join(out, "variables", n)) for n in os.listdir(os.path.join(out, "variables")))
+    info = {"write_seconds": round(write_seconds, 1), "variables_bytes": variables,
+            "saved_model_pb_bytes": os.path.getsize(os.path.join(out, "saved_model.pb")),
+            "ad_ids_bytes": os.path.getsize(os.path.join(out, "assets", "ad_ids.txt")),
+            "row_bytes": int(table.dim * np.dtype(dtype).itemsize)}
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo-export", default=None, help="a `tfvctr export` of the demo model (BASE/demo/N)")
+    parser.add_argument("--jd-ads", type=int, default=1_000_000, help="rows of the JD-sized table (0: skip JD)")
+    parser.add_argument("--hash-buckets", type=int, default=100_000, help="hash buckets per JD field (see above)")
+    parser.add_argument("--variants", default=",".join(v[0] for v in VARIANTS),
+                        help="JD-sized graphs to measure: jd (field by field, as training), jd-fused (one hash op per "
+                             "bucket count, one gather), jd-fused-xla (+ jit_compile of the dense part)")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args()
+
+    peak = gemm_peak()
+    print(f"fp32 GEMM, 1 thread: {peak / 1e9:.1f} GFLOP/s (512x1024 @ 1024x1024, best of 30)", flush=True)
+    result: dict[str, Any] = {"gemm_gflops": round(peak / 1e9, 1), "cases": []}
+    if args.demo_export:
+        result["cases"] += demo_case(args.demo_export, peak)
+    if args.jd_ads:
+        config, model, encoder, table = build_jd(args.jd_ads, args.hash_buckets, "float16")
+        ad_ids = table.ad_ids.tolist()
+        for label, fused, jit in VARIANTS:
+            if label not in args.variants.split(","):
+                continue
+            work = tempfile.mkdtemp(prefix="serving_bench_")
+            try:
+                out = os.path.join(work, "jd", "1")
+                info = write_jd_export(out, config, model, encoder, table, fused, jit)
+                rng = np.random.default_rng(1)
+                cases = measure(out, lambda b, out=out, rng=rng: random_inputs(load_meta(out), b, ad_ids, rng),
+                                lambda b: head_flops(model, b), peak, label)
+                result["cases"] += cases
+                per_id = info["ad_ids_bytes"] / args.jd_ads
+                result.setdefault("jd_table", {})[label] = {
+                    **info, "ads": args.jd_ads, "bytes_per_ad_float16": round(info["row_bytes"] + per_id, 1),
+                    "bytes_per_ad_float32": round(2 * info["row_bytes"] + per_id, 1),
+                    "load_seconds": cases[-1]["load_seconds"]}
+                print(f"  {label}: {args.jd_ads} ads, row {info['row_bytes']} B float16 ({2 * info['row_bytes']} B "
+                      f"float32) + {per_id:.1f} B of ad_id; variables {info['variables_bytes'] / 1e6:.0f} MB in all; "
+                      f"saved_model.pb {info['saved_model_pb_bytes'] / 1e6:.1f} MB; TF1 load "
+                      f"{cases[-1]['load_seconds']} s; write {info['write_seconds']} s", flush=True)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+_META: dict[str, Any] = {}
+
+
+def load_meta(export_dir: str) -> Any:
+    """The MetaGraphDef (signature shapes/dtypes) without a session, cached."""
+    if export_dir not in _META:
+        from tensorflow.python.tools import saved_model_utils
+
+        _META[export_dir] = saved_model_utils.get_meta_graph_def(export_dir, "serve")
+    return _META[export_dir]
+
+
+if __name__ == "__main__":
+    main()
