@@ -155,18 +155,31 @@ def test_two_local_replicas_match_one_replica_with_the_same_global_batch(data_di
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.slow
-def test_two_workers_agree_on_the_early_stop_and_keep_the_same_best_weights(tmp_path):
-    # The learning rate blows up after step 2 (x100): best step 2, stop at the 2nd evaluation
-    # after it (step 6 of 20). Only the chief scores the valid split; the others must leave the
-    # loop at the same step (a worker that kept training would hang in the next all-reduce).
-    data_dir = tmp_path / "data"
-    rf.write_dataset(str(data_dir), num_ads=16, num_shards=2)
-    shutil.copytree(data_dir / "eval", data_dir / "valid")
-    config = rf.tiny_config_dict(steps=20, ads_per_batch=8, checkpoint_every=100, log_every=100, eval_every=2,
-                                 patience=2, selection_metric="valid_logloss", learning_rate=0.01, decay_steps=[2],
-                                 decay_factor=100.0)
+@pytest.fixture(scope="module")
+def valid_data_dir(tmp_path_factory):
+    """The fixture dataset with a valid split (a copy of its eval shards, cold ads included)."""
+    root = tmp_path_factory.mktemp("with_valid")
+    rf.write_dataset(str(root), num_ads=16, num_shards=2)
+    shutil.copytree(root / "eval", root / "valid")
+    return root
+
+
+def _planted_config(**training):
+    """The learning rate blows up after step 2 (x100): with eval_every 2 and patience 2 the best
+    step is 2 and training stops at the 2nd evaluation after it, step 6 of 20."""
+    config = rf.tiny_config_dict(steps=20, checkpoint_every=100, log_every=100, eval_every=2, patience=2,
+                                 selection_metric="valid_logloss", learning_rate=0.01, decay_steps=[2],
+                                 decay_factor=100.0, **training)
     config["model"]["architecture"] = "dcn"
+    return config
+
+
+@pytest.mark.slow
+def test_two_workers_agree_on_the_early_stop_and_keep_the_same_best_weights(valid_data_dir, tmp_path):
+    # Only the chief scores the valid split; the others must leave the loop at the same step
+    # (a worker that kept training would hang in the next all-reduce).
+    data_dir = valid_data_dir
+    config = _planted_config(ads_per_batch=8)
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     model_dir = tmp_path / "mw"
@@ -188,3 +201,37 @@ def test_two_workers_agree_on_the_early_stop_and_keep_the_same_best_weights(tmp_
     best = model_dir / "checkpoints" / "best"
     assert sorted(p.name for p in best.iterdir()) == ["best-2.data-00000-of-00001", "best-2.index"]
     assert not [p for p in (model_dir / "checkpoints").iterdir() if p.name.startswith("tmp-")]
+
+
+@pytest.mark.slow
+def test_sigkill_after_an_evaluation_resumes_with_the_best_so_far(valid_data_dir, tmp_path):
+    config = _planted_config(ads_per_batch=4)
+    spec, ref_out = _spec(tmp_path, "ref", valid_data_dir, tmp_path / "ref", config, 20)
+    reference = _start(spec)
+
+    model_dir = tmp_path / "killed"
+    spec, out = _spec(tmp_path, "killed", valid_data_dir, model_dir, config, 20, sleep=1.5)
+    victim = _start(spec)
+    marker = model_dir / "checkpoints" / "ckpt-4.index"  # the evaluation after the best (step 2)
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert victim.poll() is None, victim.stdout.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint at step 4"
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert (model_dir / "checkpoints" / "best" / "best-2.index").exists()
+    assert not (model_dir / "selection.json").exists()
+
+    spec, out = _spec(tmp_path, "resumed", valid_data_dir, model_dir, config, 20)
+    log = _finish(_start(spec))
+    _finish(reference)
+    resumed, ref = json.loads(out.read_text()), json.loads(ref_out.read_text())
+    assert "resumed from" in log and "at step 4" in log
+    assert resumed["steps_run"] == [6]  # one block after the checkpoint, then the stop
+    assert resumed["best_step"] == ref["best_step"] == 2 and resumed["last_step"] == ref["last_step"] == 6
+    assert [h["step"] for h in resumed["valid_history"]] == [2, 4, 6]  # the evaluations before the kill kept
+    for got, want in zip(resumed["valid_history"], ref["valid_history"], strict=True):
+        assert got["valid_logloss"] == pytest.approx(want["valid_logloss"], rel=1e-4)
+    for a, b in zip(resumed["weights"], ref["weights"], strict=True):  # both: the weights of step 2
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
