@@ -56,6 +56,39 @@ def test_highest_and_lowest_ads_per_category_each_shown_once():
     assert choose_ads(ads, 3)["a2"] == "highest"  # with 2N > ads, the middle ad is shown once
 
 
+@pytest.mark.parametrize("attention, sites", [("cscnn", 4), ("cbam", 4), ("se", 0), ("none", 0)])
+def test_spatial_attention_is_the_first_attended_layers_ms(attention, sites):
+    from tests.models.model_fixtures import NUM_CATEGORIES, VOCAB_SIZES, tiny_batch, tiny_config
+    from tfvctr.layers.attention import spatial_module
+    from tfvctr.models import build_model
+    from tfvctr.saliency import attention_sites, spatial_attention, spatial_priors
+
+    model = build_model(tiny_config(attention=attention), NUM_CATEGORIES, VOCAB_SIZES, seed=0)
+    batch = tiny_batch()
+    model(batch)
+    assert len(attention_sites(model)) == sites  # CNN-F: conv2 ... conv5; channel-only SE has no map
+    maps = spatial_attention(model, batch["image"].numpy(), batch["category"].numpy())
+    if not sites:
+        assert maps is None and spatial_priors(model) == []
+        return
+    first = attention_sites(model)[0]
+    assert first.name == "conv2_attention"
+    # The same map by hand: the feature map entering conv2's attention, then Eq. 11 on it.
+    backbone = model.visual_tower.get_layer("cnnf_backbone")
+    feature_map = keras.Model(backbone.input, first.input[0])(
+        {"image": batch["image"], "category": batch["category"]}, training=False)
+    _, expected = first(feature_map, batch["category"], return_attention=True)
+    np.testing.assert_allclose(maps, np.asarray(expected["spatial"]), rtol=1e-5, atol=1e-6)
+    assert maps.shape[:1] == (2,) and np.all((maps > 0) & (maps < 1))
+    priors = spatial_priors(model)
+    if attention == "cbam":  # self-attention: no category prior
+        assert priors == []
+    else:
+        assert [name for name, _ in priors] == [site.name for site in attention_sites(model)]
+        np.testing.assert_array_equal(priors[0][1], np.asarray(spatial_module(first).spatial_prior))
+        assert priors[0][1].shape == (NUM_CATEGORIES, 7, 7)
+
+
 # ----------------------------------------------------------------------------- what the simulator rewards
 
 SIZE = 24
