@@ -236,3 +236,19 @@ def test_evaluate_command_says_which_step_model_keras_holds(planted, data_dir, c
         metrics = json.load(f)
     assert metrics["best_step"] == 2 and metrics["split"] == "valid"
     assert metrics["log_loss"] == pytest.approx(best, rel=1e-5)
+
+
+def test_train_command_says_which_step_the_model_dir_keeps(planted, data_dir, tmp_path, capsys):
+    import argparse
+
+    from tfvctr.commands import train as command
+
+    config, _, result, _ = planted
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(config.to_yaml())
+    args = argparse.Namespace(config=str(config_path), data=data_dir, model_dir=str(tmp_path / "m"), steps=None, overrides=[])
+    assert command.run(args) == 0
+    out = capsys.readouterr().out
+    best = result["best"]["valid_logloss"]
+    assert f"trained to step 6; model dir: {tmp_path / 'm'}" in out
+    assert f"model.keras holds step 2: best valid_logloss {best:.4f} on the valid split (stopped early)" in out
