@@ -42,6 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
+from tfvctr import layout  # noqa: E402
 from tfvctr.export.check import load_session, session_runner  # noqa: E402
 from tfvctr.export.warmup import read_warmup  # noqa: E402
 
@@ -135,7 +136,7 @@ def measure(export_dir: str, make_inputs: Any, flops: Any, peak: float, label: s
 def demo_case(export_dir: str, peak: float) -> list[dict[str, Any]]:
     from tfvctr.export.exporter import load_model_dir
 
-    with open(os.path.join(export_dir, "assets.extra", "tfvctr_export.json")) as f:
+    with open(os.path.join(export_dir, layout.WARMUP_DIR, layout.EXPORT_INFO)) as f:
         info = json.load(f)
     _, model, _, _ = load_model_dir(info["model_dir"], info.get("vocab_dir"))
     request = max((inputs for sig, inputs in read_warmup(export_dir) if sig == "serving_default"),
@@ -177,9 +178,9 @@ def write_jd_export(out: str, config: Any, model: Any, encoder: Any, table: Any,
 
     dtype = table.dtype
     asset_dir = tempfile.mkdtemp()
-    write_ad_ids(table, os.path.join(asset_dir, "ad_ids.txt"))
+    write_ad_ids(table, os.path.join(asset_dir, layout.EXPORT_AD_IDS))
     start = time.perf_counter()
-    module = ServingModule(config, model, encoder, table, os.path.join(asset_dir, "ad_ids.txt"), fused=fused, jit=jit)
+    module = ServingModule(config, model, encoder, table, os.path.join(asset_dir, layout.EXPORT_AD_IDS), fused=fused, jit=jit)
     assert (module.fused is not None) == fused
     module.write(out)
     write_seconds = time.perf_counter() - start
@@ -187,7 +188,7 @@ def write_jd_export(out: str, config: Any, model: Any, encoder: Any, table: Any,
     variables = sum(os.path.getsize(os.path.join(out, "variables", n)) for n in os.listdir(os.path.join(out, "variables")))
     info = {"write_seconds": round(write_seconds, 1), "variables_bytes": variables,
             "saved_model_pb_bytes": os.path.getsize(os.path.join(out, "saved_model.pb")),
-            "ad_ids_bytes": os.path.getsize(os.path.join(out, "assets", "ad_ids.txt")),
+            "ad_ids_bytes": os.path.getsize(os.path.join(out, "assets", layout.EXPORT_AD_IDS)),
             "row_bytes": int(table.dim * np.dtype(dtype).itemsize)}
     return info
 
