@@ -528,10 +528,6 @@ def train_trial(
     `tfvctr train` does, at the cost of rebuilding the model once per stretch. Stretches end
     on validation steps, so the trial is evaluated at the same steps as without pruning.
     """
-    import gc
-
-    import keras
-
     from tfvctr.io import fs
     from tfvctr.training import train
 
@@ -542,24 +538,19 @@ def train_trial(
         every = _prune_every(config, prune_every)
         stops = list(range(every, total, every)) + [total]
     reported = -1
-    try:
-        for stop in stops:
-            result = train(config, data_dir, model_dir, steps=stop, strategy=strategy, log=log)
-            if report is not None:
-                path = fs.join(model_dir, layout.SELECTION)
-                if fs.exists(path):
-                    with fs.open(path) as f:
-                        history = json.load(f).get("history") or []
-                    for entry in history:
-                        if entry.get("step", -1) > reported and entry.get(metric) is not None:
-                            reported = entry["step"]
-                            report(int(entry["step"]), float(entry[metric]))
-            if result.get("stopped_early") or int(result.get("step", stop)) < stop:
-                break  # training.patience ran out: the trial is over
-    finally:
-        # Trials run in one process: drop the last trial's graphs and models before the next.
-        keras.backend.clear_session()
-        gc.collect()
+    for stop in stops:
+        result = train(config, data_dir, model_dir, steps=stop, strategy=strategy, log=log)
+        if report is not None:
+            path = fs.join(model_dir, layout.SELECTION)
+            if fs.exists(path):
+                with fs.open(path) as f:
+                    history = json.load(f).get("history") or []
+                for entry in history:
+                    if entry.get("step", -1) > reported and entry.get(metric) is not None:
+                        reported = entry["step"]
+                        report(int(entry["step"]), float(entry[metric]))
+        if result.get("stopped_early") or int(result.get("step", stop)) < stop:
+            break  # training.patience ran out: the trial is over
     return result
 
 
