@@ -326,6 +326,15 @@ def test_tune_refuses_a_multi_worker_cluster(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
+def test_the_tune_section_of_docs_tuning_md_is_valid(repo_root):
+    text = (repo_root / "docs" / "tuning.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    d = rf.tiny_config_dict()
+    d.update(yaml.safe_load(block))
+    config = config_from_dict(d, "docs/tuning.md")
+    assert config.tune.metric == "valid_cold_auc" and len(search_space(config)) == 5
+
+
 def test_demo_config_declares_a_valid_search(repo_root):
     config = load_config(str(repo_root / "configs" / "demo.yaml"))
     assert len(search_space(config)) >= 3
