@@ -11,7 +11,9 @@ its SignatureDef tensor names, for 1, 100 and 1,000 candidates: p50, p99 and ite
 The FLOP floor of a case is the head's dense FLOPs (2·B·Σ in·out over the deep layers,
 the output layer and the cross layers) divided by this core's fp32 GEMM rate, measured in
 the same run and the same kind of session (a 512×1024 by 1024×1024 matmul, best of
-several). `ratio` = p50 / floor: 1.0 would be a graph that does nothing but its matmuls
+several). "Feeding the inputs alone" is the p50 of the same inputs fed to a graph that
+only reads their sizes: the harness's numpy → tensor conversion and one session call,
+which TF Serving does in C++ from the request protobuf. `ratio` = p50 / floor: 1.0 would be a graph that does nothing but its matmuls
 at peak speed. Also: the table's bytes per ad (float16 and float32) and the time the TF1
 loader needs for the JD-sized export (restore of the table variable + the hash table's
 init from the asset file).
@@ -109,6 +111,24 @@ def random_inputs(meta: Any, batch: int, ad_ids: list[str], rng: np.random.Gener
     return out
 
 
+def feed_cost(meta: Any, inputs: dict[str, np.ndarray], runs: int) -> float:
+    """p50 of feeding the same inputs to a graph that only reads their sizes: what the harness
+    (numpy → tensors for every input) and one session call cost, without the model."""
+    sig = meta.signature_def["serving_default"]
+    names = sorted(inputs)
+    graph = tf.Graph()
+    with graph.as_default():
+        placeholders = [tf.compat.v1.placeholder(tf.dtypes.as_dtype(sig.inputs[n].dtype)) for n in names]
+        out = tf.add_n([tf.size(p) for p in placeholders])
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
+    with tf.compat.v1.Session(graph=graph, config=config) as s:
+        run = s.make_callable(out, placeholders)
+        values = [inputs[n] for n in names]
+        for _ in range(20):
+            run(*values)
+        return float(np.percentile([_timed(run, *values) for _ in range(runs)], 50))
+
+
 def measure(export_dir: str, make_inputs: Any, flops: Any, peak: float, label: str) -> list[dict[str, Any]]:
     start = time.perf_counter()
     session, meta = load_session(export_dir, intra_threads=1, inter_threads=1)
@@ -123,12 +143,15 @@ def measure(export_dir: str, make_inputs: Any, flops: Any, peak: float, label: s
         times = np.array([_timed(call, inputs) for _ in range(RUNS[batch])])
         p50, p99 = float(np.percentile(times, 50)), float(np.percentile(times, 99))
         floor = flops(batch) / peak
+        feed = feed_cost(meta, inputs, RUNS[batch])
         rows.append({"model": label, "candidates": batch, "p50_ms": round(p50 * 1e3, 3), "p99_ms": round(p99 * 1e3, 3),
                      "items_per_s": round(batch / p50), "flop_floor_ms": round(floor * 1e3, 3),
                      "ratio_p50_to_floor": round(p50 / floor, 2), "p99_over_p50": round(p99 / p50, 2),
+                     "feed_only_p50_ms": round(feed * 1e3, 3),
                      "load_seconds": round(load_seconds, 2)})
         print(f"  {label:10s} {batch:5d} candidates: p50 {p50 * 1e3:8.3f} ms  p99 {p99 * 1e3:8.3f} ms  "
-              f"{batch / p50:9.0f} items/s  floor {floor * 1e3:7.3f} ms  ratio {p50 / floor:6.2f}", flush=True)
+              f"{batch / p50:9.0f} items/s  floor {floor * 1e3:7.3f} ms  ratio {p50 / floor:6.2f}  "
+              f"(feeding the inputs alone: {feed * 1e3:.3f} ms)", flush=True)
     session.close()
     return rows
 
