@@ -133,6 +133,10 @@ def make_manifest(counters: dict[str, int], config: Config, seed: int, stats: di
         "image_bytes": c("image_bytes"),
         "unique_image_bytes": c("unique_image_bytes"),
         "counter_namespace": NAMESPACE,
+        # Negative downsampling of the train split (tfvctr.daily.recalibration): the trainer
+        # copies the rate into the model dir; export and evaluate recalibrate with it.
+        "negative_sampling_rate": config.dataset.negative_sampling_rate,
+        "downsampled_negatives": c("downsampled_negatives"),
     }
 
 
@@ -141,11 +145,13 @@ def check_counts(manifest: dict) -> None:
     from tfvctr.errors import TfvctrError
 
     s, d, i = manifest["splits"], manifest["dead_letter"], manifest["input"]
-    written = sum(s[split]["impressions"] for split in layout.SPLITS) + d["impressions"]
+    downsampled = manifest.get("downsampled_negatives", 0)
+    written = sum(s[split]["impressions"] for split in layout.SPLITS) + d["impressions"] + downsampled
     if written != i["impressions"]:
         raise TfvctrError(f"impression counts do not add up: input {i['impressions']} != train "
                           f"{s['train']['impressions']} + valid {s['valid']['impressions']} + eval "
-                          f"{s['eval']['impressions']} + dead letter {d['impressions']}")
+                          f"{s['eval']['impressions']} + dead letter {d['impressions']} + downsampled "
+                          f"negatives {downsampled}")
     if manifest["ads_written"] + d["ads"] != i["ads"]:
         raise TfvctrError(f"ad counts do not add up: input {i['ads']} != written {manifest['ads_written']} "
                           f"+ dead letter {d['ads']}")
@@ -169,6 +175,9 @@ def summary(manifest: dict, out: str, seconds: float) -> str:
             empty = "; EMPTY: no model selection possible" if not s[split]["impressions"] else ""
             lines.append(f"             mode {v['mode']}{held}; {s[split]['cold_ads']} cold ads (no train "
                          f"impressions){empty}")
+    if manifest.get("negative_sampling_rate", 1.0) < 1.0:
+        lines.append(f"  downsampled {manifest['downsampled_negatives']} train non-clicks (kept a share "
+                     f"{manifest['negative_sampling_rate']:g}; dataset.negative_sampling_rate)")
     reasons = ", ".join(f"{k} {v}" for k, v in d["reasons"].items()) or "none"
     lines.append(f"  dead letter {d['ads']} ads, {d['impressions']} impressions ({reasons})")
     lines.append(f"  {manifest['cold_ads']} cold ads in eval (no train impressions); duplication factor {manifest['duplication_factor']:.2f} "

@@ -111,8 +111,15 @@ class DatasetConfig:
     compression: Literal["none", "gzip"] = "none"
     seed: int = 0
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
+    # Negative downsampling (He et al. 2014): the train split keeps every click and a seeded
+    # share w of the non-clicks (eval and valid keep everything); export and evaluate
+    # recalibrate the CTR, q = p / (p + (1 - p) / w) (tfvctr.daily.recalibration).
+    negative_sampling_rate: float = 1.0
 
     def validate(self, where: str) -> None:
+        if not 0.0 < self.negative_sampling_rate <= 1.0:
+            raise ConfigError(f"{where}.negative_sampling_rate: expected a value in (0, 1], "
+                              f"received {self.negative_sampling_rate}")
         names = set()
         for i, f in enumerate(self.features):
             f.validate(f"{where}.features[{i}] ({f.name})")

@@ -61,12 +61,15 @@ def read_cold_ads(data_dir: str, below: int = 1) -> Optional[set[str]]:
 class Evaluator:
     """Accumulates predictions of `model` over batches `(inputs, labels, meta)`."""
 
-    def __init__(self, model: Any, passthrough: tuple[str, ...] = ()):
+    def __init__(self, model: Any, passthrough: tuple[str, ...] = (), logit_offset: float = 0.0):
         self.model = model
         self.passthrough = tuple(passthrough)
+        # log(w) of negative downsampling (tfvctr.daily.recalibration): the CTRs scored are the
+        # recalibrated ones the export serves, so log loss and calibration are those of serving.
+        offset = float(logit_offset)
         # Batches differ in impression count: trace once for generalised shapes, not per batch.
         self._predict = tf.function(
-            lambda inputs: tf.sigmoid(tf.cast(model(inputs, training=False), tf.float32)), reduce_retracing=True
+            lambda inputs: tf.sigmoid(tf.cast(model(inputs, training=False), tf.float32) + offset), reduce_retracing=True
         )
 
     def eval_begin(self) -> dict:
@@ -279,12 +282,16 @@ def evaluate(
     dataset = data_lib.make_dataset(
         config, data_dir, split, training=False, encoder=encoder, batch_size=batch_size, with_meta=True, files=files
     )
+    from tfvctr.daily import recalibration
+
+    offset = recalibration.logit_offset(recalibration.model_rate(model_dir))
     with data_lib.data_errors(files):
-        pred = score(Evaluator(model, passthrough), dataset)
+        pred = score(Evaluator(model, passthrough, logit_offset=offset), dataset)
     if pred["labels"].size == 0:
         raise DataError(f"{fs.join(data_dir, split)}: no impressions to evaluate")
     result = compute_metrics(pred, read_cold_ads(data_dir, cold_below), load_baseline(baseline) if baseline else None)
     result.update(split=split, data_dir=data_dir, model_dir=model_dir, name=config.name)
+    result["negative_sampling_rate"] = recalibration.model_rate(model_dir)  # CTRs recalibrated by this rate
     # Which step's weights model.keras holds: the best one by the valid split, or None when
     # training had no valid split (then it is the last step).
     selection = read_selection(model_dir)

@@ -33,6 +33,7 @@ ROC_PLOT = "roc.png"  # beside metrics.json
 CALIBRATION_PLOT = "calibration.png"
 FINGERPRINT = "fingerprint.json"  # what the model was trained on (features, vocabularies, image size, architecture)
 SELECTION = "selection.json"  # the validation history and the chosen (best) step
+NEGATIVE_SAMPLING = "negative_sampling.json"  # the train split's negative sampling rate (tfvctr.daily.recalibration)
 
 # --------------------------------------------------------------- embedding table (embed)
 TABLE_INDEX = "index.json"

@@ -6,7 +6,9 @@ impression goes to one split: `eval` (the last eval days), `valid` (carved out o
 train days as `dataset.validation.mode` says: the last train day, and/or every train-day
 impression of a seeded share of ads held out whole) or `train`. Within an ad the
 impressions of each split are shuffled deterministically (sorted by a hash of seed and
-content) and cut into chunks of at most K: one `SequenceExample` per chunk.
+content) and cut into chunks of at most K: one `SequenceExample` per chunk. With
+`dataset.negative_sampling_rate` w < 1 the train split keeps every click and a seeded share
+w of the non-clicks (`keep_negative`); the rest are counted as `downsampled_negatives`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ def held_out_ad(seed: int, ad_id: str, share: float) -> bool:
     """
     digest = hashlib.blake2b(repr((seed, str(ad_id))).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") < share * 2**64
+
+
+def keep_negative(seed: int, imp: tuple, rate: float) -> bool:
+    """Whether a non-click is kept at `dataset.negative_sampling_rate` `rate` (He et al. 2014).
+
+    A stable hash of `(seed, impression)`, as `held_out_ad`: the same draw in every run and
+    on every runner, with no state shared between workers.
+    """
+    digest = hashlib.blake2b(repr(("negative", seed, imp)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < rate * 2**64
 
 
 def split_days(days: list[int], eval_from: Optional[int], mode: str = "none") -> dict[str, Any]:
@@ -95,6 +107,7 @@ class _Chunk(beam.DoFn):
         v = ds.validation
         self._held_out_seed = seed if v.seed is None else v.seed
         self._held_out_share = v.ads_share if v.mode in ADS_MODES else 0.0
+        self._negative_rate = ds.negative_sampling_rate
 
     def process(self, element: tuple, days: dict) -> Iterable:
         ad_id, groups = element
@@ -116,6 +129,11 @@ class _Chunk(beam.DoFn):
                 splits[VALID].append(imp)
             else:
                 splits[TRAIN].append(imp)
+        downsampled = 0
+        if self._negative_rate < 1.0:  # train only: eval and valid measure the real traffic
+            kept = [imp for imp in splits[TRAIN]
+                    if imp[records.LABEL] or keep_negative(self._seed, imp, self._negative_rate)]
+            downsampled, splits[TRAIN] = len(splits[TRAIN]) - len(kept), kept
         num_chunks = {}
         for split, imps in splits.items():
             imps.sort(key=lambda imp: records.shuffle_key(self._seed, imp))
@@ -127,7 +145,7 @@ class _Chunk(beam.DoFn):
                 num_chunks[split] += 1
         row = {"ad_id": ad_id, "category": ad[records.CATEGORY], "image": ad[records.IMAGE_URI],
                "train_impressions": len(splits[TRAIN]), "valid_impressions": len(splits[VALID]),
-               "eval_impressions": len(splits[EVAL]), "held_out": held_out}
+               "eval_impressions": len(splits[EVAL]), "held_out": held_out, "downsampled_negatives": downsampled}
         yield pvalue.TaggedOutput(AD_COUNTS, (row, num_chunks, len(ad[records.IMAGE_BYTES])))
         if splits[TRAIN]:
             yield pvalue.TaggedOutput(TRAIN_ADS, ad)

@@ -62,6 +62,7 @@ class _FormatAdCount(beam.DoFn):
             counter("valid_cold_ads").inc()
         if row["held_out"]:
             counter("held_out_ads").inc()
+        counter("downsampled_negatives").inc(row.get("downsampled_negatives", 0))
         yield json.dumps(row, sort_keys=True)
 
 

@@ -69,8 +69,11 @@ class ServingModule:
     """
 
     def __init__(self, config: Config, model: Any, encoder: Any, table: Table, ad_ids_path: str,
-                 fused: bool = True, jit: bool = False) -> None:
+                 fused: bool = True, jit: bool = False, logit_offset: float = 0.0) -> None:
         self._config = config
+        # log(w) of negative downsampling (tfvctr.daily.recalibration): logit(q) = logit(p) + log(w)
+        # is He et al. 2014's q = p / (p + (1 - p) / w), so `logit` and `ctr` both come out calibrated.
+        self._logit_offset = float(logit_offset)
         self.model = model
         self.encoder = encoder
         # The one-gather path for all-hashed DCN heads (tfvctr.export.fused), when it applies.
@@ -106,7 +109,7 @@ class ServingModule:
 
     def _head(self, features: dict, x_v: tf.Tensor, in_table: tf.Tensor) -> dict[str, tf.Tensor]:
         logit = tf.cast(self.model.head({"features": features, "x_v": x_v}, training=False), tf.float32)
-        return {"ctr": tf.sigmoid(logit), "logit": logit, "in_table": in_table}
+        return self._outputs(logit, in_table)
 
     def _decode(self, image_bytes: tf.Tensor) -> tf.Tensor:
         size = self._image_size
@@ -126,6 +129,8 @@ class ServingModule:
     # ------------------------------------------------------------------ signatures
 
     def _outputs(self, logit: tf.Tensor, in_table: tf.Tensor) -> dict[str, tf.Tensor]:
+        if self._logit_offset:
+            logit = logit + self._logit_offset  # recalibrated (negative downsampling)
         return {"ctr": tf.sigmoid(logit), "logit": logit, "in_table": in_table}
 
     def _serve(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:

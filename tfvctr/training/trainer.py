@@ -69,7 +69,12 @@ def visual_tower_of(model: Any) -> Any:
 
 
 def _write_model_dir(config: Config, data_dir: str, model_dir: str, model: Any) -> None:
+    from tfvctr.daily import recalibration
+
     save_config(config, fs.join(model_dir, layout.CONFIG))
+    # The rate the train split was downsampled at, from the data (not the config: the data is
+    # what the model saw); export and evaluate recalibrate the CTR with it.
+    recalibration.write_model_rate(model_dir, recalibration.data_rate(data_dir), data_dir)
     with fs.open(fs.join(model_dir, layout.DATA_DIR_POINTER), "w") as f:
         f.write(os.path.abspath(data_dir) if not fs.is_remote(data_dir) else data_dir)
     tower = visual_tower_of(model)
@@ -99,7 +104,10 @@ def _validator(config: Config, data_dir: str, model: Any, encoder: Any, files: l
             config, data_dir, layout.VALID, training=False, encoder=encoder, batch_size=config.training.ads_per_batch,
             with_meta=True, files=files,
         )
-        evaluator = evaluation.Evaluator(model)
+        from tfvctr.daily import recalibration
+
+        # Calibrated CTRs (valid_logloss would otherwise score the downsampled odds).
+        evaluator = evaluation.Evaluator(model, logit_offset=recalibration.logit_offset(recalibration.data_rate(data_dir)))
         cold_ads = evaluation.read_cold_ads(data_dir)
 
         def score() -> dict:
