@@ -1,0 +1,127 @@
+"""`tfvctr reproduce`: a quick run of a table slice end to end (train, pre-train, score,
+doc, chart), its resume, and the summaries (Eq. 8, the paper's orderings) on fixed cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from tests import recordio_fixtures as rf
+from tfvctr import cli, reproduce
+from tfvctr.paper_tables import PAPER
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce")
+    data = str(root / "data")
+    rf.write_dataset(data, num_ads=24, num_shards=2)
+    base = root / "base.yaml"
+    base.write_text(yaml.safe_dump(rf.tiny_config_dict(augment={"random_crop": False, "flip": False})))
+    argv = ["reproduce", "cscnn-4:bpr_mf,vbpr", "--data", data, "--config", str(base), "--quick",
+            "--work", str(root / "work"), "--doc", str(root / "docs" / "results.md"), "--img-dir", str(root / "docs" / "img")]
+    assert cli.main(argv) == 0
+    return root, argv
+
+
+def _lines(root):
+    return list(reproduce.load_results(str(root / "work")).values())
+
+
+def test_quick_run_trains_scores_and_writes_the_doc(quick):
+    root, _ = quick
+    rows = _lines(root)
+    assert [(r["table"], r["row"], r["seed"]) for r in rows] == [("cscnn-4", "bpr_mf", 0), ("cscnn-4", "vbpr", 0)]
+    for r in rows:
+        assert 0.0 < r["auc"] < 1.0 and r["impressions"] == 46 and r["last_step"] == reproduce.QUICK.steps
+    # VBPR's fixed features came from a category pre-training of the tower.
+    assert list((root / "work" / "pretrain").glob("*/done"))
+    doc = (root / "docs" / "results.md").read_text()
+    assert "## CSCNN Table 4" in doc and "tfvctr reproduce cscnn-4:bpr_mf,vbpr" in doc
+    assert f"{PAPER['cscnn-4']['vbpr']['auc']:.4f}" in doc  # the paper's number beside ours
+    assert f"{rows[1]['auc']:.4f} (1 seed)" in doc
+    assert "VBPR > BPR-MF on auc" in doc and "| DVBPR | not run |" in doc
+    assert (root / "docs" / "img" / "results_cscnn_4.png").stat().st_size > 1000
+
+
+def test_rerun_skips_finished_cells_and_resumes_an_unfinished_one(quick):
+    root, argv = quick
+    before = _lines(root)
+    results = root / "work" / "results.jsonl"
+    # Kill mid-write: the last cell's line is torn, so that cell counts as unfinished.
+    text = results.read_text().splitlines(keepends=True)
+    results.write_text(text[0] + text[1][:20])
+    assert cli.main(argv) == 0
+    lines = (root / "work" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and lines[1] == text[1][:20]  # one new line after the torn one
+    after = _lines(root)
+    assert after[0] == before[0]  # skipped, not retrained
+    assert after[1]["row"] == "vbpr" and after[1]["auc"] == pytest.approx(before[1]["auc"], abs=1e-6)  # same weights, reloaded
+
+
+def test_an_unknown_table_or_row_is_a_one_line_error(capsys, tmp_path):
+    assert cli.main(["reproduce", "cscnn-7", "--data", str(tmp_path)]) == 2
+    assert "unknown table(s) cscnn-7" in capsys.readouterr().err
+    with pytest.raises(Exception, match="cscnn-4 has no row"):
+        reproduce.resolve_tables("cscnn-4:nope")
+
+
+def _cell(table, row, seed, auc, log_loss, cold_auc=None):
+    return {"table": table, "row": row, "seed": seed, "auc": auc, "log_loss": log_loss, "cold_auc": cold_auc,
+            "cold_below": 1, "never_seen_cold_auc": cold_auc, "never_seen_cold_log_loss": log_loss}
+
+
+def test_relative_auc_is_eq8_and_claims_are_judged_on_means_and_spread():
+    table = reproduce.TABLES["deepctr-1"]
+    cells = [_cell("deepctr-1", "lr_basic", s, 0.60, 0.40) for s in (0, 1)]
+    cells += [_cell("deepctr-1", "deepctr", 0, 0.65, 0.38), _cell("deepctr-1", "deepctr", 1, 0.66, 0.39)]
+    cells += [_cell("deepctr-1", "dnn_conv17", s, 0.70, 0.37) for s in (0, 1)]
+    summary = reproduce.summarise(table, cells)
+    # Eq. 8: ((AUC - 0.5) / (AUC_lr - 0.5) - 1) x 100 %: 0.65 → 50 %, 0.66 → 60 %.
+    mean, std, n = summary["deepctr"]["rel_auc"]
+    assert (mean, std, n) == (pytest.approx(55.0), pytest.approx(5.0), 2)
+    assert summary["lr_basic"]["rel_auc"][0] == pytest.approx(0.0)
+    assert summary["deepctr"]["rel_logloss"][0] == pytest.approx(((0.38 / 0.40 - 1) + (0.39 / 0.40 - 1)) / 2 * 100)
+    claims = {text.split(":")[0]: (holds, clear) for holds, clear, text in reproduce.check_claims(table, summary)}
+    # 55 ± 5 vs 100 ± 0: does not hold, and clearly so (the gap exceeds the spread).
+    assert claims["DeepCTR > dnn, pre-extracted Convnet features (frozen) on rel_auc"] == (False, True)
+    assert claims["FM_basic > lr_basic on rel_auc"] == (False, False)  # not measured
+
+
+def test_deepctr_table_2_scores_the_ads_never_seen_in_training():
+    table = reproduce.TABLES["deepctr-2"]
+    cells = [_cell("deepctr-2", "lr_basic", 0, 0.70, 0.4, cold_auc=0.55), _cell("deepctr-2", "deepctr", 0, 0.70, 0.4, cold_auc=0.60)]
+    summary = reproduce.summarise(table, cells)
+    assert summary["deepctr"]["auc"][0] == pytest.approx(0.60)
+    assert summary["deepctr"]["rel_auc"][0] == pytest.approx(100.0)
+
+
+def test_fm_baseline_matches_numpy():
+    head = reproduce.BaselineHead("fm", [{"name": "d", "kind": "categorical"}, {"name": "e", "kind": "categorical"}],
+                                  {"d": 3, "e": 4}, factors=2, seed=0)
+    x = {"d": np.array([1, 2]), "e": np.array([0, 3])}
+    z = head({"features": x}).numpy()
+    w = head.linear.weights
+    v_d, v_e = head.fields[0].weights[0].numpy(), head.fields[1].weights[0].numpy()
+    linear = w[0].numpy()[x["d"], 0] + w[1].numpy()[x["e"], 0] + head.bias.numpy()
+    expected = linear + np.sum(v_d[x["d"]] * v_e[x["e"]], axis=1)  # Σ_{f<g} <v_f, v_g> with two fields
+    np.testing.assert_allclose(z, expected, rtol=1e-5)
+
+
+def test_every_table_has_the_papers_numbers_for_rows_it_runs():
+    for name, table in reproduce.TABLES.items():
+        keys = {r.key for r in table.rows}
+        assert set(PAPER[name]) <= keys, name
+        for better, worse, _ in table.claims:
+            assert better in keys and worse in keys
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    tests = doctest.DocTestFinder(recurse=False).find(reproduce.BaselineHead, "BaselineHead", globs=dict(vars(reproduce)))
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).attempted > 0 and runner.failures == 0

@@ -1,0 +1,46 @@
+"""`tfvctr reproduce TABLE --data D [--seeds 3] [--quick]`: the papers' tables on D (tfvctr/reproduce.py)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from tfvctr.commands import add_command
+
+TABLE_NAMES = ("cscnn-4", "cscnn-9", "cscnn-5", "cscnn-6", "cscnn-8", "cscnn-fig5", "deepctr-1", "deepctr-2", "deepctr-4")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "reproduce", run, "run the papers' tables on your data → docs/results.md",
+        "Train and score every cell (row x seed) of the named tables of CSCNN (KDD 2020) and DeepCTR (2016) on "
+        "DATA (the output of `tfvctr preprocess`), the step of each chosen on the valid split; write "
+        "docs/results.md with our mean ± std beside the papers' numbers, whether each ordering the paper claims "
+        "holds, and a bar chart per table. Rerunning the same command skips finished cells and resumes an "
+        "interrupted one. DeepCTR Table 3 is `python benchmarks/sparse_basicnet.py`.",
+    )
+    p.add_argument("table", help=f"a table, a comma-separated list, or all: {', '.join(TABLE_NAMES)}")
+    p.add_argument("--data", required=True, help="output folder of `tfvctr preprocess`")
+    p.add_argument("--config", default=None, help="the base config DATA was preprocessed with (default: the demo config)")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per cell (default: 3)")
+    p.add_argument("--quick", action="store_true", help="one seed, a few steps per cell (a smoke test of the suite)")
+    p.add_argument("--work", default="reproduce_work", help="trained cells, pre-trained CNNs and results.jsonl (resume state)")
+    p.add_argument("--doc", default="docs/results.md", help="the Markdown file to write (default: docs/results.md)")
+    p.add_argument("--img-dir", default="docs/img", help="where the bar charts go (default: docs/img)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tfvctr.errors import ConfigError
+    from tfvctr.reproduce import DEFAULT_CONFIG, reproduce
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds: expected a positive number, received {args.seeds}")
+    command = "tfvctr " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
+    results = reproduce(
+        args.table, args.data, config=args.config or DEFAULT_CONFIG, seeds=args.seeds, quick=args.quick,
+        work=args.work, doc=args.doc, img_dir=args.img_dir, command=command,
+    )
+    cells = sum(len(v) for v in results.values())
+    print(f"{cells} cell(s) of {', '.join(results)}; written: {args.doc}")
+    return 0

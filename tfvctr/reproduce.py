@@ -1,0 +1,750 @@
+"""`tfvctr reproduce`: the papers' tables, run on a user's data, beside the papers' numbers.
+
+A table is a list of rows; a row is a set of config overrides on one base config (the
+`--config`, by default the demo config). A *cell* is one row trained with one seed by the
+trainer (`tfvctr.training.trainer.train`: the valid split picks the step, early stopping
+ends the run, `model.keras` holds the chosen weights) and scored on the eval split. Cells
+are keyed by what they train (family, overrides, seed, budget), so a row shared by two
+tables (CSCNN in Tables 4, 5 and Fig. 5) is trained once. Every finished cell is a line of
+`WORK/results.jsonl`; a rerun skips those and resumes an interrupted cell from its
+checkpoints. Then `docs/results.md` gets each table: our mean ± std over seeds beside the
+paper's number, whether each ordering the paper claims holds, a bar chart with error bars
+(`docs/img/results_<table>.png`) and the exact command.
+
+Tables (`TABLES`): CSCNN Tables 4 and 9 (the VBPR family, point- and pair-wise), 5
+(attentions with and without the category prior), 6 (backbones), 8 (DCN + CNN fixed /
+fine-tuned / CBAM / CSCNN), Fig. 5 (C', H' = W', L' sweeps); DeepCTR Tables 1 and 2 (one
+set of runs: Table 2 is the cold-ad split of Table 1), 4 (Alg. 1 vs a thorough shuffle).
+DeepCTR Table 3 is `benchmarks/sparse_basicnet.py`.
+
+Families (the model each table's rows share, `FAMILIES`): `vbpr` (CSCNN Eq. 12 on the base
+config plus `user_id` and `ad_id` as hashed features), `ctr` (the base config: CSCNN-DCN),
+`deepctr` (DeepCTR, Convnet `deepctr17` at the base config's width). Rows that need a
+CNN pre-trained on categories (VBPR's fixed features, DCN + CNN fixed / fine-tuned, DeepCTR)
+get one `tfvctr pretrain` run per tower and seed, also cached in WORK.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import keras
+import numpy as np
+import yaml
+
+from tfvctr import layout
+from tfvctr.config import Config, apply_overrides, config_from_dict
+from tfvctr.errors import ConfigError, TfvctrError
+from tfvctr.io import fs
+from tfvctr.layers.embedding import NonVisualEmbedding, feature_specs
+from tfvctr.models.base import CTRModel
+from tfvctr.models.deepctr import DeepCTRHead
+from tfvctr.paper_tables import PAPER
+
+RESULTS = "results.jsonl"
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.yaml")
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Training sizes of every cell. `FULL`: the ≤ 60 minute suite on 2 cores; `QUICK`: tests."""
+
+    steps: int
+    eval_every: int
+    patience: int
+    ads_per_batch: int
+    pretrain_steps: int
+    learning_rate: float = 0.002
+
+
+# The full suite: 51 distinct rows (shared rows trained once) x 3 seeds. At ~6 s per 100
+# steps of a width-0.25 CNN-F tower at 64 px on 2 busy cores, 240 steps with a valid-split
+# evaluation every 80 (patience 1: a run stops at 160 steps when the second evaluation is
+# not better) cost ~15-20 s per cell with its evaluation: ~150 cells in ~45 minutes, plus
+# the category pre-training (150 steps per tower and seed).
+FULL = Budget(steps=240, eval_every=80, patience=1, ads_per_batch=16, pretrain_steps=150)
+QUICK = Budget(steps=4, eval_every=2, patience=0, ads_per_batch=4, pretrain_steps=2, learning_rate=0.01)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One model of a table.
+
+    `kind`: `train` (the trainer on the family's model), `lr` / `fm` / `dnn_basic` (the
+    non-visual baselines of DeepCTR Table 1, `BaselineCTR`), `ensemble` (the mean of 3
+    trainings of `members_of`, DeepCTR's "3 DeepCTRs"). `pretrained`: start the CNN from
+    the category pre-training.
+    """
+
+    key: str
+    label: str
+    overrides: tuple[str, ...] = ()
+    kind: str = "train"
+    pretrained: bool = False
+    members_of: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    family: str
+    rows: tuple[Row, ...]
+    metrics: tuple[str, ...]  # of `Cell` results: auc, cold_auc, log_loss, ...
+    claims: tuple[tuple[str, str, str], ...]  # (better row, worse row, metric) the paper states
+    cold_below: int = 5  # cold ads: fewer train impressions than this (CSCNN §4.2: < 5)
+    relative_to: Optional[str] = None  # DeepCTR Eq. 8: AUC and log loss relative to this row
+    note: str = ""
+
+
+VBPR_ROWS = (
+    Row("bpr_mf", "BPR-MF", ("model.vbpr.variant=bpr_mf",)),
+    Row("vbpr", "VBPR", ("model.vbpr.variant=vbpr",), pretrained=True),
+    Row("dvbpr", "DVBPR", ("model.vbpr.variant=dvbpr",)),
+    Row("dvbpr_c", "DVBPR-C", ("model.vbpr.variant=dvbpr_c",)),
+    Row("sherlock", "Sherlock", ("model.vbpr.variant=sherlock",)),
+    Row("deepstyle", "DeepStyle", ("model.vbpr.variant=deepstyle",)),
+    Row("dvbpr_sca", "DVBPR-SCA", ("model.vbpr.variant=dvbpr_sca",)),
+    Row("cscnn", "CSCNN", ("model.vbpr.variant=cscnn", "model.attention=cscnn")),
+)
+VBPR_CLAIMS = tuple(
+    (a, b, m)
+    for m in ("auc", "cold_auc")
+    for a, b in (("vbpr", "bpr_mf"), ("dvbpr", "vbpr"), ("dvbpr_c", "dvbpr"), ("cscnn", "dvbpr_sca"), ("cscnn", "dvbpr_c"),
+                 ("cscnn", "sherlock"), ("cscnn", "deepstyle"))  # fmt: skip
+)
+
+
+def _attention_row(key: str, label: str) -> Row:
+    # The VBPR model with the CNN's attention swapped (variant cscnn takes model.attention).
+    return Row(key, label, ("model.vbpr.variant=cscnn", f"model.attention={key}"))
+
+
+def _tables() -> dict[str, Table]:
+    deepctr_rows = (
+        Row("lr_basic", "lr_basic", kind="lr"),
+        Row("fm_basic", "FM_basic", kind="fm"),
+        Row("dnn_basic", "dnn_basic", kind="dnn_basic"),
+        Row("dnn_conv17", "dnn, pre-extracted Convnet features (frozen)", ("training.freeze_cnn=true",), pretrained=True),
+        Row("deepctr", "DeepCTR", (), pretrained=True),
+        Row("deepctr_x3", "3 DeepCTRs (ensemble)", kind="ensemble", pretrained=True, members_of="deepctr"),
+    )
+    deepctr_claims = tuple(
+        (a, b, m)
+        for m in ("rel_auc",)
+        for a, b in (("fm_basic", "lr_basic"), ("dnn_basic", "lr_basic"), ("dnn_conv17", "dnn_basic"), ("deepctr", "dnn_conv17"),
+                     ("deepctr_x3", "deepctr"))  # fmt: skip
+    )
+    tables = [
+        Table("cscnn-4", "CSCNN Table 4: the VBPR family, point-wise loss (AUC, Eq. 13 per impression)", "vbpr",
+              VBPR_ROWS, ("auc", "cold_auc"), VBPR_CLAIMS),
+        Table("cscnn-9", "CSCNN Table 9: the VBPR family, pair-wise (BPR) loss", "vbpr",
+              tuple(dataclasses.replace(r, overrides=(*r.overrides, "model.vbpr.loss=pairwise")) for r in VBPR_ROWS),
+              ("auc", "cold_auc"), VBPR_CLAIMS),
+        Table("cscnn-5", "CSCNN Table 5: attention mechanisms, self attention vs + category prior", "vbpr",
+              (_attention_row("none", "No attention"), _attention_row("se", "SE"),
+               _attention_row("cbam_channel", "CBAM-Channel"), _attention_row("cbam", "CBAM-All"),
+               _attention_row("se_cscnn", "SE + CSCNN prior"), _attention_row("cbam_channel_cscnn", "CBAM-Channel + CSCNN prior"),
+               _attention_row("cscnn", "CBAM-All + CSCNN prior (CSCNN)")),
+              ("auc", "cold_auc"),
+              tuple((a, b, m) for m in ("auc", "cold_auc")
+                    for a, b in (("se_cscnn", "se"), ("cbam_channel_cscnn", "cbam_channel"), ("cscnn", "cbam"), ("cbam", "none")))),
+        Table("cscnn-6", "CSCNN Table 6: backbones CNN-F and Inception V1", "vbpr",
+              tuple(Row(f"{short}_{att}", f"{name}, {label}", ("model.vbpr.variant=cscnn", f"model.backbone={bb}", f"model.attention={att}"))
+                    for bb, short, name in (("cnnf", "cnnf", "CNN-F"), ("inception_v1", "inception", "Inception V1"))
+                    for att, label in (("none", "no attention"), ("cbam", "CBAM"), ("cscnn", "CSCNN"))),
+              ("auc", "cold_auc"),
+              tuple((f"{bb}_{a}", f"{bb}_{b}", m) for m in ("auc", "cold_auc") for bb in ("cnnf", "inception")
+                    for a, b in (("cscnn", "cbam"), ("cbam", "none")))),
+        Table("cscnn-8", "CSCNN Table 8: DCN, + CNN fixed, + CNN fine-tuned, + CBAM, + CSCNN", "ctr",
+              (Row("dcn", "DCN (no image)", ("model.architecture=dcn",)),
+               Row("cnn_fixed", "DCN + CNN fixed", ("model.attention=none", "training.freeze_cnn=true"), pretrained=True),
+               Row("cnn_finetune", "DCN + CNN fine-tuned", ("model.attention=none",), pretrained=True),
+               Row("cbam", "DCN + CBAM fine-tuned", ("model.attention=cbam",), pretrained=True),
+               Row("cscnn", "DCN + CSCNN", ("model.attention=cscnn",), pretrained=True)),
+              ("auc", "cold_auc"),
+              tuple((a, b, m) for m in ("auc", "cold_auc")
+                    for a, b in (("cnn_fixed", "dcn"), ("cnn_finetune", "cnn_fixed"), ("cbam", "cnn_finetune"), ("cscnn", "cbam"))),
+              note="The paper's Table 8 is JD.com production data (no cold split reported); ours is the same model ladder on --data."),
+        Table("cscnn-fig5", "CSCNN Fig. 5: C', H' = W' and L' sweeps (CSCNN on CNN-F)", "vbpr",
+              tuple(Row(f"c{c}", f"C' = {c}", ("model.vbpr.variant=cscnn", "model.attention=cscnn", f"model.channel_prior_dim={c}"))
+                    for c in (5, 20, 40))
+              + tuple(Row(f"h{h}", f"H' = W' = {h}", ("model.vbpr.variant=cscnn", "model.attention=cscnn", f"model.spatial_prior_size={h}"))
+                      for h in (3, 7, 11))
+              + tuple(Row(f"l{n}", f"L' = {n}", ("model.vbpr.variant=cscnn", "model.attention=cscnn", f"model.attention_layers={n}"))
+                      for n in (1, 2, 4)),
+              ("auc", "cold_auc"),
+              (("c20", "c5", "auc"), ("h7", "h3", "auc"), ("l2", "l1", "auc"), ("l4", "l2", "auc")),
+              note="Fig. 5 prints no numbers; the claims are its text: AUC grows with C' and H' up to 20 and 7, and with L' up to 4."),
+        Table("deepctr-1", "DeepCTR Table 1: relative AUC and log loss vs lr_basic (Eq. 8), all eval ads", "deepctr",
+              deepctr_rows, ("rel_auc", "rel_logloss", "auc"), deepctr_claims, cold_below=1, relative_to="lr_basic"),
+        Table("deepctr-2", "DeepCTR Table 2: the same on ads never shown in training", "deepctr",
+              tuple(r for r in deepctr_rows if r.key in ("lr_basic", "dnn_basic", "dnn_conv17", "deepctr")),
+              ("rel_auc", "rel_logloss", "auc"),
+              (("dnn_basic", "lr_basic", "rel_auc"), ("dnn_conv17", "dnn_basic", "rel_auc"), ("deepctr", "dnn_conv17", "rel_auc")),
+              cold_below=1, relative_to="lr_basic",
+              note="Scored on the eval impressions of ads with no train impression (the runs of deepctr-1); "
+                   "the paper's middle row is dnn_sift (hand-crafted SIFT features), ours the frozen pre-trained Convnet."),
+        Table("deepctr-4", "DeepCTR Table 4: Alg. 1 sampling vs a thorough shuffle (frozen Convnet, dnn_conv17)", "deepctr",
+              (Row("alg1", "Alg. 1 (n ads x k impressions)", ("training.freeze_cnn=true", "training.sampling=alg1",
+                                                               "training.impressions_per_ad=25"), pretrained=True),
+               Row("shuffle", "thorough shuffle (one image per impression)", ("training.freeze_cnn=true", "training.sampling=ungrouped"),
+                   pretrained=True)),
+              ("auc", "log_loss"), (), cold_below=1,
+              note="The paper reports the two loss curves as almost the same: the check is |AUC difference| within the seeds' spread."),
+    ]  # fmt: skip
+    return {t.name: t for t in tables}
+
+
+TABLES = _tables()
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def family_config(base: dict, family: str) -> dict:
+    """The base config data turned into a table family's model (see the module docstring)."""
+    data = json.loads(json.dumps(base))
+    model = data.setdefault("model", {})
+    if family == "vbpr":
+        names = {f["name"] for f in data["dataset"]["features"]}
+        # The user and the item of Eq. 12, hashed (no vocabulary needed: any preprocessed data works).
+        for name, source in (("user_id", "impression"), ("ad_id", "ad")):
+            if name not in names:
+                data["dataset"]["features"].insert(0, {"name": name, "source": source, "kind": "categorical",
+                                                      "hash_buckets": 5000, "embedding_dim": 4})  # fmt: skip
+        model["architecture"] = "vbpr"
+        model.setdefault("vbpr", {}).update(factors=10, visual_factors=10, loss="pointwise")
+    elif family == "deepctr":
+        model["architecture"] = "deepctr"
+        model["backbone"] = "deepctr17"
+        model["attention"] = "none"
+        convnet = int(model.get("visual_dim", 32))
+        model["deepctr"] = {"convnet_dim": convnet, "basicnet_dim": 64, "combnet_layers": [64], "dropout": 0.2}
+    elif family != "ctr":
+        raise ValueError(f"Invalid value received for argument `family`. Expected vbpr, ctr or deepctr. Received: family={family!r}")
+    return data
+
+
+def cell_config(base: dict, table: Table, row: Row, seed: int, budget: Budget, pretrained_cnn: Optional[str] = None) -> Config:
+    data = family_config(base, table.family)
+    training = data.setdefault("training", {})
+    training.update(
+        steps=budget.steps, eval_every=budget.eval_every, patience=budget.patience, ads_per_batch=budget.ads_per_batch,
+        checkpoint_every=budget.eval_every, log_every=budget.eval_every, seed=seed, learning_rate=budget.learning_rate,
+        decay_steps=[], selection_metric="valid_auc",
+    )
+    overrides = list(row.overrides)
+    if pretrained_cnn:
+        overrides.append(f"training.pretrained_cnn={pretrained_cnn}")
+    data = apply_overrides(data, overrides, f"reproduce {table.name}/{row.key}")
+    return config_from_dict(data, f"reproduce {table.name}/{row.key}")
+
+
+def _sha(value: Any) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def cell_key(table: Table, row: Row, seed: int, budget: Budget) -> str:
+    """Identity of what a cell trains: rows with the same family, overrides and kind are one cell."""
+    return _sha([table.family, sorted(row.overrides), row.kind, row.pretrained, row.members_of, seed, dataclasses.asdict(budget)])
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+@keras.saving.register_keras_serializable(package="tfvctr")
+class BaselineHead(keras.layers.Layer):
+    """The non-visual baselines of DeepCTR Table 1.
+
+    `lr`: `z = b + Σ_f w_f[x_f]` (logistic regression on the one-hot basic features).
+    `fm`: `lr + Σ_{f<g} <v_f, v_g>` (a factorisation machine, Rendle 2010, k-d factors per
+    field, computed as `0.5 Σ_k ((Σ_f v_fk)² − Σ_f v_fk²)`).
+    `dnn_basic`: Basicnet + Combnet without the Convnet (`DeepCTRHead(convnet_dim=0)`).
+
+    Args:
+        kind: `lr`, `fm` or `dnn_basic`.
+        features: feature dicts / `FeatureConfig`s.
+        vocab_sizes: embedding rows per embedded feature.
+        factors: k (fm); the Basicnet width (dnn_basic).
+        seed: initializer seed.
+
+    Call arguments:
+        inputs: `{"features": {...}}`.
+
+    Returns:
+        logits `[N]`.
+
+    Example:
+        >>> import numpy as np
+        >>> head = BaselineHead("fm", [{"name": "d", "kind": "categorical"}, {"name": "e", "kind": "categorical"}],
+        ...                     {"d": 3, "e": 4}, factors=2, seed=0)
+        >>> tuple(head({"features": {"d": np.array([1, 2]), "e": np.array([0, 3])}}).shape)
+        (2,)
+    """
+
+    def __init__(self, kind: str, features: Sequence[Any], vocab_sizes: dict, factors: int = 4, seed: Optional[int] = None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        if kind not in ("lr", "fm", "dnn_basic"):
+            raise ValueError(f"Invalid value received for argument `kind`. Expected 'lr', 'fm' or 'dnn_basic'. Received: kind={kind!r}")
+        self.kind, self.features, self.vocab_sizes = kind, feature_specs(features), dict(vocab_sizes)
+        self.factors, self.seed = int(factors), seed
+        s = 0 if seed is None else seed
+        if kind == "dnn_basic":
+            self.dnn = DeepCTRHead(self.features, self.vocab_sizes, convnet_dim=0, basicnet_dim=self.factors,
+                                   combnet_layers=[self.factors], dropout=0.2, seed=s, name="dnn")  # fmt: skip
+            return
+        self.linear = NonVisualEmbedding(self.features, self.vocab_sizes, merge="sum", embedding_dim=1, seed=s, name="linear")
+        if kind == "fm":
+            self.fields = [
+                NonVisualEmbedding([f], self.vocab_sizes, merge="sum", embedding_dim=self.factors, seed=s + 10 * (i + 1),
+                                   name=f"factors_{i}")  # fmt: skip
+                for i, f in enumerate(self.features)
+            ]
+
+    def build(self, input_shape: Any = None) -> None:
+        if self.kind == "dnn_basic":
+            self.dnn.build(None)
+            return
+        self.linear.build(None)
+        self.bias = self.add_weight(shape=(), initializer="zeros", name="bias")
+        for layer in getattr(self, "fields", []):
+            layer.build(None)
+
+    def call(self, inputs: dict, training: Optional[bool] = None) -> Any:
+        ops = keras.ops
+        features = inputs["features"]
+        if self.kind == "dnn_basic":
+            return self.dnn({"features": features}, training=training)
+        z = ops.squeeze(self.linear(features), -1) + self.bias
+        if self.kind == "fm":
+            v = ops.stack([layer(features) for layer in self.fields], axis=1)  # [N, F, k]
+            z = z + 0.5 * ops.sum(ops.square(ops.sum(v, axis=1)) - ops.sum(ops.square(v), axis=1), axis=-1)
+        return z
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "kind": self.kind, "features": self.features, "vocab_sizes": self.vocab_sizes,
+                "factors": self.factors, "seed": self.seed}  # fmt: skip
+
+
+@keras.saving.register_keras_serializable(package="tfvctr")
+class BaselineCTR(CTRModel):
+    """A CTR model without image: `BaselineHead(kind)` on the config's non-visual features."""
+
+    def __init__(self, config: Any, num_categories: int, vocab_sizes: dict, seed: Optional[int] = None, kind: str = "lr",
+                 **kwargs: Any) -> None:  # fmt: skip
+        kwargs.setdefault("name", f"baseline_{kind}")
+        super().__init__(config, num_categories, vocab_sizes, seed, **kwargs)
+        self.kind = kind
+        features = [f for f in self.config.dataset.features]
+        self.head = BaselineHead(kind, features, self.vocab_sizes, factors=16 if kind == "dnn_basic" else 4, seed=self.seed,
+                                 name="head")  # fmt: skip
+        self.head.build(None)
+        self.built = True
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "kind": self.kind}
+
+
+# --------------------------------------------------------------------------- running cells
+
+
+def _log(message: str) -> None:
+    print(f"[reproduce {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def load_results(work: str) -> dict[str, dict]:
+    """Finished cells by key (the last line of a key wins); a torn last line is ignored."""
+    path = os.path.join(work, RESULTS)
+    out: dict[str, dict] = {}
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the line being written when the run was killed
+            out[row["key"]] = row
+    return out
+
+
+def _append(work: str, row: dict) -> None:
+    path = os.path.join(work, RESULTS)
+    torn = False
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"  # a run killed mid-line: start a fresh line
+    with open(path, "a") as f:
+        f.write(("\n" if torn else "") + json.dumps(row) + "\n")
+
+
+def _metrics(pred: dict[str, np.ndarray], data_dir: str, cold_below: int) -> dict[str, Any]:
+    from tfvctr.evaluation import compute_metrics, read_cold_ads
+
+    out: dict[str, Any] = {}
+    for name, below in (("", cold_below), ("never_seen_", 1)):
+        metrics = compute_metrics(pred, read_cold_ads(data_dir, below))
+        cold = metrics.get("cold", {})
+        if not name:
+            out.update(auc=metrics["auc"], log_loss=metrics["log_loss"], impressions=metrics["impressions"])
+        out[f"{name}cold_auc"] = cold.get("auc", float("nan"))
+        out[f"{name}cold_log_loss"] = cold.get("log_loss", float("nan"))
+        out[f"{name}cold_impressions"] = cold.get("impressions", 0)
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def score_model(model: Any, config: Config, data_dir: str, cold_below: int) -> dict[str, Any]:
+    """AUC / log loss on all eval impressions and on cold ads (`< cold_below` and `< 1` train impressions)."""
+    from tfvctr import data as data_lib
+    from tfvctr.evaluation import Evaluator, score
+    from tfvctr.features import FeatureEncoder
+
+    encoder = FeatureEncoder.from_data_dir(config.dataset, data_dir)
+    dataset = data_lib.make_dataset(config, data_dir, "eval", training=False, encoder=encoder, with_meta=True)
+    pred = score(Evaluator(model, tuple(config.dataset.passthrough)), dataset)
+    return _metrics(pred, data_dir, cold_below)
+
+
+class Runner:
+    """Runs the cells of tables on one data dir, resuming from `work`."""
+
+    def __init__(self, base: dict, data_dir: str, work: str, seeds: Sequence[int], budget: Budget,
+                 log: Callable[[str], None] = _log) -> None:  # fmt: skip
+        self.base, self.data_dir, self.work, self.seeds, self.budget, self.log = base, data_dir, work, list(seeds), budget, log
+        os.makedirs(work, exist_ok=True)
+        self.done = load_results(work)
+
+    # -- pre-training
+    def pretrained(self, table: Table, row: Row, seed: int) -> str:
+        """The `tfvctr pretrain` model dir for this cell's tower (trained once per tower and seed)."""
+        from tfvctr.training import trainer
+
+        config = cell_config(self.base, table, dataclasses.replace(row, overrides=tuple(
+            o for o in row.overrides if not o.startswith(("training.freeze_cnn", "training.sampling", "model.vbpr.variant")))),
+            seed, self.budget)  # fmt: skip
+        m = config.model
+        tower = [m.architecture == "deepctr", m.backbone, m.backbone_width, m.visual_dim, m.deepctr.convnet_dim, seed,
+                 self.budget.pretrain_steps, config.dataset.image_size]  # fmt: skip
+        path = os.path.join(self.work, "pretrain", _sha(tower))
+        if os.path.exists(os.path.join(path, "done")):
+            return path
+        # The CNN alone, without attention (transfer_visual_weights fills the conv layers of
+        # attended towers and leaves their attention as initialised), learning rate as the cells'.
+        pre = dataclasses.replace(config, training=dataclasses.replace(
+            config.training, steps=self.budget.pretrain_steps, pretrained_cnn=None, freeze_cnn=False, sampling="grouped"),
+            model=dataclasses.replace(m, attention="none"))  # fmt: skip
+        start = time.time()
+        trainer.pretrain(pre, self.data_dir, path, log=None)
+        with open(os.path.join(path, "done"), "w") as f:
+            f.write(f"{time.time() - start:.1f}\n")
+        self.log(f"pre-trained the {m.backbone} tower (seed {seed}) in {time.time() - start:.0f} s")
+        return path
+
+    # -- one cell
+    def train_cell(self, table: Table, row: Row, seed: int) -> tuple[Any, Config, dict]:
+        """Trains (or resumes) the cell; returns the model chosen by validation, its config and the train figures."""
+        from tfvctr.training import trainer
+
+        key = cell_key(table, row, seed, self.budget)
+        pre = self.pretrained(table, row, seed) if row.pretrained else None
+        config = cell_config(self.base, table, row, seed, self.budget, pre)
+        model_dir = os.path.join(self.work, "cells", key)
+        model_fn = None
+        if row.kind in ("lr", "fm", "dnn_basic"):
+            def model_fn(config, num_categories, vocab_sizes, seed=None, kind=row.kind):
+                return BaselineCTR(config, num_categories, vocab_sizes, seed=seed, kind=kind)
+        result = trainer.train(config, self.data_dir, model_dir, model_fn=model_fn, log=None)
+        model = keras.saving.load_model(fs.join(model_dir, layout.MODEL), compile=False)
+        selection_path = os.path.join(model_dir, layout.SELECTION)
+        selection = {}
+        if os.path.exists(selection_path):
+            with open(selection_path) as f:
+                selection = json.load(f)
+        figures = {"best_step": selection.get("best_step"), "last_step": selection.get("last_step", result.get("step")),
+                   "stopped_early": selection.get("stopped_early")}  # fmt: skip
+        return model, config, figures
+
+    def run_cell(self, table: Table, row: Row, seed: int) -> dict:
+        key = cell_key(table, row, seed, self.budget)
+        if key in self.done:
+            return self.done[key]
+        start = time.time()
+        keras.backend.clear_session()
+        if row.kind == "ensemble":
+            member_row = next(r for r in table.rows if r.key == row.members_of)
+            members, figures = [], {}
+            for i in range(3):  # member 0 is the row's own seed: the single-model cell, shared
+                model, config, _ = self.train_cell(table, member_row, seed + 1000 * i)
+                members.append(model)
+            from tfvctr.models.deepctr import EnsembleModel
+
+            model = EnsembleModel(members)
+        else:
+            model, config, figures = self.train_cell(table, row, seed)
+        metrics = score_model(model, config, self.data_dir, table.cold_below)
+        out = {"key": key, "table": table.name, "family": table.family, "row": row.key, "seed": seed,
+               "overrides": list(row.overrides), "kind": row.kind, "cold_below": table.cold_below,
+               "seconds": round(time.time() - start, 1), **figures, **metrics}  # fmt: skip
+        _append(self.work, out)
+        self.done[key] = out
+        self.log(f"{table.name} {row.key} seed {seed}: AUC {_f(out['auc'])}, cold {_f(out['cold_auc'])} ({out['seconds']:.0f} s)")
+        return out
+
+    def run_table(self, table: Table) -> list[dict]:
+        return [self.run_cell(table, row, seed) for seed in self.seeds for row in table.rows]
+
+
+def _f(value: Any, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def cell_value(table: Table, row_out: dict, metric: str) -> Optional[float]:
+    """A cell's value of `metric` for `table` (cold metrics per the table's cold definition).
+
+    Cells are shared between tables: a cell's own `cold_*` follow the `cold_below` of the
+    table that ran it; `never_seen_cold_*` (no train impression) are always there.
+    """
+    if metric.startswith("cold_"):
+        if table.cold_below == 1:
+            return row_out.get(f"never_seen_{metric}")
+        return row_out.get(metric) if row_out.get("cold_below") == table.cold_below else row_out.get(f"never_seen_{metric}")
+    return row_out.get(metric)
+
+
+def summarise(table: Table, cells: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """`{row: {metric: (mean, std, n)}}`; DeepCTR tables add `rel_auc` / `rel_logloss` (Eq. 8, %).
+
+    `cells` carry the table's row keys (`table_cells`). For `deepctr-2` `auc` and `log_loss`
+    are those of the ads never shown in training (the paper's Table 2).
+    """
+    by_row: dict[str, list[dict]] = {}
+    for c in cells:
+        by_row.setdefault(c["row"], []).append(c)
+    use_cold = table.name == "deepctr-2"  # Table 2: the ads never shown in training
+    auc_key, ll_key = ("cold_auc", "cold_log_loss") if use_cold else ("auc", "log_loss")
+    base_by_seed = {}
+    if table.relative_to:
+        for c in by_row.get(table.relative_to, []):
+            base_by_seed[c["seed"]] = (cell_value(table, c, auc_key), cell_value(table, c, ll_key))
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for row in table.rows:
+        values: dict[str, list[float]] = {}
+        for c in by_row.get(row.key, []):
+            a, ll = cell_value(table, c, auc_key), cell_value(table, c, ll_key)
+            for metric, v in (("auc", a), ("log_loss", ll), ("cold_auc", cell_value(table, c, "cold_auc"))):
+                if v is not None:
+                    values.setdefault(metric, []).append(v)
+            base = base_by_seed.get(c["seed"])
+            if base and None not in (*base, a, ll):
+                values.setdefault("rel_auc", []).append(((a - 0.5) / (base[0] - 0.5) - 1.0) * 100.0)
+                values.setdefault("rel_logloss", []).append((ll / base[1] - 1.0) * 100.0)
+        out[row.key] = {m: (float(np.mean(v)), float(np.std(v)), len(v)) for m, v in values.items() if v}
+    return out
+
+
+def check_claims(table: Table, summary: dict) -> list[tuple[bool, bool, str]]:
+    """`(holds, clear, text)` per ordering: `holds` on the means, `clear` when the gap exceeds the summed stds."""
+    labels = {r.key: r.label for r in table.rows}
+    out = []
+    for better, worse, metric in table.claims:
+        a, b = summary.get(better, {}).get(metric), summary.get(worse, {}).get(metric)
+        if a is None or b is None:
+            out.append((False, False, f"{labels[better]} > {labels[worse]} on {metric}: not measured"))
+            continue
+        lower_is_better = metric in ("log_loss", "rel_logloss")
+        holds = a[0] < b[0] if lower_is_better else a[0] > b[0]
+        clear = min(a[2], b[2]) > 1 and abs(a[0] - b[0]) > a[1] + b[1]  # one seed has no spread to judge by
+        out.append((holds, clear, f"{labels[better]} {'<' if lower_is_better else '>'} {labels[worse]} on {metric}: "
+                                  f"{_f(a[0])} vs {_f(b[0])}"))  # fmt: skip
+    if table.name == "deepctr-4":
+        a, b = summary.get("alg1", {}).get("auc"), summary.get("shuffle", {}).get("auc")
+        if a and b:
+            same = abs(a[0] - b[0]) <= a[1] + b[1] + 0.005
+            out.append((same, same, f"Alg. 1 ≈ thorough shuffle (|ΔAUC| ≤ spread + 0.005): {_f(a[0])} vs {_f(b[0])}"))
+    return out
+
+
+def plot_table(table: Table, summary: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in table.metrics if m in ("auc", "cold_auc", "rel_auc")]
+    rows = [r for r in table.rows if r.key in summary]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) * len(metrics)), 3.6))
+    width = 0.8 / max(1, len(metrics))
+    x = np.arange(len(rows))
+    for i, metric in enumerate(metrics):
+        means = [summary[r.key].get(metric, (np.nan, 0, 0))[0] for r in rows]
+        stds = [summary[r.key].get(metric, (np.nan, 0, 0))[1] for r in rows]
+        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=metric)
+    ax.set_xticks(x)
+    ax.set_xticklabels([r.label for r in rows], rotation=30, ha="right", fontsize=7)
+    finite = [summary[r.key][m][0] for r in rows for m in metrics if m in summary[r.key] and math.isfinite(summary[r.key][m][0])]
+    if finite and all(m != "rel_auc" for m in metrics):
+        ax.set_ylim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.05))
+    ax.set_title(table.title, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table_markdown(table: Table, summary: dict, command: str, image: str, seeds: int) -> str:
+    paper = PAPER.get(table.name, {})
+    metrics = list(table.metrics)
+    lines = [f"## {table.title}", "", f"`{command}`", ""]
+    head = ["model"]
+    for m in metrics:
+        head += [f"{m}, ours (mean ± std, {seeds} seed{'s' if seeds > 1 else ''})", f"{m}, paper"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+    for row in table.rows:
+        cells = [row.label]
+        for m in metrics:
+            v = summary.get(row.key, {}).get(m)
+            digits = 2 if m.startswith("rel_") else 4
+            if v is None:
+                cells.append("not run")
+            else:
+                cells.append(f"{_f(v[0], digits)} ± {_f(v[1], digits)}" if v[2] > 1 else f"{_f(v[0], digits)} (1 seed)")
+            p = paper.get(row.key, {}).get(m)
+            cells.append("–" if p is None else _f(p, 2 if m.startswith("rel_") else 4))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if table.note:
+        lines += [table.note, ""]
+    claims = check_claims(table, summary)
+    if claims:
+        lines += ["Orderings the paper claims (on our means; *clear*: the gap exceeds the two stds summed):", ""]
+        for holds, clear, text in claims:
+            if text.endswith("not measured"):
+                lines.append(f"- {text}")
+                continue
+            mark = ("holds" + (", clear" if clear else ", not clear of the spread")) if holds else "**does not hold**"
+            lines.append(f"- {text}: {mark}")
+        lines.append("")
+    lines += [f"![{table.name}]({image})", ""]
+    return "\n".join(lines)
+
+
+def table_cells(table: Table, results: dict[str, dict], budget: Budget) -> list[dict]:
+    """The finished cells of `table`, labelled with its row keys (a cell may have been run for another table)."""
+    seeds = sorted({c["seed"] for c in results.values()})
+    out = []
+    for row in table.rows:
+        for seed in seeds:
+            cell = results.get(cell_key(table, row, seed, budget))
+            if cell is not None:
+                out.append({**cell, "row": row.key})
+    return out
+
+
+def write_results(tables: Sequence[Table], runner_results: dict[str, dict], path: str, img_dir: str, commands: dict[str, str],
+                  seeds: int, budget: Budget, header: str = "") -> None:  # fmt: skip
+    """(Re)writes `path` with every table of `tables` that has cells in `runner_results`."""
+    parts = ["# The papers' tables, reproduced", "",
+             "Written by `tfvctr reproduce` (tfvctr/reproduce.py); the paper's numbers are in tfvctr/paper_tables.py. "
+             "Each cell is trained by the trainer with the step chosen on the valid split, scored on the eval split; "
+             f"mean ± std over seeds. Budget per cell: {budget.steps} steps at most, a valid-split evaluation every "
+             f"{budget.eval_every} steps, early stop after {budget.patience} evaluation(s) without gain, "
+             f"{budget.ads_per_batch} ads per batch; category pre-training {budget.pretrain_steps} steps. "
+             "The papers trained for days on millions of images: our numbers test the orderings, not the levels.", ""]  # fmt: skip
+    if header:
+        parts += [header, ""]
+    for table in tables:
+        cells = table_cells(table, runner_results, budget)
+        if not cells:
+            continue
+        summary = summarise(table, cells)
+        image = os.path.join(img_dir, f"results_{table.name.replace('-', '_')}.png")
+        plot_table(table, summary, image)
+        rel = os.path.relpath(image, os.path.dirname(os.path.abspath(path)))
+        parts.append(table_markdown(table, summary, commands.get(table.name, ""), rel, len({c["seed"] for c in cells})))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+
+
+def resolve_tables(spec: str) -> list[Table]:
+    """`all`, `T1,T2`, or one table with some of its rows, `T:row1,row2` (e.g. for a smoke test)."""
+    if ":" in spec:
+        name, rows = spec.split(":", 1)
+        table = resolve_tables(name)[0]
+        keys = [r.strip() for r in rows.split(",") if r.strip()]
+        unknown = [k for k in keys if k not in {r.key for r in table.rows}]
+        if unknown or not keys:
+            raise ConfigError(
+                f"reproduce: {name} has no row(s) {', '.join(unknown) or '(none given)'}; its rows: {', '.join(r.key for r in table.rows)}"
+            )
+        picked = tuple(r for r in table.rows if r.key in keys)
+        members = {r.members_of for r in picked if r.members_of}
+        return [dataclasses.replace(table, rows=picked + tuple(r for r in table.rows if r.key in members and r not in picked))]
+    names = list(TABLES) if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in TABLES]
+    if unknown or not names:
+        given = ", ".join(unknown) or repr(spec)
+        raise ConfigError(f"reproduce: unknown table(s) {given}; expected one of {', '.join(TABLES)} or all")
+    return [TABLES[n] for n in names]
+
+
+def load_base(path: str) -> dict:
+    if not fs.exists(path):
+        raise ConfigError(f"{path}: config file not found")
+    with fs.open(path) as f:
+        data = yaml.safe_load(f.read())
+    config_from_dict(json.loads(json.dumps(data)), path)  # a bad base config fails here, in one line
+    return data
+
+
+def reproduce(table_spec: str, data_dir: str, *, config: str = DEFAULT_CONFIG, seeds: int = 3, quick: bool = False,
+              work: str = "reproduce_work", doc: str = "docs/results.md", img_dir: str = "docs/img",
+              command: str = "", log: Callable[[str], None] = _log) -> dict[str, list[dict]]:  # fmt: skip
+    """Runs the tables of `table_spec` (comma-separated names or `all`) and writes `doc`.
+
+    Returns:
+        `{table: [cell result, ...]}`.
+    """
+    tables = resolve_tables(table_spec)
+    if not fs.exists(fs.join(data_dir, layout.TRAIN)):
+        raise TfvctrError(f"{data_dir}: no train split; run `tfvctr preprocess` first (--data is its output)")
+    budget = QUICK if quick else FULL
+    seed_list = [0] if quick else list(range(seeds))
+    base = load_base(config)
+    runner = Runner(base, data_dir, work, seed_list, budget, log)
+    out = {}
+    for table in tables:
+        log(f"{table.name}: {len(table.rows)} rows x {len(seed_list)} seed(s)")
+        out[table.name] = runner.run_table(table)
+    commands = {t.name: (command or f"tfvctr reproduce {table_spec} --data {data_dir}") for t in tables}
+    # Tables run by earlier commands on this work dir stay in the doc with their own command line.
+    commands_path = os.path.join(work, "commands.json")
+    known = {}
+    if os.path.exists(commands_path):
+        with open(commands_path) as f:
+            known = json.load(f)
+    known.update(commands)
+    with open(commands_path, "w") as f:
+        json.dump(known, f, indent=1)
+    shown = [TABLES[name] for name in TABLES if name in known]  # whole tables: rows not run say so
+    write_results(shown, runner.done, doc, img_dir, known, len(seed_list), budget)
+    return out
