@@ -3,6 +3,8 @@ doc, chart), its resume, and the summaries (Eq. 8, the paper's orderings) on fix
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import yaml
@@ -43,6 +45,8 @@ def test_quick_run_trains_scores_and_writes_the_doc(quick):
     assert f"{rows[1]['auc']:.4f} (1 seed)" in doc
     assert "VBPR > BPR-MF on auc" in doc and "| DVBPR | not run |" in doc
     assert (root / "docs" / "img" / "results_cscnn_4.png").stat().st_size > 1000
+    shown = [json.loads(line) for line in (root / "docs" / "results.jsonl").read_text().splitlines()]
+    assert [(c["table"], c["row"]) for c in shown] == [("cscnn-4", "bpr_mf"), ("cscnn-4", "vbpr")]
 
 
 def test_rerun_skips_finished_cells_and_resumes_an_unfinished_one(quick):

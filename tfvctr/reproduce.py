@@ -671,10 +671,12 @@ def write_results(tables: Sequence[Table], runner_results: dict[str, dict], path
              "The papers trained for days on millions of images: our numbers test the orderings, not the levels.", ""]  # fmt: skip
     if header:
         parts += [header, ""]
+    shown_cells = []
     for table in tables:
         cells = table_cells(table, runner_results, budget)
         if not cells:
             continue
+        shown_cells += [{**c, "table": table.name} for c in cells]
         summary = summarise(table, cells)
         image = os.path.join(img_dir, f"results_{table.name.replace('-', '_')}.png")
         plot_table(table, summary, image)
@@ -683,6 +685,14 @@ def write_results(tables: Sequence[Table], runner_results: dict[str, dict], path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(parts))
+    # The numbers behind the doc, one cell per line (notebooks/paper_tables.ipynb reads them).
+    with open(results_data_path(path), "w") as f:
+        f.writelines(json.dumps(c) + "\n" for c in shown_cells)
+
+
+def results_data_path(doc: str) -> str:
+    """`docs/results.md` → `docs/results.jsonl`: the cells behind the doc, labelled by table and row."""
+    return os.path.splitext(doc)[0] + ".jsonl"
 
 
 def resolve_tables(spec: str) -> list[Table]:
@@ -718,7 +728,7 @@ def load_base(path: str) -> dict:
 
 def reproduce(table_spec: str, data_dir: str, *, config: str = DEFAULT_CONFIG, seeds: int = 3, quick: bool = False,
               work: str = "reproduce_work", doc: str = "docs/results.md", img_dir: str = "docs/img",
-              command: str = "", log: Callable[[str], None] = _log) -> dict[str, list[dict]]:  # fmt: skip
+              command: str = "", about_data: str = "", log: Callable[[str], None] = _log) -> dict[str, list[dict]]:  # fmt: skip
     """Runs the tables of `table_spec` (comma-separated names or `all`) and writes `doc`.
 
     Returns:
@@ -746,5 +756,12 @@ def reproduce(table_spec: str, data_dir: str, *, config: str = DEFAULT_CONFIG, s
     with open(commands_path, "w") as f:
         json.dump(known, f, indent=1)
     shown = [TABLES[name] for name in TABLES if name in known]  # whole tables: rows not run say so
-    write_results(shown, runner.done, doc, img_dir, known, len(seed_list), budget)
+    about_path = os.path.join(work, "about_data.txt")
+    if about_data:
+        with open(about_path, "w") as f:
+            f.write(about_data)
+    elif os.path.exists(about_path):
+        with open(about_path) as f:
+            about_data = f.read()
+    write_results(shown, runner.done, doc, img_dir, known, len(seed_list), budget, header=about_data)
     return out

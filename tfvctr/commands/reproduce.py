@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work", default="reproduce_work", help="trained cells, pre-trained CNNs and results.jsonl (resume state)")
     p.add_argument("--doc", default="docs/results.md", help="the Markdown file to write (default: docs/results.md)")
     p.add_argument("--img-dir", default="docs/img", help="where the bar charts go (default: docs/img)")
+    p.add_argument("--about-data", default="", help="a line for the doc saying what DATA is and how it was made (kept for later runs)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     command = "tfvctr " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
     results = reproduce(
         args.table, args.data, config=args.config or DEFAULT_CONFIG, seeds=args.seeds, quick=args.quick,
-        work=args.work, doc=args.doc, img_dir=args.img_dir, command=command,
+        work=args.work, doc=args.doc, img_dir=args.img_dir, command=command, about_data=args.about_data,
     )
     cells = sum(len(v) for v in results.values())
     print(f"{cells} cell(s) of {', '.join(results)}; written: {args.doc}")
