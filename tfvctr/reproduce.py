@@ -66,11 +66,14 @@ class Budget:
     learning_rate: float = 0.002
 
 
-# The full suite: 51 distinct rows (shared rows trained once) x 3 seeds. At ~6 s per 100
-# steps of a width-0.25 CNN-F tower at 64 px on 2 busy cores, 240 steps with a valid-split
-# evaluation every 80 (patience 1: a run stops at 160 steps when the second evaluation is
-# not better) cost ~15-20 s per cell with its evaluation: ~150 cells in ~45 minutes, plus
-# the category pre-training (150 steps per tower and seed).
+# The full suite: 50 distinct rows (rows shared by tables are trained once) x 3 seeds
+# = 150 cells, plus one category pre-training per tower and seed. Each cell: at most 240
+# steps of 16 ads, a valid-split evaluation every 80 (early stop after one without gain),
+# the chosen step scored on the eval split. Measured on the 2-core build machine (shared
+# with other jobs) on 40,000 impressions at 32 px, CNN-F x0.25: 8-20 s per cell without
+# attention, ~50 s with CBAM or CSCNN attention on every conv layer; ~35 s on average, so
+# ~90 minutes for all 150 cells, over the 60 minute goal: with 2 seeds (`--seeds 2`) the set
+# fits (~60 min), or run the tables one at a time (each alone takes 3-15 minutes).
 FULL = Budget(steps=240, eval_every=80, patience=1, ads_per_batch=16, pretrain_steps=150)
 QUICK = Budget(steps=4, eval_every=2, patience=0, ads_per_batch=4, pretrain_steps=2, learning_rate=0.01)
 
