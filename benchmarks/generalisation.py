@@ -40,6 +40,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -222,6 +223,9 @@ def prepare(scenario: str, work: str, config: str, size: dict[str, int], dataset
     if not os.path.exists(preprocessed):
         if os.path.exists(os.path.join(d, "lr.json")):
             os.remove(os.path.join(d, "lr.json"))
+        for name in os.listdir(d):  # model dirs trained on the data about to be replaced
+            if name.startswith(tuple(f"{m}_seed" for m in MODELS)):
+                shutil.rmtree(os.path.join(d, name))
         start = time.time()
         workers = ["--direct_num_workers", "2"] if size["impressions"] >= 350_000 else []
         run_cli(["preprocess", "--config", config, "--ads", os.path.join(raw, "ads.csv"),
@@ -442,7 +446,8 @@ def child_main(spec_path: str) -> None:
 def run_cells(scenario: str, seed: int, models: list[str], paths: dict, config: str, plan: "Plan", work: str) -> None:
     steps, evals = plan.steps, plan.evals
     results = os.path.join(work, "results.jsonl")
-    cells = [{"model": m, "seed": seed, "model_dir": os.path.join(paths["dir"], f"{m}_seed{seed}")} for m in models]
+    cells = [{"model": m, "seed": seed, "model_dir": os.path.join(paths["dir"], f"{m}_seed{seed}_{plan.config_sha}")}
+             for m in models]  # fmt: skip
     # A cell killed mid-way runs again: `train` resumes from its checkpoints in model_dir.
     spec = {"scenario": scenario, "data": paths["data"], "config": config, "steps": steps, "results": results,
             "cells": cells, "evals": evals, "config_sha": plan.config_sha}  # fmt: skip
