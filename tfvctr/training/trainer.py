@@ -295,6 +295,10 @@ def train(
     Returns:
         The last block's figures (loss, auc, images_per_sec, impressions_per_sec, step,
         learning rates), `history` (one entry per block), `batches_consumed` and `model`.
+        With a valid split also model selection (`M/selection.json`): the whole dict as
+        `selection`, its `metric`, `mode`, `best_step`, `best` ({valid_auc, valid_cold_auc,
+        valid_logloss} of the best step), `stopped_early`, `last_step` at the top level and
+        its history as `valid_history`; `model` then holds the best step's weights.
     """
     if model_fn is None:
         from tfvctr.models.factory import build_model as model_fn
