@@ -37,7 +37,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds: expected a positive number, received {args.seeds}")
-    command = "tfvctr " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
+    argv = list(sys.argv[1:])
+    if "--about-data" in argv:  # the doc prints it once, not inside every command line
+        i = argv.index("--about-data")
+        del argv[i : i + 2]
+    argv = [a for a in argv if not a.startswith("--about-data=")]
+    command = "tfvctr " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["reproduce"] else ""
     results = reproduce(
         args.table, args.data, config=args.config or DEFAULT_CONFIG, seeds=args.seeds, quick=args.quick,
         work=args.work, doc=args.doc, img_dir=args.img_dir, command=command, about_data=args.about_data,
