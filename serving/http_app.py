@@ -85,6 +85,7 @@ async def serve(
     except OSError as e:  # port taken, address not on this machine: the user's to fix
         await runner.cleanup()
         executor.shutdown(wait=False)
+        manager.stop()  # close the sessions loaded for nothing
         reason = os.strerror(e.errno) if e.errno else str(e)
         raise TfvctrError(f"cannot listen on {host}:{port}: {reason}") from None
     bound = runner.addresses[0][1]

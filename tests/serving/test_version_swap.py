@@ -111,55 +111,53 @@ def test_new_version_swaps_in_under_load_broken_one_never_replaces_it_and_sigter
     assert "tfvctr serve: stopped\n" in server.stdout
 
 
+# The command's own checks run in-process (tfvctr.cli.main): no TensorFlow start-up per case.
 @pytest.mark.parametrize("flags,message", [
     (["--model-base", "/nonexistent/base"], "no such folder"),
     (["--model-base", "MODELS", "--model-name", "nope"], "has no model folder 'nope'"),
     (["--model-config-file", "/nonexistent/models.config"], "cannot read the model config file"),
+    (["--model-base", "MODELS", "--port", "70000"], "--port must be in 0..65535"),
 ])
-def test_bad_flags_are_one_line_errors_with_exit_2(tmp_path, flags, message):
-    import subprocess
-    import sys
+def test_bad_flags_are_one_line_errors_with_exit_2(tmp_path, capsys, flags, message):
+    from tfvctr.cli import main
 
     os.makedirs(tmp_path / "models" / "ctr" / "1")
     flags = [str(tmp_path / "models") if f == "MODELS" else f for f in flags]
-    r = subprocess.run([sys.executable, "-m", "tfvctr.cli", "serve", *flags], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    assert message in r.stderr and "Traceback" not in r.stderr
+    assert main(["serve", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
-def test_serve_has_help():
-    import subprocess
-    import sys
+def test_serve_has_help(capsys):
+    from tfvctr.cli import main
 
-    r = subprocess.run([sys.executable, "-m", "tfvctr.cli", "serve", "--help"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "--model-config-file" in r.stdout and "8501" in r.stdout
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--model-config-file" in out and "8501" in out
 
 
-def test_a_label_on_a_version_that_is_not_loaded_is_refused_at_start_as_by_tf_serving(tmp_path):
-    import subprocess
-    import sys
+def test_a_label_on_a_version_that_is_not_loaded_is_refused_at_start_as_by_tf_serving(tmp_path, capsys):
+    from tfvctr.cli import main
 
     model_factory.build(str(tmp_path / "ctr"), 1)
     cfg = tmp_path / "models.config"
     cfg.write_text(f'model_config_list {{ config {{ name: "ctr" base_path: "{tmp_path / "ctr"}" '
                    f'version_labels {{ key: "stable" value: 1 }} version_labels {{ key: "canary" value: 2 }} }} }}')
-    r = subprocess.run([sys.executable, "-m", "tfvctr.cli", "serve", "--model-config-file", str(cfg), "--port", "0"],
-                       capture_output=True, text=True, timeout=180)
-    assert r.returncode == 2
-    assert "version label 'canary' points at version 2, which is not loaded (loaded: [1])" in r.stderr
+    assert main(["serve", "--model-config-file", str(cfg), "--port", "0"]) == 2
+    assert "version label 'canary' points at version 2, which is not loaded (loaded: [1])" in capsys.readouterr().err
 
 
-def test_a_port_in_use_is_a_one_line_error(tmp_path):
+def test_a_port_in_use_is_a_one_line_error(tmp_path, capsys):
     import socket
-    import subprocess
-    import sys
+
+    from tfvctr.cli import main
 
     model_factory.build(str(tmp_path / "ctr"), 1)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "tfvctr.cli", "serve", "--model-base", str(tmp_path / "ctr"),
-                            "--port", str(port)], capture_output=True, text=True, timeout=180)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr
+        assert main(["serve", "--model-base", str(tmp_path / "ctr"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err and "Traceback" not in err
