@@ -81,6 +81,25 @@ def eval_from_day(days: list[int], eval_days: int) -> Optional[int]:
     return distinct[-min(eval_days, len(distinct))]
 
 
+class _BundleDays(beam.DoFn):
+    """`(ad_id, impression)` → the distinct days of the bundle, emitted at its end: a few
+    elements per bundle for the `Distinct` after it, not one per impression."""
+
+    def start_bundle(self) -> None:
+        self._days: set = set()
+
+    def process(self, kv: tuple) -> None:
+        self._days.add(kv[1][records.DAY])
+
+    def finish_bundle(self) -> Iterable:
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        for day in sorted(self._days):
+            yield WindowedValue(day, GlobalWindow().max_timestamp(), [GlobalWindow()])
+        self._days = set()
+
+
 class EvalFromDay(beam.PTransform):
     """`(ad_id, impression)` → a singleton: the first eval day, from the distinct days.
 
@@ -94,7 +113,7 @@ class EvalFromDay(beam.PTransform):
 
     def expand(self, impressions):
         return (impressions
-                | "Day" >> beam.Map(lambda kv: kv[1][records.DAY])
+                | "Day" >> beam.ParDo(_BundleDays())
                 | "Distinct" >> beam.Distinct()
                 | "All" >> beam.combiners.ToList()
                 | "First" >> beam.Map(eval_from_day, self._eval_days))
@@ -205,7 +224,7 @@ class JoinAndChunk(beam.PTransform):
     def expand(self, inputs: dict):
         # The distinct days: a tiny global aggregate (one value per day), as in EvalFromDay.
         days = (inputs["impressions"]
-                | "Day" >> beam.Map(lambda kv: kv[1][records.DAY])
+                | "Day" >> beam.ParDo(_BundleDays())
                 | "DistinctDays" >> beam.Distinct()
                 | "AllDays" >> beam.combiners.ToList()
                 | "SplitDays" >> beam.Map(split_days, pvalue.AsSingleton(inputs["eval_from"]),

@@ -69,11 +69,92 @@ class MomentsFn(beam.CombineFn):
         return {"mean": mean, "std": math.sqrt(m2 / n), "min": lo, "max": hi}
 
 
-def _sum_pairs(pairs: Iterable[tuple]) -> tuple:
-    a = b = 0
-    for x, y in pairs:
-        a, b = a + x, b + y
-    return (a, b)
+class _MergeOnly(beam.CombineFn):
+    """`fn` over inputs that are already `fn`'s accumulators (the per-bundle partial results of `_PreCombine`)."""
+
+    def __init__(self, fn: beam.CombineFn):
+        self._fn = fn
+
+    def create_accumulator(self):
+        return self._fn.create_accumulator()
+
+    def add_input(self, acc, partial):
+        return self._fn.merge_accumulators([acc, partial])
+
+    def merge_accumulators(self, accs):
+        return self._fn.merge_accumulators(accs)
+
+    def extract_output(self, acc):
+        return self._fn.extract_output(acc)
+
+
+class _Sum(beam.CombineFn):
+    """Element-wise sums of ints or of tuples of ints."""
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, acc, x):
+        if acc is None:
+            return x
+        if isinstance(x, tuple):
+            return tuple(t + y for t, y in zip(acc, x, strict=True))
+        return acc + x
+
+    def merge_accumulators(self, accs):
+        total = None
+        for a in accs:
+            if a is None:
+                continue
+            if total is None:
+                total = a
+            elif isinstance(a, tuple):
+                total = tuple(t + x for t, x in zip(total, a, strict=True))
+            else:
+                total += a
+        return total
+
+    def extract_output(self, acc):
+        return acc
+
+
+class _PreCombine(beam.DoFn):
+    """Combines `items(element)` `(key, value)` pairs per key within a bundle, emitted at its end.
+
+    Combiner lifting by hand: each train impression used to leave as ~11 tiny elements
+    (one per feature value, presence and number), and every one crossed the runner's data
+    plane at the `Flatten` before Beam's own lifted combine could see it (most of the job's
+    per-element overhead, docs/beam_jobs.md). Now a bundle of thousands of impressions
+    leaves as one partial result per key (per distinct vocabulary value, per feature); the
+    `CombinePerKey(_MergeOnly(fn))` after it merges them exactly as `fn` would have. With
+    `collect=True` the values are gathered into lists instead (for the batched quantiles).
+    """
+
+    def __init__(self, items, fn: beam.CombineFn = None, collect: bool = False):
+        self._items, self._fn, self._collect = items, fn, collect
+
+    def start_bundle(self) -> None:
+        self._partial: dict = {}
+
+    def process(self, element) -> None:
+        partial = self._partial
+        if self._collect:
+            for key, value in self._items(element):
+                partial.setdefault(key, []).append(value)
+            return
+        fn = self._fn
+        for key, value in self._items(element):
+            acc = partial[key] if key in partial else fn.create_accumulator()
+            partial[key] = fn.add_input(acc, value)
+
+    def finish_bundle(self) -> Iterable:
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        window = GlobalWindow()
+        for kv in self._partial.items():
+            yield WindowedValue(kv, window.max_timestamp(), [window])
+        self._partial = {}
 
 
 def _vocab_lines(kv: tuple) -> tuple:
@@ -136,11 +217,15 @@ class VocabAndStats(beam.PTransform):
         min_freq = {f.name: f.min_frequency for f in ds.features if f.vocabulary == "auto"}
         min_freq["category"] = category.min_frequency
 
+        def pre(name: str, items, fn=None, collect=False):
+            # Ads and impressions are pre-combined apart, so only the partial results meet at the Flatten.
+            return ((ads | f"Ad{name}" >> beam.ParDo(_PreCombine(items("ad"), fn, collect)),
+                     imps | f"Imp{name}" >> beam.ParDo(_PreCombine(items("impression"), fn, collect)))
+                    | f"Flatten{name}" >> beam.Flatten())
+
         vocab_counts = (
-            (ads | "AdVocab" >> beam.FlatMap(_vocab_items(ds, "ad", category)),
-             imps | "ImpVocab" >> beam.FlatMap(_vocab_items(ds, "impression", category)))
-            | "FlattenVocab" >> beam.Flatten()
-            | "CountValues" >> beam.CombinePerKey(sum)
+            pre("Vocab", lambda source: _vocab_items(ds, source, category), _Sum())
+            | "CountValues" >> beam.CombinePerKey(_MergeOnly(_Sum()))
             | "MinFrequency" >> beam.Filter(lambda kv: kv[1] >= min_freq[kv[0][0]])
             | "ByFeature" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
             | "GroupVocab" >> beam.GroupByKey()
@@ -149,34 +234,29 @@ class VocabAndStats(beam.PTransform):
         written_vocab = vocab_counts | "WriteVocab" >> beam.Map(self._write_vocab)
 
         presence = (
-            (ads | "AdPresence" >> beam.FlatMap(_presence(ds, "ad")),
-             imps | "ImpPresence" >> beam.FlatMap(_presence(ds, "impression")))
-            | "FlattenPresence" >> beam.Flatten()
-            | "SumPresence" >> beam.CombinePerKey(_sum_pairs)
+            pre("Presence", lambda source: _presence(ds, source), _Sum())
+            | "SumPresence" >> beam.CombinePerKey(_MergeOnly(_Sum()))
             | "PresenceStats" >> beam.Map(lambda kv: (kv[0], {"count": kv[1][0], "missing": kv[1][1]}))
         )
-        numeric_values = (
-            (ads | "AdNumeric" >> beam.FlatMap(_numeric_items(ds, "ad")),
-             imps | "ImpNumeric" >> beam.FlatMap(_numeric_items(ds, "impression")))
-            | "FlattenNumeric" >> beam.Flatten()
-        )
-        moments = numeric_values | "Moments" >> beam.CombinePerKey(MomentsFn())
+        moments = (pre("Moments", lambda source: _numeric_items(ds, source), MomentsFn())
+                   | "Moments" >> beam.CombinePerKey(_MergeOnly(MomentsFn())))
+        numeric_lists = pre("Numeric", lambda source: _numeric_items(ds, source), collect=True)
         boundaries = []
         for f in ds.features:
             if f.kind != "numeric":
                 continue
             # One sketch per feature: features may ask for different numbers of buckets.
             boundaries.append(
-                numeric_values
+                numeric_lists
                 | f"Only_{f.name}" >> beam.Filter(lambda kv, name=f.name: kv[0] == name)
                 | f"Values_{f.name}" >> beam.Map(lambda kv: kv[1])
-                | f"Quantiles_{f.name}" >> beam.ApproximateQuantiles.Globally(f.num_buckets + 1)
+                | f"Quantiles_{f.name}" >> beam.ApproximateQuantiles.Globally(f.num_buckets + 1, input_batched=True)
                 | f"Boundaries_{f.name}" >> beam.Map(lambda q, name=f.name: (name, {"boundaries": list(q[1:-1])}))
             )
         vocab_sizes = vocab_counts | "VocabSize" >> beam.Map(lambda kv: (kv[0], {"vocab_size": len(kv[1])}))
-        labels = (imps | "Labels" >> beam.Map(lambda imp: (1, imp[records.LABEL]))
-                  | "SumLabels" >> beam.CombineGlobally(_sum_pairs)
-                  | "LabelStats" >> beam.Map(lambda c: ("label", {"count": c[0], "positives": c[1]})))
+        labels = (imps | "Labels" >> beam.ParDo(_PreCombine(lambda imp: [("label", (1, imp[records.LABEL]))], _Sum()))
+                  | "SumLabels" >> beam.CombinePerKey(_MergeOnly(_Sum()))
+                  | "LabelStats" >> beam.Map(lambda kv: ("label", {"count": kv[1][0], "positives": kv[1][1]})))
         written_stats = (
             [presence, moments, vocab_sizes, labels, *boundaries]
             | "FlattenStats" >> beam.Flatten()

@@ -104,12 +104,26 @@ class _ValidateImpression(beam.DoFn):
         self._coerce = tables.RowCoercer("impressions", self._ds)
         self._formats = {f: counter(f"day_format_{f}") for f in ("integer", "iso")}
 
-    def process(self, row: dict) -> Iterable:
-        row = dict(row)
-        where = row.pop(SOURCE_KEY, None)
+    def process(self, element) -> Iterable:
+        if not isinstance(element, list):
+            yield from self._one(element)
+            return
+        # A batch of rows (`ReadTable(batch_rows=N)`): each row still succeeds or fails alone;
+        # an unexpected error is dead-lettered for its row only, as `with_exception_handling`
+        # does for an element.
+        for row in element:
+            try:
+                yield from list(self._one(row))
+            except Exception as e:
+                yield pvalue.TaggedOutput(DEAD, _unexpected("impressions")((row, (type(e), repr(e), None))))
+
+    def _one(self, row: dict) -> Iterable:
+        where = row.get(SOURCE_KEY)
         try:
-            typed = self._coerce(row)
+            typed = self._coerce(row)  # reads only the required columns: SOURCE_KEY can stay
         except ValueError as e:
+            row = dict(row)
+            row.pop(SOURCE_KEY, None)
             yield pvalue.TaggedOutput(DEAD, dead_letter("impressions", row, "bad_field",
                                                         _with_source(f"impressions: {e}", where)))
             return
@@ -142,7 +156,8 @@ class ValidateAds(beam.PTransform):
 
 
 class ValidateImpressions(beam.PTransform):
-    """Impressions-table rows → `(ad_id, impression tuple)`; outputs `"impressions"` and `"dead"`."""
+    """Impressions-table rows (or lists of rows, `ReadTable(batch_rows=N)`) → `(ad_id, impression
+    tuple)`; outputs `"impressions"` and `"dead"`."""
 
     def __init__(self, ds: DatasetConfig):
         super().__init__()
