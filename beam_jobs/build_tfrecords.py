@@ -70,8 +70,11 @@ def _parse_day(value: Optional[str]) -> Optional[int]:
 
 
 def build_pipeline(p: beam.Pipeline, config: Config, ads_path: str, impressions_path: str, out: str,
-                   seed: int, eval_from: Optional[int] = None) -> None:
-    """Adds the whole job to `p`: the composites above, wired as in the module docstring."""
+                   seed: int, eval_from: Optional[int] = None, no_eval: bool = False) -> None:
+    """Adds the whole job to `p`: the composites above, wired as in the module docstring.
+
+    `no_eval`: every day is train (and valid); `tfvctr daily` preprocesses one day this way.
+    """
     ds = config.dataset
     ads_read = p | "ReadAds" >> ReadTable(ads_path, "ads", with_source=True)
     # Impression rows travel in lists of IMPRESSION_BATCH to their validation (docs/beam_jobs.md, speed).
@@ -80,7 +83,9 @@ def build_pipeline(p: beam.Pipeline, config: Config, ads_path: str, impressions_
     ads = ads_read["rows"] | "ValidateAds" >> ValidateAds(ds, ads_path)
     imps = imps_read["rows"] | "ValidateImpressions" >> ValidateImpressions(ds)
 
-    if eval_from is None:
+    if no_eval:
+        eval_from_pc = p | "NoEval" >> beam.Create([None])
+    elif eval_from is None:
         eval_from_pc = imps["impressions"] | "EvalFromDay" >> EvalFromDay(ds.eval_days)
     else:
         eval_from_pc = p | "GivenEvalFromDay" >> beam.Create([eval_from])
@@ -237,7 +242,8 @@ def run_args(args: argparse.Namespace, beam_args: list[str], verbose: bool = Tru
     # a failed or refused run leaves the previous output untouched and no beam-temp-* debris.
     with fs.atomic_dir(args.out) as staged:
         p = beam.Pipeline(options=options)
-        build_pipeline(p, config, args.ads, args.impressions, staged, seed, eval_from)
+        build_pipeline(p, config, args.ads, args.impressions, staged, seed, eval_from,
+                       no_eval=getattr(args, "no_eval", False))
         result = p.run()
         result.wait_until_finish()
         counters = read_counters(result)

@@ -147,3 +147,12 @@ def test_model_dir_rate_defaults_to_no_sampling(tmp_path):
     assert recalibration.model_rate(str(tmp_path)) == 1.0
     recalibration.write_model_rate(str(tmp_path), 0.25, "data")
     assert recalibration.model_rate(str(tmp_path)) == 0.25
+
+
+@pytest.mark.parametrize("module", ["tfvctr.daily.recalibration", "tfvctr.init_config", "tfvctr.daily.driver"])
+def test_docstring_examples_of_the_daily_modules_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -16,7 +16,7 @@ import sys
 from tfvctr.errors import TfvctrError
 
 # Order is the order of the pipeline, and of `tfvctr --help`.
-COMMANDS = ["demo_data", "validate_config", "init_config", "preprocess", "pretrain", "train", "tune", "evaluate", "saliency", "embed", "export", "serve", "reproduce"]
+COMMANDS = ["demo_data", "validate_config", "init_config", "preprocess", "pretrain", "train", "tune", "evaluate", "saliency", "embed", "export", "serve", "daily", "reproduce"]
 
 
 def build_parser() -> argparse.ArgumentParser:

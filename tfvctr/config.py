@@ -361,12 +361,35 @@ class TuneConfig:
 
 
 @dataclasses.dataclass
+class DailyConfig:
+    """`tfvctr daily` (tfvctr.daily, docs/daily.md): one new day in, a checked new version served."""
+
+    window_days: int = 3  # train on the last N days' data; older dated folders are deleted
+    warm_steps: Optional[int] = None  # steps of a warm-started day; None: training.steps (the first day always)
+    new_day_repeat: int = 1  # the new day's train shards are read this many times per pass over the window
+    promote_metric: Literal["auc", "log_loss"] = "auc"  # on day D's held-out ads (the valid split)
+    promote_margin: float = 0.002  # promote unless the new model is worse than the served one by more than this
+    # Keep the promoted model's CNN fixed on warm-started days (only the head learns): the
+    # embedding table is then extended with new or changed ads instead of rebuilt.
+    freeze_cnn: bool = False
+
+    def validate(self, where: str) -> None:
+        _positive(self.window_days, f"{where}.window_days")
+        _positive(self.new_day_repeat, f"{where}.new_day_repeat")
+        if self.warm_steps is not None:
+            _positive(self.warm_steps, f"{where}.warm_steps")
+        if self.promote_margin < 0:
+            raise ConfigError(f"{where}.promote_margin: expected a value >= 0, received {self.promote_margin}")
+
+
+@dataclasses.dataclass
 class Config:
     dataset: DatasetConfig
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     embed: EmbedConfig = dataclasses.field(default_factory=EmbedConfig)
     tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
+    daily: DailyConfig = dataclasses.field(default_factory=DailyConfig)
     name: str = "tfvctr"
 
     def validate(self, where: str = "config") -> "Config":
@@ -375,6 +398,7 @@ class Config:
         self.training.validate(f"{where}: training")
         self.embed.validate(f"{where}: embed")
         self.tune.validate(f"{where}: tune", self)
+        self.daily.validate(f"{where}: daily")
         if self.model.architecture == "vbpr" and self.model.vbpr.variant == "vbpr" and not self.training.pretrained_cnn:
             # VBPR scores *fixed* features of a pre-trained CNN; a frozen random tower is not it.
             raise ConfigError(

@@ -97,8 +97,8 @@ def embedding_dim(cardinality: int) -> int:
     """6 x cardinality^(1/4), clipped to [MIN_EMBEDDING, MAX_EMBEDDING].
 
     Example:
-        >>> embedding_dim(10), embedding_dim(10_000), embedding_dim(10**8)
-        (4, 11, 16)
+        >>> embedding_dim(3), embedding_dim(10), embedding_dim(10_000)
+        (4, 10, 16)
     """
     # Never wider than the number of values (a 3-value column needs no 8 dimensions).
     return int(min(MAX_EMBEDDING, max(MIN_EMBEDDING, min(cardinality, round(6 * cardinality ** 0.25)))))

@@ -275,6 +275,7 @@ def train(
     model_fn: Optional[Callable[..., Any]] = None,
     loss_fn: Optional[Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = None,
     log: Optional[Callable[[str], None]] = print_line,
+    warm_start: Optional[str] = None,
 ) -> dict:
     """Trains the CTR model of `config` on `DATA_DIR/train`, resuming from `MODEL_DIR` if it holds a checkpoint.
 
@@ -291,6 +292,9 @@ def train(
             point-wise only: with `model.architecture: vbpr` and `model.vbpr.loss: pairwise` the
             objective is BPR over in-batch pairs (`tfvctr.training.loop.bpr_objective`).
         log: progress lines (chief only); None for silence.
+        warm_start: a model dir whose `model.keras` weights a fresh run starts from (`tfvctr
+            daily`: the last promoted model; same features and vocabularies); with it,
+            `training.freeze_cnn` keeps that model's CNN fixed without `pretrained_cnn`.
 
     Returns:
         The last block's figures (loss, auc, images_per_sec, impressions_per_sec, step,
@@ -313,12 +317,17 @@ def train(
         return model_fn(config, enc.num_categories, enc.vocab_sizes, seed=tr.seed)
 
     def init_model(model):
+        if warm_start:
+            model.load_weights(fs.join(warm_start, layout.MODEL))
+            if log:
+                log(f"warm start: every weight from {warm_start}")
+            return
         if tr.pretrained_cnn:
             load_pretrained_cnn(tr.pretrained_cnn, model)
             if log:
                 log(f"visual tower initialised from {tr.pretrained_cnn}")
 
-    if tr.freeze_cnn and not tr.pretrained_cnn:
+    if tr.freeze_cnn and not tr.pretrained_cnn and not warm_start:
         raise ConfigError("training.freeze_cnn: a frozen CNN needs training.pretrained_cnn (a `tfvctr pretrain` model dir)")
     return _run(
         config, data_dir, model_dir, steps=steps, strategy=strategy, encoder=encoder, make_model=make_model,

@@ -1,0 +1,202 @@
+"""Three-day rehearsal of `tfvctr daily` on demo data (docs/daily.md, README "The daily loop").
+
+    nice python benchmarks/daily.py --out /tmp/daily_bench [--ads 1000 --impressions 60000 --days 4]
+        [--steps 800 --warm-steps 300 --sampling-rate 0.5]
+
+Demo-data days arrive one at a time (the catalogue of day D holds the ads shown by day
+D + 1, so new ads arrive every day, a day before their first impression); `tfvctr daily` runs on days 0, 1, ..., days-2 with a dev
+server (`tfvctr serve --model-base W/serving`) started after the first day and a client
+asking it every 50 ms throughout. After each day the served model (the promoted model dir:
+the export's fresh-process check holds it to the Keras model within 1e-5) and a model
+retrained from scratch on the same window (same config, `training.steps`) are scored on
+the *next* day's impressions: AUC, cold-ad AUC (ads with no impression in the window),
+expected calibration error (of recalibrated CTRs). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def _eval_data(work: str, config_path: str, ads: str, impressions: str, window: list[str], next_day: int,
+               out: str) -> str:
+    """The window's days + the next day, preprocessed with the next day as eval (validation none): the eval
+    split is the traffic the served version meets next, and its cold ads have no impression in the window."""
+    import yaml
+
+    from beam_jobs import build_tfrecords
+    from tfvctr.io import tables
+    from tfvctr.io.schema import parse_day
+
+    days = {int(d) for d in window} | {next_day}
+    path = out + "-impressions.jsonl"
+    with open(path, "w") as f:
+        for row in tables.iter_rows(impressions):
+            if parse_day(row["day"])[0] in days:
+                f.write(json.dumps(row) + "\n")
+    with open(config_path) as f:
+        data = yaml.safe_load(f)
+    data["dataset"]["validation"] = {"mode": "none"}
+    data["dataset"]["negative_sampling_rate"] = 1.0
+    cfg = out + ".yaml"
+    with open(cfg, "w") as f:
+        yaml.safe_dump(data, f)
+    args = argparse.Namespace(config=cfg, ads=ads, impressions=path, out=out, eval_from_day=str(next_day), seed=None,
+                              overwrite=True)
+    build_tfrecords.run_args(args, [], verbose=False)
+    return out
+
+
+def _score(model_dir: str, data: str) -> dict:
+    from tfvctr import evaluation
+
+    m = evaluation.evaluate(model_dir, data, write=False)
+    return {"auc": m["auc"], "cold_auc": (m.get("cold") or {}).get("auc"), "ece": m["calibration"].get("ece"),
+            "impressions": m["impressions"]}
+
+
+class Server:
+    def __init__(self, base: str, name: str):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+        self.proc = subprocess.Popen([sys.executable, "-m", "tfvctr.cli", "serve", "--port", "0", "--model-base", base,
+                                      "--model-name", name, "--poll-seconds", "0.5"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        self.url = None
+        for line in self.proc.stdout:
+            if "REST API on http://" in line:
+                self.url = line.split("REST API on ")[1].split("/v1/")[0]
+                break
+        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+        if self.url is None:
+            raise RuntimeError("dev server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--scenario", default="demo")
+    p.add_argument("--ads", type=int, default=1000)
+    p.add_argument("--impressions", type=int, default=60000)
+    p.add_argument("--days", type=int, default=4, help="demo days; the daily loop runs days 0..days-2")
+    p.add_argument("--steps", type=int, default=800, help="first day and from-scratch steps")
+    p.add_argument("--warm-steps", type=int, default=300)
+    p.add_argument("--sampling-rate", type=float, default=0.5, help="dataset.negative_sampling_rate")
+    p.add_argument("--window", type=int, default=3)
+    args = p.parse_args()
+
+    import yaml
+
+    from serving.client import ServingClient, ServingError
+    from tfvctr.config import load_config
+    from tfvctr.daily.driver import run_day
+    from tfvctr.daily.rehearsal import first_days, write_catalog
+    from tfvctr.demo_data import generate
+    from tfvctr.training.trainer import train
+
+    out = os.path.abspath(args.out)
+    raw = os.path.join(out, "raw")
+    if not os.path.exists(os.path.join(raw, "impressions.csv")):
+        generate(raw, num_ads=args.ads, num_impressions=args.impressions, days=args.days, formats=("csv",),
+                 scenario=args.scenario)
+    impressions = os.path.join(raw, "impressions.csv")
+    with open(os.path.join(REPO, "configs", "demo.yaml")) as f:
+        data = yaml.safe_load(f)
+    data["name"] = "daily"
+    data["dataset"]["negative_sampling_rate"] = args.sampling_rate
+    data["training"].update(steps=args.steps, decay_steps=[], eval_every=100, checkpoint_every=100, patience=3)
+    data["embed"]["coverage"] = 1.0
+    data["daily"] = {"window_days": args.window, "warm_steps": args.warm_steps, "freeze_cnn": True,
+                     "promote_metric": "auc", "promote_margin": 0.005}
+    data.pop("tune", None)
+    config = os.path.join(out, "daily.yaml")
+    with open(config, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    work = os.path.join(out, "W")
+    first = first_days(impressions)
+    rows, server, stop, counts, thread = None, None, threading.Event(), {"ok": 0, "failed": 0}, None
+    lines = []
+    for day in range(args.days - 1):
+        catalog = os.path.join(out, f"ads-{day}.jsonl")
+        n_ads = write_catalog(os.path.join(raw, "ads.csv"), first, day, catalog)
+        report = run_day(config, work, str(day), catalog, impressions, log=print)
+        state = json.load(open(os.path.join(work, "state.json")))
+        window = report["window"]
+        # From scratch on the same window, the same config and the first day's step count.
+        scratch = os.path.join(out, "scratch", str(day))
+        cfg = load_config(os.path.join(work, "configs", f"{day}.yaml"))
+        cfg.training.freeze_cnn = False
+        t0 = time.time()
+        train(cfg, os.path.join(work, "window", str(day)), scratch, log=None)
+        scratch_seconds = time.time() - t0
+        eval_dir = _eval_data(work, config, catalog, impressions, window, day + 1, os.path.join(out, "eval", str(day)))
+        served = _score(state["promoted"]["model_dir"], eval_dir)
+        fresh = _score(scratch, eval_dir)
+        e = report.get("embed", {})
+        t = report["timings"]
+        lines.append(
+            f"| {day} | {n_ads} | v{report['served_version']} ({'promoted' if report['promotion']['promoted'] else 'kept'}) "
+            f"| {served['auc']:.4f} / {fresh['auc']:.4f} | {served['cold_auc'] or float('nan'):.4f} / "
+            f"{fresh['cold_auc'] or float('nan'):.4f} | {served['ece']:.4f} / {fresh['ece']:.4f} "
+            f"| {t['train']:.0f} / {scratch_seconds:.0f} s | {e.get('embedded', '-')} / {e.get('reused', '-')} "
+            f"| {t['preprocess']:.0f} / {t.get('compare', 0):.0f} / {t.get('embed', 0):.0f} / {t.get('export', 0):.0f} s |")
+        print(lines[-1], flush=True)
+        if server is None:
+            server = Server(os.path.join(work, "serving"), "daily")
+            from tfvctr.io import tables
+
+            ads_rows = {r["ad_id"]: r for r in tables.iter_rows(os.path.join(raw, "ads.csv"))}
+            rows = []
+            for imp in tables.iter_rows(impressions):
+                ad = ads_rows[imp["ad_id"]]
+                rows.append({"ad_id": ad["ad_id"], "category": ad["category"], "brand": ad["brand"],
+                             "price": float(ad["price"]), "keywords": (ad["keywords"].split("|") + [""] * 4)[:4],
+                             "user_age": imp["user_age"], "device": imp["device"], "hour": imp["hour"],
+                             "position": float(imp["position"]),
+                             "user_interests": (imp["user_interests"].split("|") + [""] * 4)[:4]})
+                if len(rows) == 20:
+                    break
+
+            def load(url: str = server.url, batch: list = rows) -> None:
+                client = ServingClient(url, "daily", timeout=30, retries=0)  # no retries: every failure counts
+                while not stop.is_set():
+                    try:
+                        client.predict(batch)
+                        counts["ok"] += 1
+                    except (ServingError, OSError):
+                        counts["failed"] += 1
+                    time.sleep(0.05)
+
+            thread = threading.Thread(target=load)
+            thread.start()
+    time.sleep(2)
+    stop.set()
+    if thread is not None:
+        thread.join()
+    if server is not None:
+        server.stop()
+    print()
+    print("| day | ads in catalogue | served | eval AUC served / scratch | cold AUC served / scratch "
+          "| ECE served / scratch | train time warm / scratch | ads embedded / reused "
+          "| preprocess / compare / embed / export |")
+    print("|---:|---:|---|---|---|---|---|---|---|")
+    for line in lines:
+        print(line)
+    print(f"\ndev server through days 1..{args.days - 2}: {counts['ok']} requests answered, {counts['failed']} failed "
+          f"(20 candidates each)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""`tfvctr daily` (tfvctr.daily.driver): days arriving one at a time, a dev server answering throughout.
+
+One tiny rehearsal (module fixture): three days of demo data, new ads every day and one ad
+whose image changes on day 1; a dev server started after the first day serves every
+version while clients keep asking. Day 2 is trained with a learning rate that ruins the
+model: promotion must refuse it and the old version must keep serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.serving.conftest import DevServer
+from tfvctr.daily import recalibration
+from tfvctr.daily.driver import load_state, promotion, run_day
+from tfvctr.daily.rehearsal import first_days, write_catalog
+from tfvctr.demo_data import generate
+from tfvctr.errors import TfvctrError
+
+CONFIG = """
+name: tiny
+dataset:
+  image_size: 16
+  impressions_per_chunk: 8
+  passthrough: [true_ctr]
+  negative_sampling_rate: 0.5
+  validation: {mode: ads, ads_share: 0.2}
+  features:
+    - {name: device, source: impression, kind: categorical, vocabulary: auto}
+    - {name: hour, source: impression, kind: categorical, hash_buckets: 32}
+    - {name: user_interests, source: impression, kind: multi, vocabulary: auto, max_length: 3}
+    - {name: category, source: ad, kind: categorical, vocabulary: auto}
+    - {name: brand, source: ad, kind: categorical, vocabulary: auto}
+    - {name: price, source: ad, kind: numeric, transform: normalize}
+model: {architecture: cscnn_dcn, backbone: cnnf, backbone_width: 0.0625, attention: cscnn, visual_dim: 4,
+        deep_layers: [8], cross_layers: 1}
+training: {steps: 12, ads_per_batch: 8, eval_every: 6, checkpoint_every: 6, log_every: 6}
+embed: {dtype: float32}
+daily: {window_days: 2, warm_steps: 6, freeze_cnn: true, promote_metric: log_loss, promote_margin: 0.05}
+"""
+
+
+def test_promotion_rule():
+    assert promotion({"auc": 0.7}, None, "auc", 0.0) == (True, "no model serves yet")
+    assert promotion({"auc": 0.699}, {"auc": 0.7}, "auc", 0.002)[0]
+    ok, why = promotion({"auc": 0.69}, {"auc": 0.7}, "auc", 0.002)
+    assert not ok and "worse than the served model's 0.7000 by 0.0100 > promote_margin 0.002" in why
+    assert not promotion({"log_loss": 0.40}, {"log_loss": 0.30}, "log_loss", 0.05)[0]
+    assert promotion({"log_loss": 0.33}, {"log_loss": 0.30}, "log_loss", 0.05)[0]
+
+
+def _request_rows(raw: str, n: int = 4) -> list[dict]:
+    from tfvctr.io import tables
+
+    ads = {r["ad_id"]: r for r in tables.iter_rows(os.path.join(raw, "ads.csv"))}
+    rows = []
+    for imp in tables.iter_rows(os.path.join(raw, "impressions.csv")):
+        ad = ads[imp["ad_id"]]
+        rows.append({"ad_id": ad["ad_id"], "category": ad["category"], "brand": ad["brand"],
+                     "price": float(ad["price"]), "device": imp["device"], "hour": imp["hour"],
+                     "user_interests": (imp["user_interests"].split("|") + ["", "", ""])[:3]})
+        if len(rows) == n:
+            return rows
+    return rows
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    from serving.client import ServingClient, ServingError
+
+    root = tmp_path_factory.mktemp("daily")
+    raw = str(root / "raw")
+    generate(raw, num_ads=48, num_impressions=1500, days=3, image_size=16, formats=("csv",))
+    config = str(root / "tiny.yaml")
+    with open(config, "w") as f:
+        f.write(CONFIG)
+    work = str(root / "W")
+    first = first_days(os.path.join(raw, "impressions.csv"))
+    impressions = os.path.join(raw, "impressions.csv")
+    reports, catalogs = [], []
+
+    def day(d: int, overrides=()):
+        catalog = str(root / f"ads-{d}.jsonl")
+        catalogs.append(write_catalog(os.path.join(raw, "ads.csv"), first, d, catalog))
+        if d == 1:  # one old ad gets a new image: it must go through the CNN again
+            changed = min(a for a, f in first.items() if f == 0)
+            Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(os.path.join(raw, "images", f"{changed}.jpg"))
+        reports.append(run_day(config, work, str(d), catalog, impressions, overrides=list(overrides), log=None))
+
+    day(0)
+    server = DevServer(["--model-base", os.path.join(work, "serving"), "--model-name", "tiny", "--poll-seconds", "0.2"])
+    rows = _request_rows(raw)
+    stop, answered, failures, versions = threading.Event(), [0], [], set()
+
+    def load():
+        client = ServingClient(server.url, "tiny", timeout=30, retries=0)  # any failure counts
+        while not stop.is_set():
+            try:
+                assert len(client.predict(rows)) == len(rows)
+                answered[0] += 1
+                versions.add(max(int(s["version"]) for s in client.status()["model_version_status"]))
+            except (ServingError, OSError) as e:
+                failures.append(str(e))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        day(1)
+        deadline = time.monotonic() + 60
+        while 2 not in versions and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # Day 2: a learning rate that ruins the model; the served version must stay.
+        day(2, ["training.learning_rate=200", "daily.promote_margin=0.0"])
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join()
+        server.stop()
+    return {"work": work, "reports": reports, "catalogs": catalogs, "answered": answered[0], "failures": failures,
+            "versions": versions, "first": first, "config": config, "raw": raw}
+
+
+def test_each_promoted_day_exports_the_next_version_and_the_server_answers_every_request(loop):
+    assert [r["served_version"] for r in loop["reports"]] == [1, 2, 2]
+    assert loop["failures"] == [] and loop["answered"] > 10
+    assert loop["versions"] == {1, 2}
+    assert sorted(os.listdir(os.path.join(loop["work"], "serving", "tiny"))) == ["1", "2"]
+
+
+def test_worse_model_is_not_promoted_and_the_reason_is_recorded(loop):
+    r = loop["reports"][2]
+    assert r["promotion"]["promoted"] is False
+    assert "is worse than the served model's" in r["promotion"]["reason"]
+    assert r["promotion"]["new"]["log_loss"] > r["promotion"]["served"]["log_loss"]
+    state = load_state(loop["work"])
+    assert state["promoted"]["day"] == "1" and state["promoted"]["version"] == 2
+    assert state["history"][-1]["promoted"] is False
+    assert not os.path.exists(os.path.join(loop["work"], "models", "2"))  # never served, not kept
+    assert "embed" not in r and "export" not in r
+
+
+def test_frozen_cnn_embeds_only_new_or_changed_ads_and_reuses_the_rest(loop):
+    reports, catalogs = loop["reports"], loop["catalogs"]
+    assert reports[0]["embed"]["mode"] == "rebuilt" and reports[0]["embed"]["embedded"] == catalogs[0]
+    e = reports[1]["embed"]
+    new_ads = catalogs[1] - catalogs[0]
+    assert new_ads > 0  # new ads did arrive
+    assert e["mode"] == "incremental"
+    assert (e["embedded"], e["reused"]) == (new_ads + 1, catalogs[0] - 1)  # + the ad whose image changed
+    with open(os.path.join(e["table"], "index.json")) as f:
+        assert json.load(f)["rows"] == e["rows"] == catalogs[1]
+    assert not os.path.exists(reports[0]["embed"]["table"])  # the replaced table is gone (the export keeps its rows)
+
+
+def test_window_keeps_the_last_days_and_vocabularies_stay_frozen(loop):
+    work = loop["work"]
+    assert sorted(os.listdir(os.path.join(work, "data"))) == ["1", "2"]  # window_days 2: day 0 deleted
+    assert loop["reports"][1]["window"] == ["0", "1"] and loop["reports"][2]["window"] == ["1", "2"]
+    frozen = open(os.path.join(work, "frozen", "vocab", "brand.txt")).read()
+    assert open(os.path.join(work, "window", "1", "vocab", "brand.txt")).read() == frozen
+    manifest = json.load(open(os.path.join(work, "window", "1", "manifest.json")))
+    assert manifest["window"]["days"] == ["0", "1"]
+    one = json.load(open(os.path.join(work, "data", "1", "manifest.json")))["splits"]["train"]["impressions"]
+    assert manifest["splits"]["train"]["impressions"] > one  # two days of train impressions
+
+
+def test_downsampled_model_is_served_recalibrated(loop):
+    export = os.path.join(loop["work"], "serving", "tiny", "2")
+    with open(os.path.join(export, "assets.extra", "tfvctr_export.json")) as f:
+        info = json.load(f)
+    assert info["negative_sampling_rate"] == 0.5
+    assert recalibration.model_rate(info["model_dir"]) == 0.5
+    assert loop["reports"][0]["preprocess"]["downsampled_negatives"] > 0
+
+
+def test_days_must_arrive_in_order(loop):
+    with pytest.raises(TfvctrError, match="days arrive in order"):
+        run_day(loop["config"], loop["work"], "1", os.path.join(loop["raw"], "ads.csv"),
+                os.path.join(loop["raw"], "impressions.csv"), log=None)
