@@ -36,7 +36,9 @@ def _json_value(name: str, v):
     return float(v)
 
 
-def _row(columns: dict, i: int, names) -> dict:
+def rest_row(columns: dict, i: int, names) -> dict:
+    """Row `i` of signature inputs as numpy columns (`sample_rows`) as a REST instance with the inputs `names`:
+    text as strings, numbers as floats, multi-valued features as lists, `image_bytes` as `{"b64": ...}`."""
     return {k: _json_value(k, columns[k][i]) for k in names}
 
 
@@ -89,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         sigs = client.metadata()["metadata"]["signature_def"]["signature_def"]
         plain = sorted(sigs["serving_default"]["inputs"])
         with_image = sorted(sigs["score_with_image"]["inputs"])
-        unknown = dict(_row(cols, warm_i, plain), ad_id="ad-not-in-the-table")
-        new = dict(_row(cols, cold_i, with_image), ad_id="ad-created-after-the-table")
+        unknown = dict(rest_row(cols, warm_i, plain), ad_id="ad-not-in-the-table")
+        new = dict(rest_row(cols, cold_i, with_image), ad_id="ad-created-after-the-table")
         asked = [("warm", ids[warm_i], "serving_default"), ("cold", ids[cold_i], "serving_default"),
                  ("unknown", unknown["ad_id"], "serving_default"), ("new + image", new["ad_id"], "score_with_image")]
-        answers = client.predict([_row(cols, warm_i, plain), _row(cols, cold_i, plain), unknown])
+        answers = client.predict([rest_row(cols, warm_i, plain), rest_row(cols, cold_i, plain), unknown])
         answers += client.predict([new], signature_name="score_with_image")
         print(f"\nPOST {url}/v1/models/{args.model_name}:predict (row format), eval-day impressions:")
         print(f"  {'ad':12s} {'ad_id':28s} {'signature':18s} {'ctr':>8s}  in_table")
