@@ -41,7 +41,7 @@ dataset:
     - {name: price, source: ad, kind: numeric, transform: normalize}
 model: {architecture: cscnn_dcn, backbone: cnnf, backbone_width: 0.0625, attention: cscnn, visual_dim: 4,
         deep_layers: [8], cross_layers: 1}
-training: {steps: 12, ads_per_batch: 8, eval_every: 6, checkpoint_every: 6, log_every: 6}
+training: {steps: 6, ads_per_batch: 8, eval_every: 6, checkpoint_every: 6, log_every: 6}
 embed: {dtype: float32}
 daily: {window_days: 2, warm_steps: 6, freeze_cnn: true, promote_metric: log_loss, promote_margin: 0.05}
 """
