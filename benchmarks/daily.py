@@ -38,6 +38,7 @@ def _eval_data(work: str, config_path: str, ads: str, impressions: str, window: 
     from tfvctr.io.schema import parse_day
 
     days = {int(d) for d in window} | {next_day}
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     path = out + "-impressions.jsonl"
     with open(path, "w") as f:
         for row in tables.iter_rows(impressions):
@@ -131,7 +132,12 @@ def main() -> None:
     for day in range(args.days - 1):
         catalog = os.path.join(out, f"ads-{day}.jsonl")
         n_ads = write_catalog(os.path.join(raw, "ads.csv"), first, day, catalog)
-        report = run_day(config, work, str(day), catalog, impressions, log=print)
+        done = os.path.join(work, "days", f"{day}.json")
+        if os.path.exists(done):  # a re-run resumes: the day's loop ran already (the scratch model resumes too)
+            with open(done) as f:
+                report = json.load(f)
+        else:
+            report = run_day(config, work, str(day), catalog, impressions, log=print)
         state = json.load(open(os.path.join(work, "state.json")))
         window = report["window"]
         # From scratch on the same window, the same config and the first day's step count.
