@@ -145,6 +145,13 @@ def test_dvbpr_sca_uses_sca_cnn_attention_and_differs_from_cscnn():
                            cscnn.visual_tower({"image": batch["image"], "category": batch["category"]}))
 
 
+@pytest.mark.parametrize("attention, layer_name", [("cbam", "CBAMAttention"), ("se", "SEAttention"), ("cscnn", "CSCNNAttention")])
+def test_variant_cscnn_uses_the_configured_attention(attention, layer_name):
+    # CSCNN Tables 5 and 6 swap the attention of the same model.
+    layers = _attention_layers(_model("cscnn", attention=attention))
+    assert layers and all(type(layer).__name__ == layer_name for layer in layers)
+
+
 def test_dvbpr_sca_ignores_the_configured_attention():
     assert all(isinstance(layer, SCAAttention) for layer in _attention_layers(_model("dvbpr_sca", attention="se")))
 

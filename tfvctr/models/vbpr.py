@@ -17,7 +17,7 @@ trainable in every variant). Variants (config `model.vbpr.variant`):
 | `sherlock`  | shared plus category-specific maps after the CNN: Φ = [E_0 f ; E_k f]         |
 | `deepstyle` | category embedding subtracted: Φ = E f − c_k                                  |
 | `dvbpr_sca` | SCA-CNN attention with a category embedding (`SCAAttention`) inside the CNN    |
-| `cscnn`     | CSCNN attention (`cscnn`) inside the CNN                                       |
+| `cscnn`     | the configured attention inside the CNN: `model.attention` (default `cscnn`)   |
 
 `vbpr` (He & McAuley 2016) scores fixed image features extracted by a CNN trained on
 another task. Ours: the tower of a `tfvctr pretrain` run (category classification, as
@@ -35,15 +35,14 @@ same sites as CSCNN's attention (`model.attention_layers`).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional
 
 import keras
 from keras import ops
 
-from tfvctr.config import Config
 from tfvctr.errors import ConfigError
+from tfvctr.layers.arguments import attribute_config, invalid_argument
 from tfvctr.models.base import CTRModel, tower_config
-from tfvctr.models.visual_tower import build_visual_tower
 
 VARIANTS = ("bpr_mf", "vbpr", "dvbpr", "dvbpr_c", "sherlock", "deepstyle", "dvbpr_sca", "cscnn")
 
@@ -98,7 +97,7 @@ class VBPRHead(keras.layers.Layer):
             raise ValueError(f"Invalid value received for argument `variant`. Expected one of {VARIANTS}. Received: variant={variant!r}")
         for name, value in (("num_users", num_users), ("num_items", num_items), ("num_categories", num_categories)):
             if value < 1:
-                raise ValueError(f"Invalid value received for argument `{name}`. Expected a positive integer. Received: {name}={value}")
+                raise invalid_argument(name, value, "a positive integer")
         if (variant == "bpr_mf") != (visual_dim == 0):
             raise ValueError(
                 f"Invalid value received for argument `visual_dim`. Expected 0 exactly for variant 'bpr_mf'. "
@@ -115,7 +114,7 @@ class VBPRHead(keras.layers.Layer):
                 f"Received: factors={factors}, visual_factors={visual_factors}"
             )
         if l2 < 0:
-            raise ValueError(f"Invalid value received for argument `l2`. Expected >= 0. Received: l2={l2}")
+            raise invalid_argument("l2", l2, ">= 0")
         self.variant = variant
         self.num_users = int(num_users)
         self.num_items = int(num_items)
@@ -178,22 +177,9 @@ class VBPRHead(keras.layers.Layer):
         return y
 
     def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                "variant": self.variant,
-                "num_users": self.num_users,
-                "num_items": self.num_items,
-                "item_key": self.item_key,
-                "num_categories": self.num_categories,
-                "visual_dim": self.visual_dim,
-                "factors": self.factors,
-                "visual_factors": self.visual_factors,
-                "l2": self.l2,
-                "seed": self.seed,
-            }
-        )
-        return config
+        return {**super().get_config(), **attribute_config(self, (
+            "variant", "num_users", "num_items", "item_key", "num_categories", "visual_dim", "factors",
+            "visual_factors", "l2", "seed"))}
 
 
 @keras.saving.register_keras_serializable(package="tfvctr")
@@ -208,16 +194,10 @@ class VBPR(CTRModel):
     Args: as `CTRModel`. Call arguments / Returns: as `CTRModel` (logits `[N]`).
     """
 
-    def __init__(
-        self,
-        config: Union[Config, Mapping[str, Any]],
-        num_categories: int,
-        vocab_sizes: Mapping[str, int],
-        seed: Optional[int] = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The arguments are CTRModel's (config, num_categories, vocab_sizes, seed).
         kwargs.setdefault("name", "vbpr")
-        super().__init__(config, num_categories, vocab_sizes, seed, **kwargs)
+        super().__init__(*args, **kwargs)
         m, v = self.config.model, self.config.model.vbpr
         names = {f.name: f for f in self.config.dataset.features}
         if "user_id" not in names or "user_id" not in self.vocab_sizes:
@@ -231,29 +211,15 @@ class VBPR(CTRModel):
         if v.variant == "bpr_mf":
             visual_dim = 0
         else:
-            attention = {"cscnn": "cscnn", "dvbpr_sca": "sca"}.get(v.variant, "none")
-            self.visual_tower = build_visual_tower(
-                tower_config(m, attention=attention),
-                self.config.dataset.image_size,
-                self.num_categories,
-                seed=self.seed,
-                name="visual_tower",
-            )
+            # `cscnn` takes model.attention (CSCNN by default), so the attention ablations of
+            # CSCNN Tables 5 and 6 (none, SE, CBAM, each with or without the prior) swap it.
+            attention = {"cscnn": m.attention, "dvbpr_sca": "sca"}.get(v.variant, "none")
+            self.visual_tower = self.build_tower(tower_config(m, attention=attention))
             if v.variant == "vbpr":
                 self.visual_tower.trainable = False
             visual_dim = m.visual_dim
-        self.head = VBPRHead(
-            v.variant,
-            num_users=self.vocab_sizes["user_id"],
-            num_items=num_items,
-            item_key=item_key,
-            num_categories=self.num_categories,
-            visual_dim=visual_dim,
-            factors=v.factors,
-            visual_factors=v.visual_factors,
-            l2=v.l2,
-            seed=self.seed,
-            name="head",
-        )
-        self.head.build(None)
-        self.built = True
+        self.set_head(VBPRHead(
+            v.variant, num_users=self.vocab_sizes["user_id"], num_items=num_items, item_key=item_key,
+            num_categories=self.num_categories, visual_dim=visual_dim, factors=v.factors,
+            visual_factors=v.visual_factors, l2=v.l2, seed=self.seed, name="head",
+        ))
