@@ -18,11 +18,14 @@ import math
 from typing import Iterable
 
 import apache_beam as beam
+from apache_beam import pvalue
 
 from beam_jobs import records
 from beam_jobs.common import join_path, write_text_file
 from tfvctr import layout
 from tfvctr.config import DatasetConfig, FeatureConfig
+
+VOCAB, PRESENCE, MOMENTS, NUMBERS, LABELS = "vocab", "presence", "moments", "numbers", "labels"
 
 
 def _category_vocab_feature(ds: DatasetConfig) -> FeatureConfig:
@@ -31,14 +34,6 @@ def _category_vocab_feature(ds: DatasetConfig) -> FeatureConfig:
         if f.name == "category" and f.vocabulary == "auto":
             return f
     return FeatureConfig(name="category", source="ad", kind="categorical", vocabulary="auto")
-
-
-def _feature_values(ds: DatasetConfig, source: str, element: tuple) -> Iterable[tuple]:
-    """(feature config, value) for each feature of an ad or impression tuple."""
-    if source == "ad":
-        yield from zip(ds.ad_features, element[records.AD_VALUES], strict=True)
-    else:
-        yield from zip(ds.impression_features, element[records.IMP_VALUES], strict=True)
 
 
 class MomentsFn(beam.CombineFn):
@@ -70,7 +65,7 @@ class MomentsFn(beam.CombineFn):
 
 
 class _MergeOnly(beam.CombineFn):
-    """`fn` over inputs that are already `fn`'s accumulators (the per-bundle partial results of `_PreCombine`)."""
+    """`fn` over inputs that are already `fn`'s accumulators (the per-bundle partial results of `_TrainSummary`)."""
 
     def __init__(self, fn: beam.CombineFn):
         self._fn = fn
@@ -118,82 +113,92 @@ class _Sum(beam.CombineFn):
         return acc
 
 
-class _PreCombine(beam.DoFn):
-    """Combines `items(element)` `(key, value)` pairs per key within a bundle, emitted at its end.
+class _TrainSummary(beam.DoFn):
+    """Train ads or impressions → per-bundle partial statistics, emitted at the bundle's end.
 
-    Combiner lifting by hand: each train impression used to leave as ~11 tiny elements
-    (one per feature value, presence and number), and every one crossed the runner's data
-    plane at the `Flatten` before Beam's own lifted combine could see it (most of the job's
-    per-element overhead, docs/beam_jobs.md). Now a bundle of thousands of impressions
-    leaves as one partial result per key (per distinct vocabulary value, per feature); the
-    `CombinePerKey(_MergeOnly(fn))` after it merges them exactly as `fn` would have. With
-    `collect=True` the values are gathered into lists instead (for the batched quantiles).
+    Combiner lifting by hand, in one pass over each element: every train impression used
+    to leave as ~11 tiny elements (one per vocabulary value, presence and number), and
+    each crossed the runner's data plane at a `Flatten` before Beam's lifted combine could
+    see it (the largest per-element cost of the job, docs/beam_jobs.md). Now a bundle
+    leaves as one partial result per key: `(feature, value)` counts (main output),
+    `PRESENCE` `(feature, (count, missing))`, `MOMENTS` `(feature, MomentsFn accumulator)`,
+    `NUMBERS` `(feature, [values])` for the quantile sketches and `LABELS` `("label",
+    (count, positives))`; the `CombinePerKey(_MergeOnly(fn))`s after it merge them.
     """
 
-    def __init__(self, items, fn: beam.CombineFn = None, collect: bool = False):
-        self._items, self._fn, self._collect = items, fn, collect
+    def __init__(self, ds: DatasetConfig, source: str):
+        self._ds, self._source = ds, source
+
+    def setup(self) -> None:
+        ds = self._ds
+        features = ds.ad_features if self._source == "ad" else ds.impression_features
+        # (name, kind, counted in a vocabulary) once, not per element.
+        self._plan = [(f.name, f.kind, f.vocabulary == "auto" and f.name != "category") for f in features]
+        self._values = records.AD_VALUES if self._source == "ad" else records.IMP_VALUES
+        self._category_presence = self._source == "ad" and "category" not in [f.name for f in ds.ad_features]
 
     def start_bundle(self) -> None:
-        self._partial: dict = {}
+        self._vocab: dict = {}
+        self._presence: dict = {}
+        self._numbers: dict = {}
+        self._labels = [0, 0]
 
-    def process(self, element) -> None:
-        partial = self._partial
-        if self._collect:
-            for key, value in self._items(element):
-                partial.setdefault(key, []).append(value)
-            return
-        fn = self._fn
-        for key, value in self._items(element):
-            acc = partial[key] if key in partial else fn.create_accumulator()
-            partial[key] = fn.add_input(acc, value)
+    def process(self, element: tuple) -> None:
+        vocab, presence, numbers = self._vocab, self._presence, self._numbers
+        for (name, kind, counted), v in zip(self._plan, element[self._values], strict=True):
+            missing = v is None or (kind == "multi" and len(v) == 0)
+            p = presence.get(name)
+            if p is None:
+                p = presence[name] = [0, 0]
+            p[1 if missing else 0] += 1
+            if missing:
+                continue
+            if kind == "numeric":
+                if not math.isnan(v):
+                    numbers.setdefault(name, []).append(v)
+            elif counted:
+                for value in (v if kind == "multi" else (v,)):
+                    key = (name, value)
+                    vocab[key] = vocab.get(key, 0) + 1
+        if self._source == "ad":
+            key = ("category", element[records.CATEGORY])
+            vocab[key] = vocab.get(key, 0) + 1
+            if self._category_presence:
+                p = presence.setdefault("category", [0, 0])
+                p[0] += 1
+        else:
+            self._labels[0] += 1
+            self._labels[1] += element[records.LABEL]
 
     def finish_bundle(self) -> Iterable:
         from apache_beam.transforms.window import GlobalWindow
         from apache_beam.utils.windowed_value import WindowedValue
 
         window = GlobalWindow()
-        for kv in self._partial.items():
-            yield WindowedValue(kv, window.max_timestamp(), [window])
-        self._partial = {}
+
+        def out(tag, value):
+            wv = WindowedValue(value, window.max_timestamp(), [window])
+            return wv if tag is None else pvalue.TaggedOutput(tag, wv)
+
+        for kv in self._vocab.items():
+            yield out(None, kv)
+        for name, (count, missing) in self._presence.items():
+            yield out(PRESENCE, (name, (count, missing)))
+        for name, values in self._numbers.items():
+            n = len(values)
+            mean = math.fsum(values) / n
+            m2 = math.fsum((x - mean) ** 2 for x in values)
+            yield out(MOMENTS, (name, (n, mean, m2, min(values), max(values))))
+            yield out(NUMBERS, (name, values))
+        if self._labels[0]:
+            yield out(LABELS, ("label", tuple(self._labels)))
+        self.start_bundle()
 
 
 def _vocab_lines(kv: tuple) -> tuple:
     feature, value_counts = kv
     ordered = sorted(value_counts, key=lambda vc: (-vc[1], vc[0]))
     return feature, [v for v, _ in ordered]
-
-
-def _presence(ds: DatasetConfig, source: str):
-    def fn(element: tuple) -> Iterable[tuple]:
-        for f, v in _feature_values(ds, source, element):
-            missing = v is None or (f.kind == "multi" and len(v) == 0)
-            yield f.name, (0 if missing else 1, 1 if missing else 0)
-        if source == "ad" and "category" not in [f.name for f in ds.ad_features]:
-            yield "category", (1, 0)
-
-    return fn
-
-
-def _vocab_items(ds: DatasetConfig, source: str, category: FeatureConfig):
-    def fn(element: tuple) -> Iterable[tuple]:
-        for f, v in _feature_values(ds, source, element):
-            if f.vocabulary != "auto" or f.name == "category":
-                continue
-            for value in (v if f.kind == "multi" else ([] if v is None else [v])):
-                yield (f.name, value), 1
-        if source == "ad":
-            yield ("category", element[records.CATEGORY]), 1
-
-    return fn
-
-
-def _numeric_items(ds: DatasetConfig, source: str):
-    def fn(element: tuple) -> Iterable[tuple]:
-        for f, v in _feature_values(ds, source, element):
-            if f.kind == "numeric" and v is not None and not math.isnan(v):
-                yield f.name, v
-
-    return fn
 
 
 class VocabAndStats(beam.PTransform):
@@ -217,14 +222,16 @@ class VocabAndStats(beam.PTransform):
         min_freq = {f.name: f.min_frequency for f in ds.features if f.vocabulary == "auto"}
         min_freq["category"] = category.min_frequency
 
-        def pre(name: str, items, fn=None, collect=False):
-            # Ads and impressions are pre-combined apart, so only the partial results meet at the Flatten.
-            return ((ads | f"Ad{name}" >> beam.ParDo(_PreCombine(items("ad"), fn, collect)),
-                     imps | f"Imp{name}" >> beam.ParDo(_PreCombine(items("impression"), fn, collect)))
-                    | f"Flatten{name}" >> beam.Flatten())
+        # Ads and impressions are summarised apart, so only per-bundle partial results meet at the Flattens.
+        parts = {source: pcoll | f"Summary_{source}" >> beam.ParDo(_TrainSummary(ds, source)).with_outputs(
+                     PRESENCE, MOMENTS, NUMBERS, LABELS, main=VOCAB)
+                 for source, pcoll in (("ad", ads), ("impression", imps))}
+
+        def both(tag: str):
+            return (parts["ad"][tag], parts["impression"][tag]) | f"Flatten_{tag}" >> beam.Flatten()
 
         vocab_counts = (
-            pre("Vocab", lambda source: _vocab_items(ds, source, category), _Sum())
+            both(VOCAB)
             | "CountValues" >> beam.CombinePerKey(_MergeOnly(_Sum()))
             | "MinFrequency" >> beam.Filter(lambda kv: kv[1] >= min_freq[kv[0][0]])
             | "ByFeature" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
@@ -234,13 +241,12 @@ class VocabAndStats(beam.PTransform):
         written_vocab = vocab_counts | "WriteVocab" >> beam.Map(self._write_vocab)
 
         presence = (
-            pre("Presence", lambda source: _presence(ds, source), _Sum())
+            both(PRESENCE)
             | "SumPresence" >> beam.CombinePerKey(_MergeOnly(_Sum()))
             | "PresenceStats" >> beam.Map(lambda kv: (kv[0], {"count": kv[1][0], "missing": kv[1][1]}))
         )
-        moments = (pre("Moments", lambda source: _numeric_items(ds, source), MomentsFn())
-                   | "Moments" >> beam.CombinePerKey(_MergeOnly(MomentsFn())))
-        numeric_lists = pre("Numeric", lambda source: _numeric_items(ds, source), collect=True)
+        moments = both(MOMENTS) | "Moments" >> beam.CombinePerKey(_MergeOnly(MomentsFn()))
+        numeric_lists = both(NUMBERS)
         boundaries = []
         for f in ds.features:
             if f.kind != "numeric":
@@ -254,7 +260,7 @@ class VocabAndStats(beam.PTransform):
                 | f"Boundaries_{f.name}" >> beam.Map(lambda q, name=f.name: (name, {"boundaries": list(q[1:-1])}))
             )
         vocab_sizes = vocab_counts | "VocabSize" >> beam.Map(lambda kv: (kv[0], {"vocab_size": len(kv[1])}))
-        labels = (imps | "Labels" >> beam.ParDo(_PreCombine(lambda imp: [("label", (1, imp[records.LABEL]))], _Sum()))
+        labels = (parts["impression"][LABELS]
                   | "SumLabels" >> beam.CombinePerKey(_MergeOnly(_Sum()))
                   | "LabelStats" >> beam.Map(lambda kv: ("label", {"count": kv[1][0], "positives": kv[1][1]})))
         written_stats = (
