@@ -491,32 +491,29 @@ def tensors_from_inputs(val: Any, dtypes: dict[str, int]) -> dict[str, np.ndarra
 
 
 # ------------------------------------------------------------------ numbers out
-def format_float(v: float) -> str:
-    """WriteDecimal<float>: %g, else 9 digits if %g does not round-trip, '.0' on whole numbers."""
+def _write_decimal(v: float, as_stored, max_digits: int) -> str:
+    """WriteDecimal: %g, else `max_digits` digits if %g does not read back as the same
+    `as_stored` value, '.0' on whole numbers; NaN and the infinities as rapidjson writes them."""
     if math.isnan(v):
         return "NaN"
     if math.isinf(v):
         return "-Infinity" if v < 0 else "Infinity"
     s = "%g" % v
-    if np.float32(float(s)) != np.float32(v):
-        s = "%.9g" % v
+    if as_stored(float(s)) != as_stored(v):
+        s = "%.*g" % (max_digits, v)
     if "." not in s and "e" not in s:
         s += ".0"
     return s
+
+
+def format_float(v: float) -> str:
+    """WriteDecimal<float>: 9 digits if %g does not round-trip through float32."""
+    return _write_decimal(v, np.float32, 9)
 
 
 def format_double(v: float) -> str:
     """WriteDecimal<double>: as format_float with 17 digits."""
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "-Infinity" if v < 0 else "Infinity"
-    s = "%g" % v
-    if float(s) != v:
-        s = "%.17g" % v
-    if "." not in s and "e" not in s:
-        s += ".0"
-    return s
+    return _write_decimal(v, float, 17)
 
 
 def format_floats(arr: np.ndarray) -> list[str]:

@@ -29,7 +29,7 @@ from tfvctr import metrics as m
 from tfvctr.config import load_config
 from tfvctr.errors import DataError, TfvctrError
 from tfvctr.features import FeatureEncoder
-from tfvctr.fingerprint import check_model_data
+from tfvctr.fingerprint import check_model_data, trained_data_dir
 from tfvctr.io import fs
 
 CEILING_COLUMN = "true_ctr"
@@ -223,11 +223,7 @@ def _save(fig: Any, path: str) -> None:
 def load_baseline(path: str) -> dict:
     if not fs.exists(path):
         raise TfvctrError(f"{path}: baseline metrics file not found")
-    with fs.open(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise TfvctrError(f"{path}: not valid JSON ({e})") from None
+    data = fs.read_json(path, TfvctrError)
     if "auc" not in data:
         raise TfvctrError(f"{path}: no `auc` key; expected a metrics.json written by `tfvctr evaluate`")
     data.setdefault("name", path)
@@ -267,12 +263,7 @@ def evaluate(
     files = data_lib.list_shards(data_dir, split)
     if encoder is None:
         # Ids must be the ones the model was trained with: the training data's vocabularies.
-        vocab_dir = data_dir
-        trained_on = fs.join(model_dir, layout.DATA_DIR_POINTER)
-        if fs.exists(trained_on):
-            with fs.open(trained_on) as f:
-                vocab_dir = f.read().strip() or data_dir
-        encoder = FeatureEncoder.from_data_dir(config.dataset, vocab_dir)
+        encoder = FeatureEncoder.from_data_dir(config.dataset, trained_data_dir(model_dir, data_dir))
     if model is None:
         path = fs.join(model_dir, layout.MODEL)
         if not fs.exists(path):

@@ -214,11 +214,17 @@ def check_training_dir(config: Config, data_dir: str, model_dir: str, write: boo
     return new
 
 
-def _trained_on(model_dir: str, fp: Optional[dict]) -> Optional[str]:
+def trained_data_dir(model_dir: str, default: Optional[str] = None) -> Optional[str]:
+    """The data dir `MODEL/data_dir.txt` names (the data the model was trained on, whose
+    vocabularies give the ids the model knows), else `default`."""
     data = _read(fs.join(model_dir, layout.DATA_DIR_POINTER))
     if data is not None and data.strip():
         return data.decode().strip()
-    return fp.get("data_dir") if fp else None
+    return default
+
+
+def _trained_on(model_dir: str, fp: Optional[dict]) -> Optional[str]:
+    return trained_data_dir(model_dir, fp.get("data_dir") if fp else None)
 
 
 def _data_config(data_dir: str) -> Optional[DatasetConfig]:

@@ -35,7 +35,7 @@ from tfvctr import layout
 from tfvctr.config import Config, load_config
 from tfvctr.errors import DataError, TfvctrError
 from tfvctr.features import CATEGORY, FeatureEncoder
-from tfvctr.fingerprint import check_model_data
+from tfvctr.fingerprint import check_model_data, trained_data_dir
 from tfvctr.io import fs
 from tfvctr.layers.attention import spatial_module
 
@@ -321,13 +321,8 @@ def load_trained(model_dir: str, data_dir: str) -> tuple[Config, FeatureEncoder,
     """The config, feature encoder (the training data's vocabularies) and model of a model dir."""
     check_model_data(model_dir, data_dir, "saliency")  # unfinished training, a data dir that does not fit
     config = load_config(fs.join(model_dir, layout.CONFIG))
-    pointer = fs.join(model_dir, layout.DATA_DIR_POINTER)
-    vocab_dir = data_dir
-    if fs.exists(pointer):
-        with fs.open(pointer) as f:
-            vocab_dir = f.read().strip() or data_dir
     model = keras.saving.load_model(fs.join(model_dir, layout.MODEL), compile=False)
-    return config, FeatureEncoder.from_data_dir(config.dataset, vocab_dir), model
+    return config, FeatureEncoder.from_data_dir(config.dataset, trained_data_dir(model_dir, data_dir)), model
 
 
 def saliency_report(

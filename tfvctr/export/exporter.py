@@ -22,7 +22,7 @@ from tfvctr.errors import DataError, TfvctrError
 from tfvctr.export import check as check_lib
 from tfvctr.export import warmup as warmup_lib
 from tfvctr.export.table import Table, load_table, write_ad_ids
-from tfvctr.fingerprint import check_model_data
+from tfvctr.fingerprint import check_model_data, trained_data_dir
 from tfvctr.io import fs
 
 SAMPLE_ROWS = 100
@@ -38,15 +38,11 @@ def next_version(model_base: str) -> int:
 
 
 def _trained_data_dir(model_dir: str, data_dir: Optional[str]) -> str:
-    pointer = fs.join(model_dir, layout.DATA_DIR_POINTER)
-    if fs.exists(pointer):
-        with fs.open(pointer) as f:
-            trained_on = f.read().strip()
-        if trained_on:
-            return trained_on
-    if data_dir is None:
-        raise DataError(f"{pointer}: not found; pass --data (the `tfvctr preprocess` output the model was trained on)")
-    return data_dir
+    trained_on = trained_data_dir(model_dir, data_dir)
+    if trained_on is None:
+        raise DataError(f"{fs.join(model_dir, layout.DATA_DIR_POINTER)}: not found; pass --data (the `tfvctr "
+                        "preprocess` output the model was trained on)")
+    return trained_on
 
 
 def load_model_dir(model_dir: str, data_dir: Optional[str] = None) -> tuple[Config, Any, Any, str]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import glob as _glob
+import json
 import os
 import shutil
 import uuid
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 
 def is_remote(path: str) -> bool:
@@ -39,6 +40,15 @@ def open(path: str, mode: str = "r") -> IO:  # noqa: A001 - mirrors builtins.ope
     import builtins
 
     return builtins.open(path, mode)
+
+
+def read_json(path: str, error: type[Exception]) -> Any:
+    """The JSON document at `path`; `error` (a one-line user error class) when it is not JSON."""
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise error(f"{path}: not valid JSON ({e})") from None
 
 
 def glob(pattern: str) -> list[str]:

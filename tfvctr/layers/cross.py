@@ -8,6 +8,7 @@ import keras
 import keras_rs
 from keras import ops
 
+from tfvctr.layers.arguments import attribute_config
 from tfvctr.layers.initializers import clone_initializer
 
 
@@ -132,16 +133,10 @@ class CrossNetwork(keras.layers.Layer):
         return tuple(input_shape)
 
     def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                "num_layers": self.num_layers,
-                "kind": self.kind,
-                "projection_dim": self.projection_dim,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "seed": self.seed,
-            }
-        )
-        return config
+        return {
+            **super().get_config(),
+            **attribute_config(self, ("num_layers", "kind", "projection_dim", "seed")),
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+        }

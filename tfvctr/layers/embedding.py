@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional, Sequence
 import keras
 from keras import ops
 
+from tfvctr.layers.arguments import attribute_config
 from tfvctr.layers.initializers import clone_initializer
 
 _FEATURE_KEYS = ("name", "kind", "embedding_dim", "combiner", "transform")
@@ -193,17 +194,10 @@ class NonVisualEmbedding(keras.layers.Layer):
         return (first[0] if first else None, self.output_dim)
 
     def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
         init = self.embeddings_initializer
-        config.update(
-            {
-                "features": self.features,
-                "vocab_sizes": self.vocab_sizes,
-                "merge": self.merge,
-                "embedding_dim": self.embedding_dim,
-                "embeddings_initializer": keras.initializers.serialize(keras.initializers.get(init)) if init is not None else None,
-                "embeddings_regularizer": keras.regularizers.serialize(self.embeddings_regularizer),
-                "seed": self.seed,
-            }
-        )
-        return config
+        return {
+            **super().get_config(),
+            **attribute_config(self, ("features", "vocab_sizes", "merge", "embedding_dim", "seed")),
+            "embeddings_initializer": keras.initializers.serialize(keras.initializers.get(init)) if init is not None else None,
+            "embeddings_regularizer": keras.regularizers.serialize(self.embeddings_regularizer),
+        }

@@ -20,6 +20,8 @@ import keras
 from keras import ops
 
 from tfvctr.config import Config, ModelConfig, config_from_dict
+from tfvctr.layers.arguments import invalid_argument
+from tfvctr.models.visual_tower import build_visual_tower
 
 
 def as_config(config: Union[Config, Mapping[str, Any]]) -> Config:
@@ -56,15 +58,24 @@ class CTRModel(keras.Model):
         super().__init__(**kwargs)
         self.config = as_config(config)
         if num_categories < 1:
-            raise ValueError(
-                f"Invalid value received for argument `num_categories`. Expected a positive integer. "
-                f"Received: num_categories={num_categories}"
-            )
+            raise invalid_argument("num_categories", num_categories, "a positive integer")
         self.num_categories = int(num_categories)
         self.vocab_sizes = {k: int(v) for k, v in vocab_sizes.items()}
         self.seed = self.config.training.seed if seed is None else int(seed)
         self.visual_tower: Optional[keras.Model] = None
         self.head: Any = None
+
+    def build_tower(self, model_config: ModelConfig) -> keras.Model:
+        """The visual tower `model_config` describes, at the dataset's image size, seeded as the model."""
+        return build_visual_tower(
+            model_config, self.config.dataset.image_size, self.num_categories, seed=self.seed, name="visual_tower"
+        )
+
+    def set_head(self, head: Any) -> None:
+        """Sets and builds the head, the last part a subclass makes: the model is then built."""
+        self.head = head
+        self.head.build(None)
+        self.built = True
 
     # ------------------------------------------------------------------ forward
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 import keras
 from keras import ops
 
-from tfvctr.config import Config
+from tfvctr.layers.arguments import attribute_config, check_layer_sizes, check_rate, invalid_argument
 from tfvctr.layers.cross import CrossNetwork
 from tfvctr.layers.embedding import NonVisualEmbedding, feature_specs
 from tfvctr.models.base import CTRModel
-from tfvctr.models.visual_tower import build_visual_tower
 
 
 def _dense(units: int, activation: Optional[str], seed: Optional[int], name: str) -> keras.layers.Dense:
@@ -76,23 +75,12 @@ class DCNHead(keras.layers.Layer):
     ) -> None:
         super().__init__(**kwargs)
         if embedding_l2 < 0:
-            raise ValueError(
-                f"Invalid value received for argument `embedding_l2`. Expected a value >= 0. Received: embedding_l2={embedding_l2}"
-            )
-        if not 0.0 <= visual_dropout < 1.0:
-            raise ValueError(
-                f"Invalid value received for argument `visual_dropout`. Expected a value in [0, 1). "
-                f"Received: visual_dropout={visual_dropout}"
-            )
+            raise invalid_argument("embedding_l2", embedding_l2, "a value >= 0")
+        check_rate("visual_dropout", visual_dropout)
         if visual_dim < 0:
-            raise ValueError(f"Invalid value received for argument `visual_dim`. Expected >= 0. Received: visual_dim={visual_dim}")
-        if not deep_layers or any(int(u) < 1 for u in deep_layers):
-            raise ValueError(
-                f"Invalid value received for argument `deep_layers`. Expected a non-empty list of positive integers. "
-                f"Received: deep_layers={list(deep_layers)}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"Invalid value received for argument `dropout`. Expected a value in [0, 1). Received: dropout={dropout}")
+            raise invalid_argument("visual_dim", visual_dim, ">= 0")
+        check_layer_sizes("deep_layers", deep_layers)
+        check_rate("dropout", dropout)
         self.features = feature_specs(features)
         self.vocab_sizes = dict(vocab_sizes)
         self.visual_dim = int(visual_dim)
@@ -143,23 +131,9 @@ class DCNHead(keras.layers.Layer):
         return ops.squeeze(self.out(ops.concatenate([h, z], axis=-1)), axis=-1)
 
     def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                "features": self.features,
-                "vocab_sizes": self.vocab_sizes,
-                "visual_dim": self.visual_dim,
-                "deep_layers": self.deep_layers,
-                "cross_layers": self.cross_layers,
-                "cross_type": self.cross_type,
-                "projection_dim": self.projection_dim,
-                "dropout": self.dropout,
-                "seed": self.seed,
-                "embedding_l2": self.embedding_l2,
-                "visual_dropout": self.visual_dropout,
-            }
-        )
-        return config
+        return {**super().get_config(), **attribute_config(self, (
+            "features", "vocab_sizes", "visual_dim", "deep_layers", "cross_layers", "cross_type", "projection_dim",
+            "dropout", "seed", "embedding_l2", "visual_dropout"))}
 
 
 @keras.saving.register_keras_serializable(package="tfvctr")
@@ -186,39 +160,20 @@ class CSCNNDCN(CTRModel):
         logits `[N]`.
     """
 
-    def __init__(
-        self,
-        config: Union[Config, Mapping[str, Any]],
-        num_categories: int,
-        vocab_sizes: Mapping[str, int],
-        seed: Optional[int] = None,
-        use_image: bool = True,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, use_image: bool = True, **kwargs: Any) -> None:
+        # The positional arguments are CTRModel's (config, num_categories, vocab_sizes, seed).
         kwargs.setdefault("name", "cscnn_dcn" if use_image else "dcn")
-        super().__init__(config, num_categories, vocab_sizes, seed, **kwargs)
+        super().__init__(*args, **kwargs)
         self.use_image = bool(use_image)
         m = self.config.model
         if self.use_image:
-            self.visual_tower = build_visual_tower(
-                m, self.config.dataset.image_size, self.num_categories, seed=self.seed, name="visual_tower"
-            )
-        self.head = DCNHead(
-            self.config.dataset.features,
-            self.vocab_sizes,
-            visual_dim=m.visual_dim if self.use_image else 0,
-            deep_layers=m.deep_layers,
-            cross_layers=m.cross_layers,
-            cross_type=m.cross_type,
-            projection_dim=m.projection_dim,
-            dropout=m.dropout,
-            seed=self.seed,
-            embedding_l2=m.embedding_l2,
-            visual_dropout=m.visual_dropout,
-            name="head",
-        )
-        self.head.build(None)
-        self.built = True
+            self.visual_tower = self.build_tower(m)
+        self.set_head(DCNHead(
+            self.config.dataset.features, self.vocab_sizes, visual_dim=m.visual_dim if self.use_image else 0,
+            deep_layers=m.deep_layers, cross_layers=m.cross_layers, cross_type=m.cross_type,
+            projection_dim=m.projection_dim, dropout=m.dropout, seed=self.seed, embedding_l2=m.embedding_l2,
+            visual_dropout=m.visual_dropout, name="head",
+        ))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

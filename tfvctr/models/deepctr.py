@@ -15,6 +15,7 @@ from keras import ops
 
 from tfvctr.config import Config
 from tfvctr.errors import TfvctrError
+from tfvctr.layers.arguments import attribute_config, check_layer_sizes, check_rate, invalid_argument
 from tfvctr.layers.embedding import NonVisualEmbedding, feature_specs
 from tfvctr.models.base import CTRModel, as_config, tower_config
 from tfvctr.models.visual_tower import build_visual_tower
@@ -78,16 +79,9 @@ class DeepCTRHead(keras.layers.Layer):
     ) -> None:
         super().__init__(**kwargs)
         if basicnet_dim < 1:
-            raise ValueError(
-                f"Invalid value received for argument `basicnet_dim`. Expected a positive integer. Received: basicnet_dim={basicnet_dim}"
-            )
-        if not combnet_layers or any(int(u) < 1 for u in combnet_layers):
-            raise ValueError(
-                f"Invalid value received for argument `combnet_layers`. Expected positive integers. "
-                f"Received: combnet_layers={list(combnet_layers)}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"Invalid value received for argument `dropout`. Expected a value in [0, 1). Received: dropout={dropout}")
+            raise invalid_argument("basicnet_dim", basicnet_dim, "a positive integer")
+        check_layer_sizes("combnet_layers", combnet_layers, expected="positive integers")
+        check_rate("dropout", dropout)
         self.features = feature_specs(features)
         self.vocab_sizes = dict(vocab_sizes)
         self.convnet_dim = int(convnet_dim)
@@ -136,19 +130,8 @@ class DeepCTRHead(keras.layers.Layer):
         return ops.squeeze(self.out(h), axis=-1)
 
     def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                "features": self.features,
-                "vocab_sizes": self.vocab_sizes,
-                "convnet_dim": self.convnet_dim,
-                "basicnet_dim": self.basicnet_dim,
-                "combnet_layers": self.combnet_layers,
-                "dropout": self.dropout,
-                "seed": self.seed,
-            }
-        )
-        return config
+        return {**super().get_config(), **attribute_config(self, (
+            "features", "vocab_sizes", "convnet_dim", "basicnet_dim", "combnet_layers", "dropout", "seed"))}
 
 
 @keras.saving.register_keras_serializable(package="tfvctr")
@@ -161,36 +144,16 @@ class DeepCTR(CTRModel):
     Args: as `CTRModel`. Call arguments / Returns: as `CTRModel` (logits `[N]`).
     """
 
-    def __init__(
-        self,
-        config: Union[Config, Mapping[str, Any]],
-        num_categories: int,
-        vocab_sizes: Mapping[str, int],
-        seed: Optional[int] = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The arguments are CTRModel's (config, num_categories, vocab_sizes, seed).
         kwargs.setdefault("name", "deepctr")
-        super().__init__(config, num_categories, vocab_sizes, seed, **kwargs)
+        super().__init__(*args, **kwargs)
         dc = self.config.model.deepctr
-        self.visual_tower = build_visual_tower(
-            tower_config(self.config.model, visual_dim=dc.convnet_dim),
-            self.config.dataset.image_size,
-            self.num_categories,
-            seed=self.seed,
-            name="visual_tower",
-        )
-        self.head = DeepCTRHead(
-            self.config.dataset.features,
-            self.vocab_sizes,
-            convnet_dim=dc.convnet_dim,
-            basicnet_dim=dc.basicnet_dim,
-            combnet_layers=dc.combnet_layers,
-            dropout=dc.dropout,
-            seed=self.seed,
-            name="head",
-        )
-        self.head.build(None)
-        self.built = True
+        self.visual_tower = self.build_tower(tower_config(self.config.model, visual_dim=dc.convnet_dim))
+        self.set_head(DeepCTRHead(
+            self.config.dataset.features, self.vocab_sizes, convnet_dim=dc.convnet_dim, basicnet_dim=dc.basicnet_dim,
+            combnet_layers=dc.combnet_layers, dropout=dc.dropout, seed=self.seed, name="head",
+        ))
 
     def call(self, batch: Mapping[str, Any], training: Optional[bool] = None) -> Any:
         if self.config.model.deepctr.image_gradient == "sum":
