@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 from typing import Sequence
 
 import numpy as np
@@ -74,11 +73,7 @@ def load_table(path: str, category_vocabulary: Sequence[str], expected_dim: int)
     index_path = fs.join(path, layout.TABLE_INDEX)
     if not fs.exists(index_path):
         raise DataError(f"{path}: not a visual-embedding table (no {layout.TABLE_INDEX}); write one with `tfvctr embed`")
-    with fs.open(index_path) as f:
-        try:
-            index = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{index_path}: not valid JSON: {e}") from None
+    index = fs.read_json(index_path, DataError)
     dim = int(index.get("dim", 0))
     if dim != expected_dim:
         raise DataError(f"{path}: table rows are {dim}-d but the model's visual tower gives {expected_dim}-d "
