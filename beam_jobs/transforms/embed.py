@@ -228,9 +228,16 @@ class _EmbedBatch(beam.DoFn):
             with FileSystems.open(path) as src, open(local, "wb") as dst:
                 dst.write(src.read())
             path = local
+        import tensorflow as tf
+
         self._model = keras.saving.load_model(path, compile=False)
-        self._decode = decode_image
-        self._size = int(self._model.input["image"].shape[1])
+        self._size = size = int(self._model.input["image"].shape[1])
+        # The whole batch decoded in one graph call (one trace: any batch size), not one eager
+        # op chain per image: the same ops, so the same pixels.
+        self._decode_batch = tf.function(
+            lambda encoded: tf.map_fn(lambda b: decode_image(b, size), encoded,
+                                      fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32)),
+            input_signature=[tf.TensorSpec([None], tf.string)])
         lines = read_text_file(self._vocab_path).splitlines()
         # docs/formats.md §2 "Indexing": 0 = unknown category, 1 + line number otherwise.
         self._category_ids = {value: i + 1 for i, value in enumerate(line for line in lines if line)}
@@ -238,7 +245,7 @@ class _EmbedBatch(beam.DoFn):
     def process(self, batch: list[AdToEmbed]) -> Iterable[EmbeddedAd]:
         # The trainer's own decoder (tf.io.decode_image), so the tower sees the very pixels
         # it was trained on (JPEG decoders may differ by a level here and there).
-        pixels = np.stack([self._decode(ad.image_bytes, self._size).numpy() for ad in batch])
+        pixels = self._decode_batch([ad.image_bytes for ad in batch]).numpy()
         categories = np.array([self._category_ids.get(ad.category, 0) for ad in batch], dtype=np.int32)
         vectors = np.asarray(self._model({"image": pixels, "category": categories}, training=False), dtype=np.float32)
         counter("embedded_batches").inc()
@@ -263,7 +270,9 @@ class EmbedAds(beam.PTransform):
 
     def expand(self, ads):
         out = (ads
-               | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
+               # Full batches (BatchElements would start at 1 and grow): the tower's cost per image is
+               # lowest at the batch size it was measured with (benchmarks/beam_embed.py).
+               | "Batch" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
                | "Tower" >> beam.ParDo(_EmbedBatch(self._model_path, self._vocab_path))
                .with_exception_handling(dead_letter_tag="failed"))
         return {"rows": out.good, DEAD: out.failed | "FailedToDead" >> beam.FlatMap(_failed_batch)}
