@@ -116,18 +116,9 @@ def run(args: argparse.Namespace) -> int:
             leave=False,
         )  # None: no bar when not a terminal (CI logs)
 
-    s = generate(
-        args.out,
-        num_ads=args.ads,
-        num_impressions=args.impressions,
-        days=args.days,
-        seed=args.seed,
-        image_size=args.image_size,
-        formats=formats,
-        num_categories=args.categories,
-        progress=progress,
-        scenario=args.scenario,
-    )
+    s = generate(args.out, num_ads=args.ads, num_impressions=args.impressions, days=args.days, seed=args.seed,
+                 image_size=args.image_size, formats=formats, num_categories=args.categories, progress=progress,
+                 scenario=args.scenario)
     tables = [p for k, p in s["paths"].items() if k.startswith(("ads_", "impressions_"))]
     print(f"wrote {s['out_dir']} (scenario {s['scenario']}) in {s['seconds']:.1f}s")
     print(f"  tables: {', '.join(tables)}")
