@@ -40,10 +40,21 @@ def applies(config: Config, head: Any) -> bool:
 
 
 class FusedDCN:
-    """x_nv with one gather, then the DCN head's layers; `jit` compiles the dense part with XLA."""
+    """x_nv with one gather, then the DCN head's layers; `jit` compiles the dense part with XLA.
 
-    def __init__(self, config: Config, head: Any, jit: bool = False) -> None:
+    `bf16` (opt-in, off by default) runs the deep layers' matmuls in bfloat16 (AVX512_BF16 /
+    AMX cores) with float32 accumulation in oneDNN, from bfloat16 copies of their kernels made
+    here (a cast per call would cost more than it saves); the cross layers and the output
+    layer stay float32. Outputs then differ from the float32 graph by more than the export
+    check's 1e-5 (3e-3 in the logit on the random-weight JD-sized head, measured by
+    benchmarks/serving.py): not reachable from `tfvctr export`, for measuring only until its
+    AUC is compared with the float32 model's on real eval rows (docs/export.md).
+    """
+
+    def __init__(self, config: Config, head: Any, jit: bool = False, bf16: bool = False) -> None:
         self._head = head
+        self.bf16_kernels = [tf.Variable(tf.cast(layer.kernel, tf.bfloat16), trainable=False, name=f"deep_{i}_bf16")
+                             for i, layer in enumerate(head.deep)] if bf16 else None
         self._names = [f.name for f in config.dataset.features]
         buckets = [int(f.hash_buckets) for f in config.dataset.features]
         tables = [np.asarray(head.embedding.tables[n].numpy()) for n in self._names]
@@ -80,7 +91,11 @@ class FusedDCN:
         head = self._head
         h = x_nv
         for i, layer in enumerate(head.deep):
-            h = layer(h)
+            if self.bf16_kernels is not None:
+                product = tf.matmul(tf.cast(h, tf.bfloat16), self.bf16_kernels[i])
+                h = layer.activation(tf.cast(product, tf.float32) + layer.bias)
+            else:
+                h = layer(h)
             if i == 0 and head.visual_dim:
                 h = tf.concat([tf.cast(x_v, h.dtype), h], axis=-1)  # Eq. 3
         z = head.cross(x_nv)

@@ -69,7 +69,7 @@ class ServingModule:
     """
 
     def __init__(self, config: Config, model: Any, encoder: Any, table: Table, ad_ids_path: str,
-                 fused: bool = True, jit: bool = False, logit_offset: float = 0.0) -> None:
+                 fused: bool = True, jit: bool = False, logit_offset: float = 0.0, bf16: bool = False) -> None:
         self._config = config
         # log(w) of negative downsampling (tfvctr.daily.recalibration): logit(q) = logit(p) + log(w)
         # is He et al. 2014's q = p / (p + (1 - p) / w), so `logit` and `ctr` both come out calibrated.
@@ -77,7 +77,7 @@ class ServingModule:
         self.model = model
         self.encoder = encoder
         # The one-gather path for all-hashed DCN heads (tfvctr.export.fused), when it applies.
-        self.fused = FusedDCN(config, model.head, jit=jit) if fused and fused_applies(config, model.head) else None
+        self.fused = FusedDCN(config, model.head, jit=jit, bf16=bf16) if fused and fused_applies(config, model.head) else None
         if self.fused is not None:
             # Only the category id is needed from the vocabularies: the same ids as the encoder's
             # (0 = unknown, 1 + line of vocab/category.txt), without encoding every field again.
