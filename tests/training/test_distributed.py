@@ -37,6 +37,12 @@ def _spec(tmp_path, name, data, model_dir, config, steps, sleep=0.0, local_cpus=
     return path, out
 
 
+def _latest_step(model_dir):
+    """The step of the latest model checkpoint, from the manager's state file."""
+    state = (model_dir / "checkpoints" / "checkpoint").read_text()
+    return int(state.split('model_checkpoint_path: "ckpt-')[1].split('"')[0])
+
+
 def _env(tf_config=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     env.pop("TF_CONFIG", None)
@@ -118,18 +124,21 @@ def test_sigkill_then_restart_reaches_final_step_like_an_uninterrupted_run(data_
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
     assert not out.exists()
+    # Usually 4; on a loaded machine the kill may land after the next checkpoint.
+    killed_at = _latest_step(model_dir)
+    assert 4 <= killed_at < steps
 
     spec, out = _spec(tmp_path, "resumed", data_dir, model_dir, config, steps)
     log = _finish(_start(spec))
     _finish(reference)
     resumed, ref = json.loads(out.read_text()), json.loads(ref_out.read_text())
-    assert "resumed from" in log and "at step 4" in log
+    assert "resumed from" in log and f"at step {killed_at}" in log
     # The restart ran exactly the steps after the checkpoint: none twice, none skipped.
-    assert resumed["steps_run"] == [5, 6, 7, 8]
+    assert resumed["steps_run"] == list(range(killed_at + 1, steps + 1))
     assert resumed["step"] == steps
-    assert resumed["batches_consumed"] == steps  # restored 4 + 4 new: each batch consumed once
-    # Same data order, same augmentation, same weights: the losses of steps 5..8 match.
-    np.testing.assert_allclose(resumed["losses"], ref["losses"][4:], rtol=1e-4, atol=1e-5)
+    assert resumed["batches_consumed"] == steps  # restored + new: each batch consumed once
+    # Same data order, same augmentation, same weights: the losses of the steps after it match.
+    np.testing.assert_allclose(resumed["losses"], ref["losses"][killed_at:], rtol=1e-4, atol=1e-5)
     for a, b in zip(resumed["weights"], ref["weights"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
@@ -210,7 +219,7 @@ def test_sigkill_after_an_evaluation_resumes_with_the_best_so_far(valid_data_dir
     reference = _start(spec)
 
     model_dir = tmp_path / "killed"
-    spec, out = _spec(tmp_path, "killed", valid_data_dir, model_dir, config, 20, sleep=1.5)
+    spec, out = _spec(tmp_path, "killed", valid_data_dir, model_dir, config, 20, sleep=3.0)
     victim = _start(spec)
     marker = model_dir / "checkpoints" / "ckpt-4.index"  # the evaluation after the best (step 2)
     deadline = time.time() + 240
@@ -220,6 +229,9 @@ def test_sigkill_after_an_evaluation_resumes_with_the_best_so_far(valid_data_dir
         time.sleep(0.05)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+    # The 3 s pause after each progress line leaves the poll ample time; if a loaded machine
+    # still let the evaluation of step 6 through, the stop was recorded: nothing to test.
+    assert _latest_step(model_dir) == 4
     assert (model_dir / "checkpoints" / "best" / "best-2.index").exists()
     assert not (model_dir / "selection.json").exists()
 
