@@ -3,7 +3,6 @@ equal the in-process SavedModel, for warm, unknown and new (image) ads."""
 
 from __future__ import annotations
 
-import base64
 import math
 import os
 
@@ -13,6 +12,7 @@ import tensorflow as tf
 from conftest import DevServer, dev_server_only
 
 from serving.client import ServingClient
+from serving.demo import rest_row
 from tests.export.conftest import exported, tiny  # noqa: F401  (the export tests' fixtures)
 from tfvctr.export.signature import DEFAULT_SIGNATURE, IMAGE_SIGNATURE, input_specs
 from tfvctr.export.warmup import sample_rows
@@ -22,18 +22,7 @@ pytestmark = [dev_server_only, pytest.mark.slow]
 
 def rest_rows(columns: dict[str, np.ndarray], names) -> list[dict]:
     """Signature inputs (numpy columns) as REST instances: text as strings, bytes as b64."""
-
-    def value(name, v):
-        if name == "image_bytes":
-            return {"b64": base64.b64encode(bytes(v)).decode("ascii")}
-        if isinstance(v, bytes):
-            return v.decode("utf-8")
-        if isinstance(v, (list, np.ndarray)):
-            return [value(name, x) for x in v]
-        return float(v)
-
-    n = len(columns["ad_id"])
-    return [{k: value(k, columns[k][i]) for k in names} for i in range(n)]
+    return [rest_row(columns, i, names) for i in range(len(columns["ad_id"]))]
 
 
 def in_process(path: str, signature: str, columns: dict[str, np.ndarray], names) -> dict[str, np.ndarray]:
