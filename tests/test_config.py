@@ -5,6 +5,7 @@ import copy
 import pytest
 import yaml
 
+from tfvctr import config as config_lib
 from tfvctr.cli import main
 from tfvctr.config import Config, config_from_dict, load_config, save_config
 from tfvctr.errors import ConfigError
@@ -149,3 +150,12 @@ def test_set_overrides_values_and_is_validated(repo_root, tmp_path):
 def test_cli_set_flag(repo_root, capsys):
     assert main(["validate-config", str(repo_root / "configs" / "demo.yaml"), "--set", "model.cross_layers=5"]) == 0
     assert "cross 5 (v1)" in capsys.readouterr().out
+
+
+def test_a_float_written_1e_minus_4_is_a_number_although_yaml_reads_it_as_text():
+    # PyYAML (YAML 1.1) parses `1e-4` as the string "1e-4"; users write it that way.
+    data = yaml.safe_load("x: 1e-4")
+    assert data["x"] == "1e-4"
+    assert config_lib._convert(data["x"], float, "model.embedding_l2") == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="expected a number, received 'e-4'"):
+        config_lib._convert("e-4", float, "model.embedding_l2")

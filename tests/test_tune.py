@@ -80,7 +80,7 @@ def _run(config, out, runner, lines=None, **kw):
         ({"trainig.learning_rate": {"low": 0.1, "high": 0.2}}, "tune.params.trainig.learning_rate: unknown key 'trainig' in the config"),
         ({"model.dropout": {"low": 0.0, "high": 1.5}}, "tune.params.model.dropout=1.5: model.dropout: expected a value in [0, 1), received 1.5"),
         ({"model.cross_layers": {"low": 1.5, "high": 3}}, "tune.params.model.cross_layers.low: model.cross_layers is an integer"),
-        ({"training.learning_rate": {"low": "1e-4", "high": 0.1}}, "write 1.0e-4"),
+        ({"training.learning_rate": {"low": "tiny", "high": 0.1}}, "expected a number, received 'tiny'"),
         ({"training.learning_rate": {"low": 0.0, "high": 0.1, "log": True}}, "a log range needs low > 0"),
         ({"model.dropout": {"low": 0.3, "high": 0.1}}, "expected low < high, received low=0.3, high=0.1"),
         ({"model.dropout": {"low": 0.1}}, "tune.params.model.dropout.high: missing required key"),

@@ -11,6 +11,7 @@ The YAML maps onto the dataclasses below. Loading checks every key and value and
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, Optional, Union
@@ -422,6 +423,9 @@ def _positive(value: Any, where: str, minimum: int = 1) -> None:
 # --------------------------------------------------------------------------- loading
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -470,6 +474,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, received {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            # YAML 1.1 (PyYAML) reads `1e-4` (no dot) as text; every user writes it so.
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, received {value!r}")
         return float(value)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Optional
 import yaml
 
 from tfvctr import layout
-from tfvctr.config import Config, apply_overrides, config_from_dict
+from tfvctr.config import _SCIENTIFIC, Config, apply_overrides, config_from_dict
 from tfvctr.errors import ConfigError, DataError, TfvctrError
 
 # Validation metrics the trainer reports (selection.json) and which way is better: the same as
@@ -140,10 +140,8 @@ def _field_type(path: str, where: str) -> Any:
 
 
 def _number(value: Any, key: str, where: str) -> float:
-    if isinstance(value, str):
-        raise ConfigError(
-            f"{where}.{key}: expected a number, received {value!r} (a string: YAML 1.1 reads 1e-4 as text; write 1.0e-4)"
-        )
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads `1e-4` as text; the config accepts it, so do we
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where}.{key}: expected a number, received {value!r}")
     return value
