@@ -558,13 +558,14 @@ def checks(plan: Plan, summary: dict[str, dict]) -> list[tuple[bool, str]]:
 # Written by hand: what the figures mean and what was tried where a target is missed.
 NOTES = """## Notes
 
-* **What the figures say** (first measured run, 300 steps, configs/demo.yaml as of this
-  commit, 3 scenarios): the image-free DCN sits below the logistic-regression floor on
-  all ads and on cold ads in every scenario run (by 0.007-0.03), so the first target
-  fails before any image enters; the image models add 0.01-0.03 cold-ad AUC over the DCN
-  on the demo and less elsewhere, far from half of the floor -> image-ceiling gap. On
-  the `no_visual` control (the image carries nothing) every image model falls further
-  below the floor on cold ads than the DCN: the CNN fits ad identity, not a rule.
+* **What the figures say** (first measured run: 300 steps, configs/demo.yaml as of this
+  commit, 3 scenarios, 44 min on the shared machine): the image-free DCN sits below the
+  logistic-regression floor on all ads and on cold ads in every scenario run (by
+  0.007-0.034), so the first target fails before any image enters. The image models add
+  0.01-0.02 cold-ad AUC over the DCN on the demo and 0.007-0.035 on texture, far from
+  half of the floor -> image-ceiling gap (CSCNN-DCN closes 8% on the demo, -7% on
+  texture). On the `no_visual` control (the image carries nothing) the image models score
+  at or below the DCN on cold ads (CSCNN-DCN -0.012): the CNN fits ad identity, not a rule.
 * **What was tried here**: nothing per scenario, by design (one config, no tuning). The
   knobs issue 12 names (embedding L2, weight decay, dropout, per-part learning rates,
   `tfvctr tune`) are for the defaults in configs/demo.yaml; rerun this benchmark after
@@ -646,8 +647,9 @@ def write_doc(plan: Plan, summary: dict, results: list[tuple[bool, str]], path: 
         "on cold ads.",
         "",
         f"Command: `{command}` — {len(plan.scenarios)} scenarios × {len(plan.models)} models × "
-        f"{plan.seeds} seeds, {plan.steps} steps per run, {minutes:.0f} min wall clock on the 2-core build",
-        "machine (including the runs of earlier, resumed invocations). Config fingerprint "
+        f"{plan.seeds} seeds, {plan.steps} steps per run; the runs and the regressions took {minutes:.0f} min of",
+        "wall clock on the 2-core build machine, shared with other jobs (data generation and",
+        "preprocessing, about 1 min per 100k impressions, not included). Config fingerprint "
         f"`{plan.config_sha}` (the resolved config is `WORK/config.resolved.yaml`).",
         "",
         f"![cold-ad AUC per scenario]({rel_png})",
@@ -830,7 +832,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         + (f" --seeds {seeds}" if seeds != 3 and not args.quick else "")
         + (f" --steps {steps}" if args.steps else "")
     )
-    write_doc(plan, summary, results, args.doc, png, command, (previous + elapsed) / 60)
+    spent = sum(r["seconds"] for r in plan.mine(load_results(work)) if r["scenario"] in plan.scenarios)
+    spent += sum(lr[s].get("seconds", 0.0) for s in plan.scenarios)
+    write_doc(plan, summary, results, args.doc, png, command, spent / 60)
     log(f"\nwrote {args.doc} and {png} ({elapsed / 60:.1f} min this run)")
     return 0
 
