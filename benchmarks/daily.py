@@ -85,6 +85,38 @@ class Server:
         self.proc.wait(timeout=60)
 
 
+def compare_rates(raw: str, out: str, rates: list[float], steps: int) -> None:
+    """`--compare-rates 1,0.1`: the demo config trained at each negative sampling rate on the same tables
+    (eval = the last day), one JSON line per rate: train impressions, train time, AUC, cold AUC, ECE."""
+    import yaml
+
+    from beam_jobs import build_tfrecords
+    from tfvctr import evaluation
+    from tfvctr.config import load_config
+    from tfvctr.training.trainer import train
+
+    for w in rates:
+        with open(os.path.join(REPO, "configs", "demo.yaml")) as f:
+            d = yaml.safe_load(f)
+        d["dataset"]["negative_sampling_rate"] = w
+        d["training"].update(steps=steps, decay_steps=[], eval_every=100, checkpoint_every=100, patience=3)
+        d.pop("tune", None)
+        cfg = os.path.join(out, f"rate{w}.yaml")
+        with open(cfg, "w") as f:
+            yaml.safe_dump(d, f)
+        data, model = os.path.join(out, f"data{w}"), os.path.join(out, f"model{w}")
+        m = build_tfrecords.run(["--config", cfg, "--ads", os.path.join(raw, "ads.csv"), "--impressions",
+                                 os.path.join(raw, "impressions.csv"), "--out", data, "--overwrite"], verbose=False)
+        t = time.time()
+        train(load_config(cfg), data, model, log=None)
+        seconds = time.time() - t
+        r = evaluation.evaluate(model, data, write=False)
+        print(json.dumps({"w": w, "train_impressions": m["splits"]["train"]["impressions"],
+                          "downsampled": m["downsampled_negatives"], "train_seconds": round(seconds),
+                          "auc": r["auc"], "cold_auc": r["cold"]["auc"], "ece": r["calibration"]["ece"],
+                          "log_loss": r["log_loss"]}), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
@@ -96,6 +128,8 @@ def main() -> None:
     p.add_argument("--warm-steps", type=int, default=300)
     p.add_argument("--sampling-rate", type=float, default=0.5, help="dataset.negative_sampling_rate")
     p.add_argument("--window", type=int, default=3)
+    p.add_argument("--compare-rates", default=None, help="e.g. 1,0.1: only compare negative sampling rates "
+                                                         "(demo config, --steps steps, eval = the last day)")
     args = p.parse_args()
 
     import yaml
@@ -113,6 +147,9 @@ def main() -> None:
         generate(raw, num_ads=args.ads, num_impressions=args.impressions, days=args.days, formats=("csv",),
                  scenario=args.scenario)
     impressions = os.path.join(raw, "impressions.csv")
+    if args.compare_rates:
+        compare_rates(raw, out, [float(w) for w in args.compare_rates.split(",")], args.steps)
+        return
     with open(os.path.join(REPO, "configs", "demo.yaml")) as f:
         data = yaml.safe_load(f)
     data["name"] = "daily"
