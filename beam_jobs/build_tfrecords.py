@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import Any, Optional
 
@@ -32,11 +31,13 @@ import apache_beam as beam
 from beam_jobs import checks
 from beam_jobs.common import (
     NAMESPACE,
+    job_main,
     join_path,
     pipeline_options,
     prepare_output,
     read_counters,
     read_text_file,
+    runner_name,
     write_text_file,
 )
 from beam_jobs.flags import add_preprocess_arguments, add_runner_help
@@ -102,14 +103,6 @@ def build_pipeline(p: beam.Pipeline, config: Config, ads_path: str, impressions_
     dead = ((ads_read["dead"], imps_read["dead"], ads["dead"], imps["dead"], joined["dead"])
             | "AllDead" >> beam.Flatten())
     _ = dead | "WriteDeadLetter" >> WriteDeadLetter(out)
-
-
-def _runner(options: Any) -> str:
-    all_options = options.get_all_options()
-    runner = all_options["runner"]
-    if runner == "DirectRunner" and (all_options.get("direct_num_workers") or 1) > 1:
-        return f"DirectRunner ({all_options['direct_num_workers']} processes)"
-    return str(runner)
 
 
 def make_manifest(counters: dict[str, int], config: Config, seed: int, stats: dict) -> dict[str, Any]:
@@ -236,7 +229,7 @@ def run_args(args: argparse.Namespace, beam_args: list[str], verbose: bool = Tru
     prepare_output(args.out, args.overwrite, delete=False)  # an earlier output is replaced only on success
     options = pipeline_options(beam_args)
     if verbose:
-        print(f"preprocess: {args.ads} + {args.impressions} -> {args.out} on {_runner(options)} ...", flush=True)
+        print(f"preprocess: {args.ads} + {args.impressions} -> {args.out} on {runner_name(options)} ...", flush=True)
     start = time.time()
     # Written beside OUT and moved into place only when complete and checked (docs/bad_input.md):
     # a failed or refused run leaves the previous output untouched and no beam-temp-* debris.
@@ -260,12 +253,4 @@ def run_args(args: argparse.Namespace, beam_args: list[str], verbose: bool = Tru
 
 
 if __name__ == "__main__":
-    try:
-        run()
-    except Exception as e:  # user errors as one line, as the `tfvctr` CLI does
-        from tfvctr.errors import TfvctrError
-
-        if not isinstance(e, TfvctrError):
-            raise
-        print(f"build_tfrecords: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    job_main(run, "build_tfrecords")
