@@ -136,19 +136,11 @@ def random_inputs(meta: Any, batch: int, ad_ids: list[str], rng: np.random.Gener
 def feed_cost(meta: Any, inputs: dict[str, np.ndarray], runs: int) -> float:
     """p50 of feeding the same inputs to a graph that only reads their sizes: what the harness
     (numpy → tensors for every input) and one session call cost, without the model."""
-    sig = meta.signature_def["serving_default"]
-    names = sorted(inputs)
-    graph = tf.Graph()
-    with graph.as_default():
-        placeholders = [tf.compat.v1.placeholder(tf.dtypes.as_dtype(sig.inputs[n].dtype)) for n in names]
-        out = tf.add_n([tf.size(p) for p in placeholders])
-    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
-    with tf.compat.v1.Session(graph=graph, config=config) as s:
-        run = s.make_callable(out, placeholders)
-        values = [inputs[n] for n in names]
+    session, feed = feed_only(meta, inputs)
+    with session:
         for _ in range(20):
-            run(*values)
-        return float(np.percentile([_timed(run, *values) for _ in range(runs)], 50))
+            feed(inputs)
+        return float(np.percentile([_timed(feed, inputs) for _ in range(runs)], 50))
 
 
 def measure(export_dir: str, make_inputs: Any, flops: Any, peak: float, label: str) -> list[dict[str, Any]]:
