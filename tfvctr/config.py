@@ -166,6 +166,9 @@ class VBPRConfig:
     # Negatives of the pair-wise loss: `sampled`, the papers' protocol (per click, an ad the user
     # did not click, scored for that user); `in_batch`, the user's own non-clicks in the batch.
     negatives: Literal["sampled", "in_batch"] = "sampled"
+    # VBPR's fixed image features read from a `tfvctr embed` table (docs/formats.md §4) by
+    # ad_id, instead of a pre-trained tower run on the images (`training.pretrained_cnn`).
+    features_table: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -400,13 +403,39 @@ class Config:
         self.embed.validate(f"{where}: embed")
         self.tune.validate(f"{where}: tune", self)
         self.daily.validate(f"{where}: daily")
-        if self.model.architecture == "vbpr" and self.model.vbpr.variant == "vbpr" and not self.training.pretrained_cnn:
+        self._validate_vbpr_features(where)
+        return self
+
+    def _validate_vbpr_features(self, where: str) -> None:
+        vbpr, table = self.model.vbpr, self.model.vbpr.features_table
+        is_vbpr = self.model.architecture == "vbpr" and vbpr.variant == "vbpr"
+        if table and not is_vbpr:
+            raise ConfigError(f"{where}: model.vbpr.features_table: fixed features apply to architecture 'vbpr' with "
+                              f"variant 'vbpr' only; received architecture {self.model.architecture!r}, variant {vbpr.variant!r}")
+        if not is_vbpr:
+            return
+        if not self.training.pretrained_cnn and not table:
             # VBPR scores *fixed* features of a pre-trained CNN; a frozen random tower is not it.
             raise ConfigError(
                 f"{where}: model.vbpr.variant: vbpr needs fixed features of a pre-trained CNN; set "
-                f"training.pretrained_cnn to a `tfvctr pretrain` model dir (or use variant dvbpr to train the CNN)"
+                f"training.pretrained_cnn to a `tfvctr pretrain` model dir or model.vbpr.features_table to a "
+                f"`tfvctr embed` table (or use variant dvbpr to train the CNN)"
             )
-        return self
+        if self.training.pretrained_cnn and table:
+            raise ConfigError(f"{where}: model.vbpr: set one source of VBPR's fixed features, training.pretrained_cnn "
+                              f"(a tower run on the images) or model.vbpr.features_table (vectors by ad_id), not both")
+        if table:
+            ad = next((f for f in self.dataset.features if f.name == "ad_id"), None)
+            if ad is None or ad.kind != "categorical" or ad.source != "ad" or not ad.vocabulary or ad.vocabulary == "auto":
+                # The table is keyed by ad_id: the model maps each ad_id id to its row through the
+                # vocabulary file. `auto` holds the train ads only (cold ads would all be out of
+                # vocabulary, with no image features: VBPR's point), and hashed ids collide.
+                raise ConfigError(
+                    f"{where}: model.vbpr.features_table: the table is read by ad_id; declare the feature "
+                    f"{{name: ad_id, source: ad, kind: categorical, vocabulary: FILE}} with FILE the catalog's ad ids, "
+                    f"one a line (cold ads included; `tfvctr.models.vbpr.write_table_vocabulary(TABLE, FILE)` "
+                    f"writes the table's), not vocabulary: auto or hash_buckets"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

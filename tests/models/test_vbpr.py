@@ -203,3 +203,111 @@ def test_in_batch_pairs_pair_clicks_with_non_clicks_of_the_same_user():
     users = tf.constant([7, 7, 8, 8, 7])
     pairs = sorted(map(tuple, in_batch_pairs(labels, users).numpy().tolist()))
     assert pairs == [(0, 1), (0, 4), (3, 2)]
+
+
+# ---------------------------------------------------------------------- VBPR from a `tfvctr embed` table
+
+
+def _write_table(root, ad_ids, categories, vectors):
+    """A table in the layout of docs/formats.md §4 (what `tfvctr embed` writes)."""
+    import json
+
+    os.makedirs(root, exist_ok=True)
+    np.savez(os.path.join(root, "part-00000.npz"), ad_id=np.array(ad_ids), category=np.array(categories),
+             impressions=np.zeros(len(ad_ids), np.int64), vectors=np.asarray(vectors, np.float32))
+    index = {"dim": int(np.shape(vectors)[1]), "dtype": "float32", "rows": len(ad_ids), "shards": ["part-00000.npz"]}
+    with open(os.path.join(root, "index.json"), "w") as f:
+        json.dump(index, f)
+    return root
+
+
+def _table_config(table, vocabulary, **vbpr):
+    features = FEATURES + [{"name": "ad_id", "source": "ad", "kind": "categorical", "vocabulary": vocabulary}]
+    data = tiny_config("vbpr", features=features, vbpr={"variant": "dvbpr"}).to_dict()
+    data["model"]["vbpr"].update(variant="vbpr", features_table=table, **vbpr)
+    return config_from_dict(data)
+
+
+@pytest.fixture
+def embedded(tmp_path):
+    """The pre-trained-tower VBPR, a table of that tower's vectors for the batch's two ads, and the vocabulary."""
+    tower_model = _model("vbpr")
+    batch = _batch()  # ads with ad_id ids 2 and 4: lines 0 and 2 of the vocabulary
+    vectors = tower_model.visual_tower({"image": batch["image"], "category": batch["category"]}).numpy()
+    table = _write_table(str(tmp_path / "table"), ["adA", "adB"], ["c1", "c2"], vectors)
+    vocabulary = tmp_path / "ad_ids.txt"
+    vocabulary.write_text("adA\nadX\nadB\nadY\n")  # adX, adY: catalog ads the table does not hold
+    return tower_model, table, str(vocabulary), vectors
+
+
+def test_vbpr_from_an_embed_table_scores_as_the_tower_the_table_came_from(embedded):
+    tower_model, table, vocabulary, vectors = embedded
+    model = build_model(_table_config(table, vocabulary), NUM_CATEGORIES, VOCAB_SIZES, seed=0)
+    assert model.visual_tower is None and model.fixed_features is not None and model.visual_variables == []
+    features = model.fixed_features.table.numpy()
+    np.testing.assert_array_equal(features[[2, 4]], vectors)  # ad_id id 2 + line → its table row
+    np.testing.assert_allclose(features[[0, 1, 3, 5]], np.tile(vectors.mean(axis=0), (4, 1)), rtol=1e-6)
+    model.head.set_weights(tower_model.head.get_weights())
+    batch = _batch()
+    del batch["image"]  # the table replaces the images
+    np.testing.assert_allclose(model(batch).numpy(), tower_model(_batch()).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_vbpr_table_features_stay_fixed_in_training_and_survive_a_round_trip(embedded, tmp_path):
+    _, table, vocabulary, _ = embedded
+    model = build_model(_table_config(table, vocabulary), NUM_CATEGORIES, VOCAB_SIZES, seed=0)
+    fixed = model.fixed_features.table.numpy().copy()
+    assert all(v is not model.fixed_features.table for v in model.trainable_variables)
+    old, _ = train_step(model, _batch(), LABELS)
+    assert moved(model, model.non_visual_variables, old)
+    np.testing.assert_array_equal(model.fixed_features.table.numpy(), fixed)
+    path = str(tmp_path / "vbpr_table.keras")
+    model.save(path)
+    np.testing.assert_array_equal(keras.saving.load_model(path)(_batch()).numpy(), model(_batch()).numpy())
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"pretrained_cnn": "/pretrained/model_dir"}, "set one source of VBPR's fixed features"),
+        ({"vocabulary": "auto"}, r"the table is read by ad_id; declare the feature \{name: ad_id"),
+        ({"variant": "dvbpr"}, "fixed features apply to architecture 'vbpr' with variant 'vbpr' only"),
+    ],
+    ids=["table_and_pretrained_cnn", "auto_vocabulary", "another_variant"],
+)
+def test_a_features_table_the_model_cannot_use_is_refused(change, message):
+    data = _table_config("/some/table", "/some/ad_ids.txt").to_dict()
+    if "pretrained_cnn" in change:
+        data["training"]["pretrained_cnn"] = change["pretrained_cnn"]
+    if "vocabulary" in change:
+        data["dataset"]["features"][-1]["vocabulary"] = change["vocabulary"]
+    if "variant" in change:
+        data["model"]["vbpr"]["variant"] = change["variant"]
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(data)
+
+
+def test_vbpr_with_neither_source_names_both(tmp_path):
+    with pytest.raises(ConfigError, match="or model.vbpr.features_table to a `tfvctr embed` table"):
+        tiny_config("vbpr", features=AD_FEATURES, vbpr={"variant": "vbpr"})
+
+
+def test_a_missing_table_or_a_table_of_another_catalog_is_a_data_error(embedded, tmp_path):
+    from tfvctr.errors import DataError
+
+    _, table, _, _ = embedded
+    with pytest.raises(DataError, match="names no `tfvctr embed` table"):
+        build_model(_table_config(str(tmp_path / "nowhere"), str(tmp_path / "v.txt")), NUM_CATEGORIES, VOCAB_SIZES, seed=0)
+    other = tmp_path / "other.txt"
+    other.write_text("z1\nz2\nz3\nz4\n")
+    with pytest.raises(DataError, match="none of the 4 ad ids"):
+        build_model(_table_config(table, str(other)), NUM_CATEGORIES, VOCAB_SIZES, seed=0)
+
+
+def test_write_table_vocabulary_lists_the_tables_ads(embedded, tmp_path):
+    from tfvctr.models.vbpr import write_table_vocabulary
+
+    _, table, _, _ = embedded
+    path = tmp_path / "vocab.txt"
+    assert write_table_vocabulary(table, str(path)) == 2
+    assert path.read_text().split() == ["adA", "adB"]

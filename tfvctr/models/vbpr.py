@@ -20,9 +20,17 @@ trainable in every variant). Variants (config `model.vbpr.variant`):
 | `cscnn`     | the configured attention inside the CNN: `model.attention` (default `cscnn`)   |
 
 `vbpr` (He & McAuley 2016) scores fixed image features extracted by a CNN trained on
-another task. Ours: the tower of a `tfvctr pretrain` run (category classification, as
-DeepCTR §4 pre-trains), loaded by the trainer from `training.pretrained_cnn` and frozen
-here; the config refuses `vbpr` without it (a frozen *random* CNN is not VBPR).
+another task, from one of two sources (the config refuses `vbpr` with neither: a frozen
+*random* CNN is not VBPR):
+
+* `training.pretrained_cnn`: the tower of a `tfvctr pretrain` run (category
+  classification, as DeepCTR §4 pre-trains), loaded by the trainer and frozen here; it
+  runs on every batch's images.
+* `model.vbpr.features_table`: the vectors of a `tfvctr embed` table (docs/formats.md §4),
+  looked up by ad: the model has no tower. The `ad_id` feature must use a vocabulary file
+  listing the catalog (`write_table_vocabulary` writes the table's ads); id `2 + line`
+  gets that ad's vector, and ids without a row (padding 0, out of vocabulary 1, an ad of
+  the vocabulary missing from the table) get the mean of the table's vectors.
 
 `sherlock` (He et al., IJCAI 2016) stacks a projection shared by all categories over a
 category-specific one: the first `visual_factors - visual_factors // 2` factors of Φ come
@@ -40,7 +48,7 @@ from typing import Any, Mapping, Optional
 import keras
 from keras import ops
 
-from tfvctr.errors import ConfigError
+from tfvctr.errors import ConfigError, DataError
 from tfvctr.layers.arguments import attribute_config, invalid_argument
 from tfvctr.models.base import CTRModel, tower_config
 
@@ -183,13 +191,118 @@ class VBPRHead(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfvctr")
+class FixedFeatures(keras.layers.Layer):
+    """A non-trainable `[rows, dim]` table of image features, looked up by encoded item id.
+
+    VBPR's `f_i` when it comes from a `tfvctr embed` table (`table_features` fills it).
+
+    Args:
+        rows: table rows (the `ad_id` vocabulary size).
+        dim: feature width.
+
+    Call arguments:
+        ids: int `[N]`.
+
+    Returns:
+        `[N, dim]` float32.
+
+    Example:
+        >>> import numpy as np
+        >>> layer = FixedFeatures(rows=3, dim=2)
+        >>> layer.set_features(np.arange(6, dtype="float32").reshape(3, 2))
+        >>> layer(np.array([2, 0])).numpy().tolist()
+        [[4.0, 5.0], [0.0, 1.0]]
+    """
+
+    def __init__(self, rows: int, dim: int, **kwargs: Any) -> None:
+        super().__init__(trainable=False, **{k: v for k, v in kwargs.items() if k != "trainable"})
+        if rows < 1:
+            raise invalid_argument("rows", rows, "a positive integer")
+        if dim < 1:
+            raise invalid_argument("dim", dim, "a positive integer")
+        self.rows, self.dim = int(rows), int(dim)
+
+    def build(self, input_shape: Any = None) -> None:
+        self.table = self.add_weight(shape=(self.rows, self.dim), initializer="zeros", trainable=False, name="table")
+
+    def set_features(self, values: Any) -> None:
+        if not self.built:
+            self.build(None)
+        self.table.assign(values)
+
+    def call(self, ids: Any) -> Any:
+        return ops.take(self.table, ops.reshape(ops.cast(ids, "int32"), (-1,)), axis=0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rows": self.rows, "dim": self.dim}
+
+
+def table_features(table_path: str, vocabulary_path: str, rows: int) -> tuple[Any, int]:
+    """The `[rows, dim]` features of encoded `ad_id` ids from a `tfvctr embed` table.
+
+    Row `2 + line` is the table's vector of the vocabulary's ad on that line; rows without
+    one (0 padding, 1 out of vocabulary, ads missing from the table) get the mean vector.
+
+    Returns:
+        `(features float32 [rows, dim], number of vocabulary ads found in the table)`.
+    """
+    import numpy as np
+
+    from tfvctr import layout
+    from tfvctr.export.table import load_table
+    from tfvctr.features import read_vocabulary
+    from tfvctr.io import fs
+
+    index_path = fs.join(table_path, layout.TABLE_INDEX)
+    if not fs.exists(index_path):
+        raise DataError(f"{table_path}: model.vbpr.features_table names no `tfvctr embed` table (no {layout.TABLE_INDEX})")
+    dim = int(fs.read_json(index_path, DataError).get("dim", 0))
+    table = load_table(table_path, [], dim)
+    vocabulary = read_vocabulary(vocabulary_path)
+    if len(vocabulary) + 2 != rows:
+        raise DataError(f"{vocabulary_path}: {len(vocabulary)} ad ids, but the `ad_id` feature has {rows - 2} "
+                        f"(was the data encoded with another vocabulary?)")
+    row_of = {a: i for i, a in enumerate(table.ad_ids.tolist())}
+    vectors = table.vectors.astype(np.float32)
+    features = np.tile(vectors.astype(np.float64).mean(axis=0), (rows, 1)).astype(np.float32)
+    found = 0
+    for line, ad in enumerate(vocabulary):
+        i = row_of.get(ad)
+        if i is not None:
+            features[2 + line] = vectors[i]
+            found += 1
+    if not found:
+        raise DataError(f"{table_path}: none of the {len(vocabulary)} ad ids of {vocabulary_path} is in the table "
+                        f"(a table of another catalog?)")
+    return features, found
+
+
+def write_table_vocabulary(table_path: str, path: str) -> int:
+    """Writes the ad ids of a `tfvctr embed` table, one a line: the `ad_id` vocabulary file of
+    `model.vbpr.features_table` (every catalog ad the table holds, cold ones included).
+
+    Returns:
+        the number of ad ids written.
+    """
+    from tfvctr import layout
+    from tfvctr.export.table import load_table, write_ad_ids
+    from tfvctr.io import fs
+
+    dim = int(fs.read_json(fs.join(table_path, layout.TABLE_INDEX), DataError).get("dim", 0))
+    table = load_table(table_path, [], dim)
+    write_ad_ids(table, path)
+    return table.rows
+
+
+@keras.saving.register_keras_serializable(package="tfvctr")
 class VBPR(CTRModel):
     """A VBPR-family model (CSCNN Eq. 12) selected by `config.model.vbpr.variant`.
 
     See the module docstring for the variants, and `CTRModel` for the batch layout.
     `visual_tower` is None for `bpr_mf`; for `vbpr` it is frozen (`trainable=False`,
     always run in inference mode), so `visual_variables` is empty; the trainer fills it
-    from `training.pretrained_cnn`.
+    from `training.pretrained_cnn`. With `model.vbpr.features_table` (variant `vbpr`) there
+    is no tower: `fixed_features` (`FixedFeatures`) holds the table's vector of every ad_id.
 
     Args: as `CTRModel`. Call arguments / Returns: as `CTRModel` (logits `[N]`).
     """
@@ -208,8 +321,16 @@ class VBPR(CTRModel):
             if names["ad_id"].kind != "categorical" or names["ad_id"].source != "ad":
                 raise ConfigError("model.vbpr: the `ad_id` feature must be categorical with source: ad")
             item_key, num_items = "ad_id", self.vocab_sizes["ad_id"]
+        self.fixed_features: Optional[FixedFeatures] = None
         if v.variant == "bpr_mf":
             visual_dim = 0
+        elif v.variant == "vbpr" and v.features_table:
+            if item_key != "ad_id":  # the config checks this too; a model built from a dict may skip it
+                raise ConfigError("model.vbpr.features_table: the table is read by ad_id; declare an `ad_id` feature")
+            features, _ = table_features(v.features_table, names["ad_id"].vocabulary, num_items)
+            self.fixed_features = FixedFeatures(num_items, features.shape[1], name="fixed_features")
+            self.fixed_features.set_features(features)
+            visual_dim = int(features.shape[1])
         else:
             # `cscnn` takes model.attention (CSCNN by default), so the attention ablations of
             # CSCNN Tables 5 and 6 (none, SE, CBAM, each with or without the prior) swap it.
@@ -223,3 +344,10 @@ class VBPR(CTRModel):
             num_categories=self.num_categories, visual_dim=visual_dim, factors=v.factors,
             visual_factors=v.visual_factors, l2=v.l2, seed=self.seed, name="head",
         ))
+
+    def call(self, batch: Mapping[str, Any], training: Optional[bool] = None) -> Any:
+        if self.fixed_features is None:
+            return super().call(batch, training=training)
+        features = self.gather_features(batch)  # ad_id per impression
+        return self.head({"features": features, "x_v": self.fixed_features(features["ad_id"])}, training=training)
+
