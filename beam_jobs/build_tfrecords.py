@@ -82,7 +82,8 @@ def build_pipeline(p: beam.Pipeline, config: Config, ads_path: str, impressions_
     imps_read = p | "ReadImpressions" >> ReadTable(impressions_path, "impressions", with_source=True,
                                                    batch_rows=IMPRESSION_BATCH)
     ads = ads_read["rows"] | "ValidateAds" >> ValidateAds(ds, ads_path)
-    imps = imps_read["rows"] | "ValidateImpressions" >> ValidateImpressions(ds)
+    # Grouped: the bundle's impressions of an ad cross the join's shuffle as one element.
+    imps = imps_read["rows"] | "ValidateImpressions" >> ValidateImpressions(ds, grouped=True)
 
     if no_eval:
         eval_from_pc = p | "NoEval" >> beam.Create([None])

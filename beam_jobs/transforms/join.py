@@ -89,7 +89,11 @@ class _BundleDays(beam.DoFn):
         self._days: set = set()
 
     def process(self, kv: tuple) -> None:
-        self._days.add(kv[1][records.DAY])
+        value = kv[1]
+        if isinstance(value, list):  # (ad_id, [impression, ...]): ValidateImpressions(grouped=True)
+            self._days.update(imp[records.DAY] for imp in value)
+        else:
+            self._days.add(value[records.DAY])
 
     def finish_bundle(self) -> Iterable:
         from apache_beam.transforms.window import GlobalWindow
@@ -131,7 +135,7 @@ class _Chunk(beam.DoFn):
     def process(self, element: tuple, days: dict) -> Iterable:
         ad_id, groups = element
         ads = list(groups["ads"])
-        impressions = list(groups["impressions"])
+        impressions = _flat(groups["impressions"])
         rejected = sorted(groups["rejected"])
         if rejected or len(ads) != 1:
             yield from self._reject(ad_id, ads, impressions, rejected)
@@ -168,8 +172,7 @@ class _Chunk(beam.DoFn):
         yield pvalue.TaggedOutput(AD_COUNTS, (row, num_chunks, len(ad[records.IMAGE_BYTES])))
         if splits[TRAIN]:
             yield pvalue.TaggedOutput(TRAIN_ADS, ad)
-            for imp in splits[TRAIN]:
-                yield pvalue.TaggedOutput(TRAIN_IMPRESSIONS, imp)
+            yield pvalue.TaggedOutput(TRAIN_IMPRESSIONS, splits[TRAIN])  # one list per ad, not one element each
 
     def _reject(self, ad_id: str, ads: list, impressions: list, rejected: list) -> Iterable:
         """No single valid ad for this key: its valid ad copies and all its impressions go to the dead letter."""
@@ -188,6 +191,17 @@ class _Chunk(beam.DoFn):
                                                         code, reason))
 
 
+def _flat(values: Iterable) -> list:
+    """The join's impressions of one ad: single impression tuples and lists of them (grouped)."""
+    out: list = []
+    for value in values:
+        if isinstance(value, list):
+            out.extend(value)
+        else:
+            out.append(value)
+    return out
+
+
 def _unexpected(ds: DatasetConfig):
     """A group whose records could not be built: the ad and every impression go to the dead letter."""
 
@@ -196,7 +210,7 @@ def _unexpected(ds: DatasetConfig):
         reason = f"ad {ad_id} rejected: unexpected error building records: {readable_failure(exc_type, exc_repr)}"
         for ad in groups["ads"]:
             yield dead_letter("ads", records.ad_to_row(ad, ds), "unexpected_error", reason)
-        for imp in groups["impressions"]:
+        for imp in _flat(groups["impressions"]):
             yield dead_letter("impressions", records.impression_to_row(ad_id, imp, ds), "unexpected_error", reason)
 
     return fn
@@ -205,14 +219,18 @@ def _unexpected(ds: DatasetConfig):
 class JoinAndChunk(beam.PTransform):
     """Joins `(ad_id, ad)`, `(ad_id, impression)` and `(ad_id, rejection reason)` and chunks per ad.
 
+    An impressions element may also be `(ad_id, [impression, ...])`, several of the ad's
+    impressions at once (`ValidateImpressions(grouped=True)`): fewer elements cross the
+    shuffle; the output is the same.
+
     Also takes `"eval_from"`, a singleton (the first eval day, None: no eval split). The
     valid split follows `ds.validation`; the held-out ads are drawn with
     `ds.validation.seed`, or `seed` when that is None.
 
     Outputs a dict: `"train"` / `"valid"` / `"eval"` (`(impressions, positives, serialized
-    record)`), `"ad_counts"` (`(row, {split: chunks}, image bytes)`), `"train_ads"` and
-    `"train_impressions"` (tuples of the train split only, for vocabularies and
-    statistics), `"days"` (a singleton, `split_days`) and `"dead"` (impressions of unknown
+    record)`), `"ad_counts"` (`(row, {split: chunks}, image bytes)`), `"train_ads"` (ad
+    tuples) and `"train_impressions"` (per ad, the list of its train impression tuples), of
+    the train split only, for vocabularies and statistics, `"days"` (a singleton, `split_days`) and `"dead"` (impressions of unknown
     or rejected ads, duplicate ads).
     """
 

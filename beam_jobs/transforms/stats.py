@@ -143,7 +143,14 @@ class _TrainSummary(beam.DoFn):
         self._numbers: dict = {}
         self._labels = [0, 0]
 
-    def process(self, element: tuple) -> None:
+    def process(self, element) -> None:
+        if isinstance(element, list):  # an ad's train impressions (JoinAndChunk's "train_impressions")
+            for imp in element:
+                self._add(imp)
+        else:
+            self._add(element)
+
+    def _add(self, element: tuple) -> None:
         vocab, presence, numbers = self._vocab, self._presence, self._numbers
         for (name, kind, counted), v in zip(self._plan, element[self._values], strict=True):
             missing = v is None or (kind == "multi" and len(v) == 0)
@@ -203,6 +210,9 @@ def _vocab_lines(kv: tuple) -> tuple:
 
 class VocabAndStats(beam.PTransform):
     """Train ads + train impressions → `vocab/<feature>.txt` files and `stats.json` under `out`.
+
+    `"train_impressions"` elements are impression tuples or lists of them (JoinAndChunk
+    emits one list per ad).
 
     Also takes `days` (a singleton `{"train": [...], "valid": [...], "eval": [...],
     "eval_from", "valid_from"}`, `join.split_days`), stored under `stats.json["day"]` so

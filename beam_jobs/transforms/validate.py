@@ -16,12 +16,13 @@ from apache_beam import pvalue
 
 from beam_jobs import images, records
 from beam_jobs.common import counter, dead_letter
-from beam_jobs.transforms.read import SOURCE_KEY
+from beam_jobs.transforms.read import SOURCE_KEY, is_row_batch, rows_of_batch
 from tfvctr.config import DatasetConfig
 from tfvctr.errors import readable_failure
 
 DEAD = "dead"
 REJECTED = "rejected"  # (ad_id, reason) of ads whose impressions must be dead-lettered too
+GROUP_BUFFER = 100_000  # impressions a grouping `ValidateImpressions` holds before it flushes its groups
 
 
 def _json_safe(row: object) -> object:
@@ -93,10 +94,17 @@ class _ValidateAd(beam.DoFn):
 
 class _ValidateImpression(beam.DoFn):
     """Also counts the rows of each day format (`day_format_integer`, `day_format_iso`): a
-    table must keep to one, checked after the run (`beam_jobs.checks`)."""
+    table must keep to one, checked after the run (`beam_jobs.checks`).
 
-    def __init__(self, ds: DatasetConfig):
+    With `grouped`, good impressions are held per ad_id and leave as `(ad_id, [impression,
+    ...])`, once per ad at the end of the bundle (or when `GROUP_BUFFER` impressions are
+    held, so a worker's memory stays bounded): one element per ad and bundle crosses the
+    join's shuffle instead of one per impression.
+    """
+
+    def __init__(self, ds: DatasetConfig, grouped: bool = False):
         self._ds = ds
+        self._grouped = grouped
 
     def setup(self) -> None:
         from tfvctr.io import tables
@@ -104,31 +112,60 @@ class _ValidateImpression(beam.DoFn):
         self._coerce = tables.RowCoercer("impressions", self._ds)
         self._formats = {f: counter(f"day_format_{f}") for f in ("integer", "iso")}
 
+    def start_bundle(self) -> None:
+        self._groups: dict = {}
+        self._held = 0
+
     def process(self, element) -> Iterable:
-        if not isinstance(element, list):
-            yield from self._one(element)
+        if not is_row_batch(element):
+            yield from self._one(element, element.get(SOURCE_KEY))
             return
-        # A batch of rows (`ReadTable(batch_rows=N)`): each row still succeeds or fails alone;
+        # A row batch (`ReadTable(batch_rows=N)`): each row still succeeds or fails alone;
         # an unexpected error is dead-lettered for its row only, as `with_exception_handling`
         # does for an element.
-        for row in element:
+        name = element[0]
+        for line, row in rows_of_batch(element):
             try:
-                yield from list(self._one(row))
+                yield from list(self._one(row, None, name, line))
             except Exception as e:
+                row = {**row, SOURCE_KEY: f"{name} line {line}"}
                 yield pvalue.TaggedOutput(DEAD, _unexpected("impressions")((row, (type(e), repr(e), None))))
+        if self._held >= GROUP_BUFFER:
+            yield from self._flush(windowed=False)
 
-    def _one(self, row: dict) -> Iterable:
-        where = row.get(SOURCE_KEY)
+    def finish_bundle(self) -> Iterable:
+        yield from self._flush(windowed=True)
+
+    def _flush(self, windowed: bool) -> Iterable:
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        groups, self._groups, self._held = self._groups, {}, 0
+        for kv in groups.items():
+            yield WindowedValue(kv, GlobalWindow().max_timestamp(), [GlobalWindow()]) if windowed else kv
+
+    def _one(self, row: dict, where: Optional[str], name: str = "", line: int = 0) -> Iterable:
         try:
             typed = self._coerce(row)  # reads only the required columns: SOURCE_KEY can stay
         except ValueError as e:
             row = dict(row)
             row.pop(SOURCE_KEY, None)
+            where = where or (f"{name} line {line}" if name else None)
             yield pvalue.TaggedOutput(DEAD, dead_letter("impressions", row, "bad_field",
                                                         _with_source(f"impressions: {e}", where)))
             return
         self._formats[self._coerce.day_format].inc()
-        yield (str(typed["ad_id"]), records.impression_from_row(typed, self._ds))
+        ad_id = str(typed["ad_id"])
+        imp = records.impression_from_row(typed, self._ds)
+        if not self._grouped:
+            yield (ad_id, imp)
+            return
+        group = self._groups.get(ad_id)
+        if group is None:
+            self._groups[ad_id] = [imp]
+        else:
+            group.append(imp)
+        self._held += 1
 
 
 class ValidateAds(beam.PTransform):
@@ -156,15 +193,21 @@ class ValidateAds(beam.PTransform):
 
 
 class ValidateImpressions(beam.PTransform):
-    """Impressions-table rows (or lists of rows, `ReadTable(batch_rows=N)`) → `(ad_id, impression
-    tuple)`; outputs `"impressions"` and `"dead"`."""
+    """Impressions-table rows (or row batches, `ReadTable(batch_rows=N)`) → `(ad_id, impression
+    tuple)`; outputs `"impressions"` and `"dead"`.
 
-    def __init__(self, ds: DatasetConfig):
+    With `grouped=True` the impressions come out as `(ad_id, [impression, ...])`, the
+    bundle's impressions of that ad (an ad may appear in several such elements), which
+    `EvalFromDay` and `JoinAndChunk` take as they take single impressions.
+    """
+
+    def __init__(self, ds: DatasetConfig, grouped: bool = False):
         super().__init__()
         self._ds = ds
+        self._grouped = grouped
 
     def expand(self, rows):
-        out = rows | "Validate" >> beam.ParDo(_ValidateImpression(self._ds)).with_outputs(
+        out = rows | "Validate" >> beam.ParDo(_ValidateImpression(self._ds, self._grouped)).with_outputs(
             DEAD, main="impressions").with_exception_handling(dead_letter_tag="failed")
         failed_dead = out.failed | "FailedToDead" >> beam.Map(_unexpected("impressions"))
         return {"impressions": out.impressions, DEAD: (out[DEAD], failed_dead) | "Dead" >> beam.Flatten()}

@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from beam_jobs import images, records
 from beam_jobs.transforms.embed import AdToEmbed, CoverageThreshold, coverage_threshold
 from beam_jobs.transforms.join import EvalFromDay, JoinAndChunk, eval_from_day
-from beam_jobs.transforms.read import ReadTable
+from beam_jobs.transforms.read import ReadTable, rows_of_batch
 from beam_jobs.transforms.stats import VocabAndStats
 from beam_jobs.transforms.validate import ValidateAds, ValidateImpressions
 from tests.beam_jobs import fixtures
@@ -110,8 +110,9 @@ def test_join_and_chunk_splits_by_day_chunks_by_k_and_dead_letters_orphans():
         assert_that(out["dead"] | beam.Map(lambda d: (d[0], d[1]["ad_id"], d[2], d[3])),
                     equal_to([("impressions", "ghost", "unknown_ad", "unknown ad_id 'ghost': not in the ads table"),
                               ("impressions", "bad", "ad_rejected", "ad bad rejected: broken image")]), label="dead")
-        assert_that(out["train_impressions"] | beam.Map(lambda imp: imp[records.USER_ID]),
-                    equal_to([f"u{i}" for i in range(5)]), label="train_imps")
+        # One list per ad: the ad's train impressions.
+        assert_that(out["train_impressions"] | beam.Map(lambda imps: sorted(imp[records.USER_ID] for imp in imps)),
+                    equal_to([[f"u{i}" for i in range(5)]]), label="train_imps")
 
 
 def test_join_and_chunk_dead_letters_duplicates_and_unexpected_errors_with_their_impressions():
@@ -200,3 +201,50 @@ def test_coverage_threshold_transform_builds_the_histogram():
     ads = [AdToEmbed(f"a{i}", "c", b"x", n, False) for i, n in enumerate([10, 5, 5, 1, 1, 1, 0])]
     with BeamTestPipeline(argv=OPTIONS) as p:
         assert_that(p | beam.Create(ads) | CoverageThreshold(0.5), equal_to([5]))
+
+
+def test_read_table_batches_csv_rows_with_their_lines_and_validation_groups_them_by_ad(tmp_path):
+    ds = fixtures.config().dataset
+    path = tmp_path / "imps.csv"
+    header = "ad_id,label,day,user_id,device,interests,position,true_ctr\n"
+    lines = ["ad1,1,0,u1,ios,sport,1,0.5", "ad2,0,0,u2,web,,2,0.5", "ad1,maybe,0,u3,ios,,1,0.5",
+             "ad1,0,1,u4,web,music|sport,3,0.5", "ad2,1,1"]
+    path.write_text(header + "".join(line + "\n" for line in lines))
+    with BeamTestPipeline(argv=OPTIONS) as p:
+        read = p | ReadTable(str(path), "impressions", with_source=True, batch_rows=2)
+        # Rows 2-5 of the file in batches of 2 (the 3-field line is dead-lettered by the reader).
+        assert_that(read["rows"] | "Lines" >> beam.FlatMap(lambda b: [(b[0], line, row["user_id"])
+                                                                       for line, row in rows_of_batch(b)]),
+                    equal_to([("imps.csv", 2, "u1"), ("imps.csv", 3, "u2"), ("imps.csv", 4, "u3"),
+                              ("imps.csv", 5, "u4")]), label="rows")
+        out = read["rows"] | ValidateImpressions(ds, grouped=True)
+        # One element per ad and bundle, its impressions in a list.
+        assert_that(out["impressions"] | beam.Map(lambda kv: (kv[0], sorted(imp[records.USER_ID] for imp in kv[1]))),
+                    equal_to([("ad1", ["u1", "u4"]), ("ad2", ["u2"])]), label="grouped")
+        assert_that(out["dead"] | beam.Map(lambda d: (d[1]["user_id"], d[2], d[3])),
+                    equal_to([("u3", "bad_field", "impressions: label: expected 0 or 1, got 'maybe' (imps.csv line 4)")]),
+                    label="dead")
+        assert_that(read["dead"] | "ReadDead" >> beam.Map(lambda d: d[3].endswith("(imps.csv line 6)")),
+                    equal_to([True]), label="read_dead")
+
+
+def test_join_and_chunk_gives_the_same_records_for_grouped_and_single_impressions():
+    ds = fixtures.config(k=2).dataset
+    imps = [("ad1", _imp(i % 2, label=int(i % 3 == 0), user=f"u{i}")) for i in range(7)] + [("ghost", _imp(0))]
+    grouped = [("ad1", [imp for _, imp in imps[:3]]), ("ad1", [imp for _, imp in imps[3:7]]), ("ghost", [imps[7][1]])]
+    with BeamTestPipeline(argv=OPTIONS) as p:
+        ads = p | "Ads" >> beam.Create([("ad1", _ad("ad1"))])
+        rejected = p | "R" >> beam.Create([])
+        eval_from = p | "E" >> beam.Create([1])
+        outs = {}
+        for name, data in (("single", imps), ("grouped", grouped)):
+            out = {"ads": ads, "impressions": p | f"Imps_{name}" >> beam.Create(data), "rejected": rejected,
+                   "eval_from": eval_from} | f"Join_{name}" >> JoinAndChunk(ds, seed=3)
+            outs[name] = ((out["train"], out["valid"], out["eval"]) | f"Splits_{name}" >> beam.Flatten()
+                          | f"Bytes_{name}" >> beam.Map(lambda e: e[2])
+                          | f"All_{name}" >> beam.combiners.ToList() | f"Sort_{name}" >> beam.Map(sorted))
+            assert_that(out["dead"] | f"Dead_{name}" >> beam.Map(lambda d: (d[1]["ad_id"], d[2])),
+                        equal_to([("ghost", "unknown_ad")]), label=f"dead_{name}")
+        # Day 0 (4 impressions) and day 1 (eval, 3) in chunks of K = 2: 4 records, byte for byte the same.
+        same = outs["single"] | beam.Map(lambda a, b: (len(a), a == b), beam.pvalue.AsSingleton(outs["grouped"]))
+        assert_that(same, equal_to([(4, True)]), label="same")
