@@ -3,6 +3,7 @@ training loop: in-batch same-user pairs, the loss over the global pair count, ze
 steps, and the model's regularization losses in both modes."""
 
 import collections
+import itertools
 import json
 
 import keras
@@ -237,3 +238,76 @@ def test_cold_ads_can_be_those_with_fewer_than_five_train_impressions(tmp_path):
     (tmp_path / layout.AD_COUNTS).write_text("".join(json.dumps({"ad_id": a, "train_impressions": n}) + "\n" for a, n in rows))
     assert read_cold_ads(str(tmp_path)) == {"a"}  # never in training
     assert read_cold_ads(str(tmp_path), below=5) == {"a", "b", "c"}  # CSCNN §4.1: < 5 interactions
+
+
+# ------------------------------------------------------------ negatives the user never clicked in training
+
+
+def _train_clicks(config, data_dir):
+    """(user, ad) of every train click, read through the input pipeline (the reference)."""
+    enc = FeatureEncoder.from_data_dir(config.dataset, data_dir)
+    clicks = set()
+    for inputs, labels, meta in data.make_dataset(config, data_dir, training=False, encoder=enc, with_meta=True):
+        ads = meta["ad_id"].numpy()[inputs["ad_index"].numpy()]
+        for user, ad, label in zip(meta["user_id"].numpy(), ads, labels.numpy(), strict=True):
+            if label > 0:
+                clicks.add((user.decode(), ad.decode()))
+    return clicks
+
+
+def test_click_history_holds_the_train_splits_clicks(data_dir):
+    from tfvctr.models.losses import ClickHistory
+
+    config = _config("bpr_mf", negatives="sampled")
+    clicks = _train_clicks(config, data_dir)
+    history = ClickHistory.from_files(data.list_shards(data_dir, "train"), config.dataset)
+    assert history.size == len(clicks) > 0
+    users = sorted({u for u, _ in clicks} | {"nobody"})
+    ads = sorted({a for _, a in clicks} | {"ad999"})
+    grid = history.interacted(tf.constant(users), tf.constant(ads)).numpy()
+    assert grid.tolist() == [[(u, a) in clicks for a in ads] for u in users]
+
+
+def test_sampled_negatives_skip_ads_the_user_clicked_outside_the_batch():
+    from tfvctr.models.losses import sampled_negative_pairs
+
+    labels = tf.constant([1, 0, 1], tf.float32)
+    users = tf.constant(["a", "a", "b"])
+    ad_index = tf.constant([0, 1, 1])
+    # a clicked ad 2 on another day; b clicked ads 0 and 3 on other days.
+    interacted = tf.constant([[False, False, True, False], [False, False, True, False], [True, False, False, True]])
+    drawn = collections.defaultdict(set)
+    for order in itertools.permutations(range(4)):  # other batch layouts, other draws
+        perm = tf.constant(order, tf.int32)
+        batch_interacted = tf.gather(interacted, np.argsort(perm.numpy()), axis=1)  # column perm[o] is ad o
+        pos, neg = sampled_negative_pairs(labels, users, tf.gather(perm, ad_index), 4, batch_interacted)
+        for p, j in zip(pos.numpy(), neg.numpy(), strict=True):
+            drawn[users.numpy()[p].decode()].add(int(np.arange(4)[perm.numpy() == j][0]))  # back to the original ad
+    assert drawn == {"a": {1, 3}, "b": {2}}  # never the batch click nor a train click
+
+
+def test_the_trainers_negatives_are_never_ads_the_user_clicked_in_training(data_dir):
+    from tfvctr.models.losses import sampled_negative_pairs
+    from tfvctr.training.loop import PAIR_AD_KEY, pairwise_objective
+
+    config = _config("bpr_mf", negatives="sampled", ads_per_batch=8)
+    clicks = _train_clicks(config, data_dir)
+    objective = pairwise_objective(config, data.list_shards(data_dir, "train"))
+    assert objective.history.size == len(clicks)
+    enc = FeatureEncoder.from_data_dir(config.dataset, data_dir)
+    keras.utils.set_random_seed(0)
+    batches = with_pair_users(data.make_dataset(config, data_dir, encoder=enc, with_meta=True)).take(12)
+    old_way_hits, pairs = 0, 0
+    for inputs, labels in batches:
+        users, ads, n = inputs[PAIR_USER_KEY], inputs[PAIR_AD_KEY].numpy(), inputs["image"].shape[0]
+        interacted = objective.history.interacted(users, inputs[PAIR_AD_KEY])
+        for history in (None, interacted):
+            pos, neg = sampled_negative_pairs(labels, users, inputs["ad_index"], n, history)
+            hits = sum((users.numpy()[p].decode(), ads[j].decode()) in clicks for p, j in zip(pos.numpy(), neg.numpy(), strict=True))
+            if history is None:
+                old_way_hits += hits
+            else:
+                assert hits == 0
+                pairs += len(pos)
+    assert pairs > 0
+    assert old_way_hits > 0  # batch-only exclusion does draw ads the user clicked on other days

@@ -16,7 +16,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfvctr.errors import TfvctrError
-from tfvctr.models.losses import bpr_loss, pairwise_loss, sampled_negative_pairs, with_negative_impressions
+from tfvctr.models.losses import (
+    ClickHistory,
+    bpr_loss,
+    pairwise_loss,
+    sampled_negative_pairs,
+    with_negative_impressions,
+)
 
 AUC_BINS = 1000  # histogram resolution of the streaming train AUC
 
@@ -25,9 +31,11 @@ AUC_BINS = 1000  # histogram resolution of the streaming train AUC
 Objective = Callable[[Any, dict, tf.Tensor], tuple]
 
 
-# The raw user id of every impression, added to a batch's inputs for the pair-wise objective
-# (`with_pair_users`); the objective takes it out again before the model sees the batch.
+# The raw user id of every impression and the raw ad id of every ad, added to a batch's
+# inputs for the pair-wise objective (`with_pair_users`); the objective takes them out again
+# before the model sees the batch.
 PAIR_USER_KEY = "pair_user_id"
+PAIR_AD_KEY = "pair_ad_id"
 
 
 def _auc_histograms(labels: tf.Tensor, logits: tf.Tensor) -> dict:
@@ -52,38 +60,42 @@ def ctr_objective(loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> Objec
 
 
 def with_pair_users(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """`(inputs, labels, meta)` → `(inputs + {PAIR_USER_KEY: meta["user_id"]}, labels)`.
+    """`(inputs, labels, meta)` → `(inputs + {PAIR_USER_KEY: meta["user_id"], PAIR_AD_KEY: meta["ad_id"]}, labels)`.
 
     Pairs are formed on the raw `user_id` strings, not on the encoded feature: hashed or
-    out-of-vocabulary ids would pair impressions of different users.
+    out-of-vocabulary ids would pair impressions of different users. The raw ad ids look
+    up the users' train clicks (`ClickHistory`).
     """
 
     def attach(inputs, labels, meta):
-        return {**inputs, PAIR_USER_KEY: meta["user_id"]}, labels
+        return {**inputs, PAIR_USER_KEY: meta["user_id"], PAIR_AD_KEY: meta["ad_id"]}, labels
 
     return dataset.map(attach, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def model_inputs(inputs: dict) -> dict:
-    """The batch without `PAIR_USER_KEY` (what the model is called with)."""
-    return {k: v for k, v in inputs.items() if k != PAIR_USER_KEY}
+    """The batch without `PAIR_USER_KEY` and `PAIR_AD_KEY` (what the model is called with)."""
+    return {k: v for k, v in inputs.items() if k not in (PAIR_USER_KEY, PAIR_AD_KEY)}
 
 
-def bpr_objective(model: Any, inputs: dict, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, dict]:
+def bpr_objective(model: Any, inputs: dict, labels: tf.Tensor, history: Optional[ClickHistory] = None) -> tuple[tf.Tensor, tf.Tensor, dict]:
     """Pair-wise BPR objective (CSCNN Appendix A, Eq. 14; Rendle et al. 2009).
 
     `sum over (u, i⁺, j⁻) of -ln σ(y_ui − y_uj)`. `model.vbpr.negatives: sampled` (default,
-    the papers' protocol): each click paired with an ad of the batch its user did not click,
-    scored for that user (`sampled_negative_pairs`). `in_batch`: every clicked impression of
-    user u paired with every non-clicked impression of the same u in the batch
-    (`in_batch_pairs`). Users are the raw ids of `with_pair_users`. The count is the number of pairs, so the trainer
+    the papers' protocol): each click paired with an ad of the batch its user did not
+    click, in the batch nor, given `history` (the train split's clicks, what
+    `pairwise_objective` binds), anywhere in training, scored for that user
+    (`sampled_negative_pairs`). `in_batch`: every clicked impression of user u paired with
+    every non-clicked impression of the same u in the batch (`in_batch_pairs`). Users are
+    the raw ids of `with_pair_users`. The count is the number of pairs, so the trainer
     divides by the global number of pairs of the step. The label histograms still give the
     train AUC on impressions.
     """
     users = inputs[PAIR_USER_KEY]
     if model.config.model.vbpr.negatives == "sampled":  # the papers' protocol (losses.sampled_negative_pairs)
         batch = model_inputs(inputs)
-        pos, neg_ads = sampled_negative_pairs(labels, users, batch["ad_index"], tf.shape(batch["image"])[0])
+        interacted = history.interacted(users, inputs[PAIR_AD_KEY]) if history is not None else None
+        pos, neg_ads = sampled_negative_pairs(labels, users, batch["ad_index"], tf.shape(batch["image"])[0], interacted)
         impression_keys = [f.name for f in model.config.dataset.impression_features]
         scores = tf.cast(model(with_negative_impressions(batch, pos, neg_ads, impression_keys), training=True), tf.float32)
         n = tf.shape(labels)[0]
@@ -93,6 +105,22 @@ def bpr_objective(model: Any, inputs: dict, labels: tf.Tensor) -> tuple[tf.Tenso
     logits = tf.cast(model(model_inputs(inputs), training=True), tf.float32)
     loss_sum, pairs = pairwise_loss(labels, logits, users)
     return loss_sum, tf.cast(pairs, tf.float32), _auc_histograms(labels, logits)
+
+
+def pairwise_objective(config: Any, files: list[str]) -> Objective:
+    """The BPR objective `tfvctr train` runs: with `negatives: sampled`, bound to the click
+    history of the train shards `files` (every worker reads all of them: a user's clicks
+    can sit in any shard)."""
+    if config.model.vbpr.negatives != "sampled":
+        return bpr_objective
+    history = ClickHistory.from_files(files, config.dataset)
+
+    def objective(model, inputs, labels):
+        return bpr_objective(model, inputs, labels, history)
+
+    objective.loss_name = "bpr_loss"
+    objective.history = history
+    return objective
 
 
 bpr_objective.loss_name = "bpr_loss"  # the progress line says which objective is optimised

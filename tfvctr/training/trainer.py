@@ -21,10 +21,10 @@ from tfvctr.training.checkpoints import BestCheckpoint, CheckpointSet
 from tfvctr.training.controller import Controller, print_line
 from tfvctr.training.loop import (
     Trainer,
-    bpr_objective,
     category_objective,
     ctr_objective,
     model_inputs,
+    pairwise_objective,
     with_pair_users,
 )
 from tfvctr.training.optimizers import make_optimizers
@@ -290,7 +290,8 @@ def train(
             `tfvctr.models.factory.build_model`).
         loss_fn: `(labels, logits) -> summed loss` (default `tfvctr.models.losses.pointwise_loss`);
             point-wise only: with `model.architecture: vbpr` and `model.vbpr.loss: pairwise` the
-            objective is BPR over in-batch pairs (`tfvctr.training.loop.bpr_objective`).
+            objective is BPR (`tfvctr.training.loop.pairwise_objective`: negatives the user never
+            clicked in the train split, or in-batch pairs).
         log: progress lines (chief only); None for silence.
         warm_start: a model dir whose `model.keras` weights a fresh run starts from (`tfvctr
             daily`: the last promoted model; same features and vocabularies); with it,
@@ -331,7 +332,7 @@ def train(
         raise ConfigError("training.freeze_cnn: a frozen CNN needs training.pretrained_cnn (a `tfvctr pretrain` model dir)")
     return _run(
         config, data_dir, model_dir, steps=steps, strategy=strategy, encoder=encoder, make_model=make_model,
-        objective=bpr_objective if pairwise else ctr_objective(loss_fn),
+        objective=pairwise_objective(config, data_lib.list_shards(data_dir, layout.TRAIN)) if pairwise else ctr_objective(loss_fn),
         variables_of=lambda m: (list(m.visual_variables), list(m.non_visual_variables)),
         init_model=init_model, freeze_visual=tr.freeze_cnn, log=log, summary_name="train", pair_users=pairwise,
         select=True,
