@@ -230,14 +230,19 @@ class _EmbedBatch(beam.DoFn):
             path = local
         import tensorflow as tf
 
-        self._model = keras.saving.load_model(path, compile=False)
-        self._size = size = int(self._model.input["image"].shape[1])
-        # The whole batch decoded in one graph call (one trace: any batch size), not one eager
-        # op chain per image: the same ops, so the same pixels.
-        self._decode_batch = tf.function(
-            lambda encoded: tf.map_fn(lambda b: decode_image(b, size), encoded,
-                                      fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32)),
-            input_signature=[tf.TensorSpec([None], tf.string)])
+        self._model = model = keras.saving.load_model(path, compile=False)
+        size = int(model.input["image"].shape[1])
+
+        # Decoding and the tower in one graph call per batch (one trace: any batch size), not
+        # one eager op chain per image and an eager Keras call: the same decoding ops, so the
+        # same pixels, and no round trip of the pixels through NumPy.
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)])
+        def embed(encoded, categories):
+            pixels = tf.map_fn(lambda b: decode_image(b, size), encoded,
+                               fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+            return model({"image": pixels, "category": categories}, training=False)
+
+        self._embed = embed
         lines = read_text_file(self._vocab_path).splitlines()
         # docs/formats.md §2 "Indexing": 0 = unknown category, 1 + line number otherwise.
         self._category_ids = {value: i + 1 for i, value in enumerate(line for line in lines if line)}
@@ -245,9 +250,9 @@ class _EmbedBatch(beam.DoFn):
     def process(self, batch: list[AdToEmbed]) -> Iterable[EmbeddedAd]:
         # The trainer's own decoder (tf.io.decode_image), so the tower sees the very pixels
         # it was trained on (JPEG decoders may differ by a level here and there).
-        pixels = self._decode_batch([ad.image_bytes for ad in batch]).numpy()
         categories = np.array([self._category_ids.get(ad.category, 0) for ad in batch], dtype=np.int32)
-        vectors = np.asarray(self._model({"image": pixels, "category": categories}, training=False), dtype=np.float32)
+        vectors = np.asarray(self._embed(np.array([ad.image_bytes for ad in batch], dtype=object), categories),
+                             dtype=np.float32)
         counter("embedded_batches").inc()
         for ad, vector in zip(batch, vectors, strict=True):
             yield EmbeddedAd(ad.ad_id, ad.category, ad.impressions, vector)
