@@ -44,6 +44,9 @@ def test_quick_run_trains_scores_and_writes_the_doc(quick):
     assert f"{PAPER['cscnn-4']['vbpr']['auc']:.4f}" in doc  # the paper's number beside ours
     assert f"{rows[1]['auc']:.4f} (1 seed)" in doc
     assert "VBPR > BPR-MF on auc" in doc and "| DVBPR | not run |" in doc
+    # The overview counts what the table shows: 2 of its 8 rows, one seed, one cost line.
+    assert "| [cscnn-4](#cscnn-table-4-the-vbpr-family-point-wise-loss-auc-eq-13-per-impression) | 2/8 | 1 |" in doc
+    assert "Cost of the cells shown: 2 trainings" in doc and "over the 2 cells that recorded it" in doc
     assert (root / "docs" / "img" / "results_cscnn_4.png").stat().st_size > 1000
     shown = [json.loads(line) for line in (root / "docs" / "results.jsonl").read_text().splitlines()]
     assert [(c["table"], c["row"]) for c in shown] == [("cscnn-4", "bpr_mf"), ("cscnn-4", "vbpr")]
@@ -129,3 +132,26 @@ def test_docstring_example_runs():
     for test in tests:
         runner.run(test)
     assert runner.summarize(verbose=False).attempted > 0 and runner.failures == 0
+
+
+def test_fig5s_default_point_is_table_4s_cscnn_cell_and_the_other_points_set_their_field():
+    fig5, table4 = reproduce.TABLES["cscnn-fig5"], reproduce.TABLES["cscnn-4"]
+    key = {r.key: reproduce.cell_key(fig5, r, 0, reproduce.FULL) for r in fig5.rows}
+    cscnn = reproduce.cell_key(table4, next(r for r in table4.rows if r.key == "cscnn"), 0, reproduce.FULL)
+    assert key["c20"] == key["h7"] == key["l4"] == cscnn
+    assert len({key[k] for k in ("c5", "c40", "h3", "h11", "l1", "l2")} | {cscnn}) == 7
+    base = reproduce.load_base(reproduce.DEFAULT_CONFIG)
+    config = reproduce.cell_config(base, fig5, next(r for r in fig5.rows if r.key == "h3"), 0, reproduce.FULL)
+    assert (config.model.spatial_prior_size, config.model.channel_prior_dim, config.model.attention) == (3, 20, "cscnn")
+
+
+def test_deepctr_table_4_compares_equal_impressions_per_step_relative_to_lr_basic():
+    table = reproduce.TABLES["deepctr-4"]
+    base = reproduce.load_base(reproduce.DEFAULT_CONFIG)
+    alg1, shuffle = (reproduce.cell_config(base, table, r, 0, reproduce.FULL) for r in table.rows[1:])
+    assert (alg1.training.sampling, shuffle.training.sampling) == ("alg1", "ungrouped")
+    assert alg1.training.ads_per_batch * alg1.training.impressions_per_ad == shuffle.training.ads_per_batch
+    assert alg1.training.freeze_cnn and shuffle.training.freeze_cnn
+    assert table.relative_to == "lr_basic" and PAPER["deepctr-4"]["alg1"]["rel_auc"] == 4.13
+    lr = reproduce.TABLES["deepctr-1"].rows[0]
+    assert reproduce.cell_key(table, table.rows[0], 0, reproduce.FULL) == reproduce.cell_key(reproduce.TABLES["deepctr-1"], lr, 0, reproduce.FULL)

@@ -265,10 +265,11 @@ def cell_config(base: dict, table: Table, row: Row, seed: int, budget: Budget, p
         checkpoint_every=budget.eval_every, log_every=budget.eval_every, seed=seed, learning_rate=budget.learning_rate,
         decay_steps=[], selection_metric="valid_auc",
     )
-    if "output_bias" in {f.name for f in dataclasses.fields(TrainingConfig)}:
-        # The logit's bias starts at 0 (Keras' default), as in every cell run before
-        # `training.output_bias` existed: cells of one table must not mix the two starts.
-        training["output_bias"] = "zero"
+    # Training settings added after the first cells were run, pinned to the behaviour those
+    # cells had (the logit's bias starts at 0, Keras' default; step decay): cells of one
+    # table must not mix two set-ups, and the cell key does not see code defaults.
+    fields = {f.name for f in dataclasses.fields(TrainingConfig)}
+    training.update({k: v for k, v in (("output_bias", "zero"), ("lr_schedule", "step")) if k in fields})
     overrides = list(row.overrides)
     if pretrained_cnn:
         overrides.append(f"training.pretrained_cnn={pretrained_cnn}")
@@ -695,7 +696,7 @@ def write_results(tables: Sequence[Table], runner_results: dict[str, dict], path
              "The papers trained for days on millions of images: our numbers test the orderings, not the levels.", ""]  # fmt: skip
     if header:
         parts += [header, ""]
-    shown_cells = []
+    shown_cells, sections, overview = [], [], []
     for table in tables:
         cells = table_cells(table, runner_results, budget)
         if not cells:
@@ -705,13 +706,55 @@ def write_results(tables: Sequence[Table], runner_results: dict[str, dict], path
         image = os.path.join(img_dir, f"results_{table.name.replace('-', '_')}.png")
         plot_table(table, summary, image)
         rel = os.path.relpath(image, os.path.dirname(os.path.abspath(path)))
-        parts.append(table_markdown(table, summary, commands.get(table.name, ""), rel, len({c["seed"] for c in cells})))
+        sections.append(table_markdown(table, summary, commands.get(table.name, ""), rel, len({c["seed"] for c in cells})))
+        overview.append(_overview_row(table, summary, cells))
+    parts += overview_markdown(overview, shown_cells) + sections
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(parts))
     # The numbers behind the doc, one cell per line (notebooks/paper_tables.ipynb reads them).
     with open(results_data_path(path), "w") as f:
         f.writelines(json.dumps(c) + "\n" for c in shown_cells)
+
+
+def _overview_row(table: Table, summary: dict, cells: list[dict]) -> list[str]:
+    claims = [(holds, clear) for holds, clear, text in check_claims(table, summary) if not text.endswith("not measured")]
+    run = [r for r in table.rows if summary.get(r.key)]
+    rows_run = len(run)
+    per_row = [len({c["seed"] for c in cells if c["row"] == r.key}) for r in run]
+    seed_text = f"{min(per_row)}" if min(per_row) == max(per_row) else f"{min(per_row)}-{max(per_row)}"
+    return [f"[{table.name}](#{_anchor(table.title)})", f"{rows_run}/{len(table.rows)}", seed_text,
+            str(sum(1 for h, c in claims if h and c)), str(sum(1 for h, c in claims if h and not c)),
+            str(sum(1 for h, _ in claims if not h))]  # fmt: skip
+
+
+def _anchor(title: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to dashes."""
+    kept = "".join(ch for ch in title.lower() if ch.isalnum() or ch in " -_")
+    return kept.replace(" ", "-")
+
+
+def overview_markdown(rows: list[list[str]], cells: list[dict]) -> list[str]:
+    """The doc's first table (what each table shows, its orderings counted) and the cost of its cells."""
+    if not rows:
+        return []
+    lines = ["## Overview", "",
+             "Orderings the paper claims, judged on our means: *clear* when the gap exceeds the two rows' stds "
+             "summed (never with one seed), *within noise* when it holds on the means only.", "",
+             "| table | rows run | seeds per row | hold, clear | hold, within noise | do not hold |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    unique = {c["key"]: c for c in cells if "key" in c}.values()  # a cell shared by tables is paid once
+    wall = sum(c.get("seconds") or 0.0 for c in unique)
+    timed = [c for c in unique if c.get("cpu_seconds") is not None]
+    cpu = sum(c["cpu_seconds"] for c in timed)
+    lines += ["", f"Cost of the cells shown: {len(unique)} trainings (a cell shared by tables is trained once; "
+                  f"category pre-trainings included in the first cell that needed them), {wall / 60:.1f} min of wall "
+                  f"time summed, one cell at a time under `nice -n 10` on a 2-core machine shared with other jobs "
+                  f"(wall time there measures the load as much as the work)"
+                  + (f"; CPU time {cpu / 60:.1f} min over the {len(timed)} cells that recorded it "
+                     f"({cpu / max(1, len(timed)):.0f} s per cell)" if timed else "") + ".", ""]  # fmt: skip
+    return lines
 
 
 def results_data_path(doc: str) -> str:
