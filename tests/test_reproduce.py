@@ -155,3 +155,16 @@ def test_deepctr_table_4_compares_equal_impressions_per_step_relative_to_lr_basi
     assert table.relative_to == "lr_basic" and PAPER["deepctr-4"]["alg1"]["rel_auc"] == 4.13
     lr = reproduce.TABLES["deepctr-1"].rows[0]
     assert reproduce.cell_key(table, table.rows[0], 0, reproduce.FULL) == reproduce.cell_key(reproduce.TABLES["deepctr-1"], lr, 0, reproduce.FULL)
+
+
+def test_write_only_trains_nothing_and_leaves_out_tables_without_cells(quick):
+    root, argv = quick
+    lines = (root / "work" / "results.jsonl").read_text()
+    doc = root / "docs" / "written.md"
+    spec = argv.index("cscnn-4:bpr_mf,vbpr")
+    write = [*argv[:spec], "cscnn-4,cscnn-9", *argv[spec + 1:], "--write-only", "--doc", str(doc)]
+    assert cli.main(write) == 0
+    assert (root / "work" / "results.jsonl").read_text() == lines  # nothing trained
+    text = doc.read_text()
+    assert "## CSCNN Table 4" in text and "## CSCNN Table 9" not in text  # Table 9 has no finished cell
+    assert "`tfvctr reproduce cscnn-4,cscnn-9 --data" in text and "--doc" not in text and "--write-only" not in text

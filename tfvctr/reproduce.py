@@ -795,8 +795,12 @@ def load_base(path: str) -> dict:
 
 def reproduce(table_spec: str, data_dir: str, *, config: str = DEFAULT_CONFIG, seeds: int = 3, quick: bool = False,
               work: str = "reproduce_work", doc: str = "docs/results.md", img_dir: str = "docs/img",
-              command: str = "", about_data: str = "", log: Callable[[str], None] = _log) -> dict[str, list[dict]]:  # fmt: skip
+              command: str = "", about_data: str = "", log: Callable[[str], None] = _log,
+              write_only: bool = False) -> dict[str, list[dict]]:  # fmt: skip
     """Runs the tables of `table_spec` (comma-separated names or `all`) and writes `doc`.
+
+    `write_only`: train nothing; write `doc` from the cells already finished in `work`
+    (a table without any finished cell is left out; rows or seeds not finished say so).
 
     Returns:
         `{table: [cell result, ...]}`.
@@ -809,9 +813,13 @@ def reproduce(table_spec: str, data_dir: str, *, config: str = DEFAULT_CONFIG, s
     base = load_base(config)
     runner = Runner(base, data_dir, work, seed_list, budget, log)
     out = {}
-    for table in tables:
-        log(f"{table.name}: {len(table.rows)} rows x {len(seed_list)} seed(s)")
-        out[table.name] = runner.run_table(table)
+    if write_only:
+        out = {t.name: cells for t in tables if (cells := table_cells(t, runner.done, budget))}
+        tables = [t for t in tables if t.name in out]
+    else:
+        for table in tables:
+            log(f"{table.name}: {len(table.rows)} rows x {len(seed_list)} seed(s)")
+            out[table.name] = runner.run_table(table)
     commands = {t.name: (command or f"tfvctr reproduce {table_spec} --data {data_dir}") for t in tables}
     # Tables run by earlier commands on this work dir stay in the doc with their own command line.
     commands_path = os.path.join(work, "commands.json")
