@@ -292,9 +292,16 @@ class TrainingConfig:
     # Op determinism (tf.config.experimental.enable_op_determinism, for the whole process):
     # two runs with the same seed and data give identical weights on CPU (docs/bad_input.md).
     deterministic: bool = False
+    # Several workers (TF_CONFIG): how long a worker waits for its peers to start, and how long
+    # a peer may stay silent before it counts as dead; then the worker stops with one line and
+    # exit 2 instead of hanging (tfvctr.training.strategy, docs/training.md "Workers that die").
+    peer_timeout_seconds: float = 120.0
 
     def validate(self, where: str) -> None:
         _positive(self.steps, f"{where}.steps")
+        if not self.peer_timeout_seconds >= 1:  # `not >=` also refuses nan
+            raise ConfigError(f"{where}.peer_timeout_seconds: expected a number of seconds >= 1, "
+                              f"received {self.peer_timeout_seconds}")
         _positive(self.eval_every, f"{where}.eval_every")
         if self.patience < 0:
             raise ConfigError(f"{where}.patience: expected an integer >= 0, received {self.patience}")

@@ -64,8 +64,9 @@ def run_training(args: argparse.Namespace, stage: str) -> dict:
     # The strategy must exist before any other TensorFlow op (MultiWorkerMirroredStrategy).
     from tfvctr.training.strategy import make_strategy
 
-    strategy = make_strategy()
+    # The config first (no TensorFlow op): the strategy waits for peers training.peer_timeout_seconds.
+    config = load_config(args.config, args.overrides)
+    strategy = make_strategy(config.training.peer_timeout_seconds, command=f"tfvctr {stage}")
     from tfvctr.training import trainer
 
-    config = load_config(args.config, args.overrides)
     return getattr(trainer, stage)(config, args.data, args.model_dir, steps=args.steps, strategy=strategy)

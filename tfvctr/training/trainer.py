@@ -29,7 +29,7 @@ from tfvctr.training.loop import (
 )
 from tfvctr.training.optimizers import make_optimizers
 from tfvctr.training.selection import ModelSelection, Validator
-from tfvctr.training.strategy import WorkerInfo, make_strategy, worker_info
+from tfvctr.training.strategy import WorkerInfo, exit_on_lost_peer, make_strategy, worker_info
 
 
 def _set_precision(config: Config, log: Optional[Callable[[str], None]]) -> None:
@@ -123,6 +123,7 @@ def _validator(config: Config, data_dir: str, model: Any, encoder: Any, files: l
     )
 
 
+@exit_on_lost_peer()  # several workers: a dead peer ends this one with one line, not a hang
 def _run(
     config: Config,
     data_dir: str,
@@ -141,7 +142,7 @@ def _run(
     pair_users: bool = False,
     select: bool = False,
 ) -> dict:
-    strategy = strategy or make_strategy()
+    strategy = strategy or make_strategy(config.training.peer_timeout_seconds)
     info: WorkerInfo = worker_info(strategy)
     log = log if info.is_chief else None
     tr = config.training

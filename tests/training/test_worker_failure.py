@@ -1,0 +1,178 @@
+"""Workers that die (issue 13, docs/training.md "Workers that die"): two real worker processes
+over TF_CONFIG on 127.0.0.1.
+
+* SIGKILL one worker mid-run: the survivor stops with one line and exit 2 within
+  `training.peer_timeout_seconds`; running both again resumes from the last checkpoint and
+  ends at `training.steps` with every step run once.
+* A worker whose peer never starts: `tfvctr train` stops with one line and exit 2 after the
+  timeout instead of waiting forever.
+
+`python test_worker_failure.py SPEC.json` is the worker of the first test (as
+train_worker.py, with the strategy's peer timeout from the config).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests import recordio_fixtures as rf
+from tests.training import test_distributed as td
+
+PYTHON = sys.executable
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TIMEOUT = 8  # training.peer_timeout_seconds of these tests
+
+
+def _worker_main(spec_path: str) -> None:
+    with open(spec_path) as f:
+        spec = json.load(f)
+    from tfvctr.config import config_from_dict
+
+    config = config_from_dict(spec["config"])  # no TensorFlow op: the strategy comes first
+    from tfvctr.training.strategy import make_strategy
+
+    strategy = make_strategy(config.training.peer_timeout_seconds, command="worker")
+    from tfvctr.training import train
+
+    def log(line):
+        print(line, flush=True)
+        time.sleep(spec["sleep_per_block"])  # leaves the test time to kill between checkpoints
+
+    result = train(config, spec["data"], spec["model_dir"], strategy=strategy, log=log)
+    with open(spec["out"], "w") as f:
+        json.dump({"step": result["step"], "batches_consumed": result["batches_consumed"],
+                   "steps_run": [h["step"] for h in result["history"]]}, f)
+
+
+def _env(tf_config):
+    env = td._env(tf_config)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _cluster():
+    return {"worker": [f"127.0.0.1:{p}" for p in td._free_ports(2)]}
+
+
+def _task(cluster, i):
+    return {"cluster": cluster, "task": {"type": "worker", "index": i}}
+
+
+def _start_workers(tmp_path, name, data, model_dir, config, sleep):
+    """Both workers of a fresh cluster (new ports: the killed run's may linger)."""
+    cluster, procs, outs = _cluster(), [], []
+    for i in range(2):
+        out = tmp_path / f"{name}{i}.out.json"
+        spec = tmp_path / f"{name}{i}.spec.json"
+        spec.write_text(json.dumps({"config": config, "data": str(data), "model_dir": str(model_dir),
+                                    "out": str(out), "sleep_per_block": sleep}))
+        procs.append(subprocess.Popen([PYTHON, os.path.abspath(__file__), str(spec)], env=_env(_task(cluster, i)),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        outs.append(out)
+    return cluster, procs, outs
+
+
+def _error_lines(stderr):
+    """The lines a user reads (TF's C++ log lines start with a letter and a timestamp: E0000 ...)."""
+    return [line for line in stderr.splitlines() if line.startswith(("tfvctr", "worker", "Traceback"))]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grouped")
+    rf.write_dataset(str(root), num_ads=16, num_shards=2)
+    return root
+
+
+@pytest.mark.slow
+def test_sigkill_one_worker_survivor_stops_in_time_and_both_resume_without_double_counting(data_dir, tmp_path):
+    steps = 8
+    config = rf.tiny_config_dict(steps=steps, ads_per_batch=4, checkpoint_every=2, log_every=1,
+                                 peer_timeout_seconds=TIMEOUT)
+    model_dir = tmp_path / "model"
+    cluster, (chief, victim), outs = _start_workers(tmp_path, "first", data_dir, model_dir, config, sleep=1.0)
+    marker = model_dir / "checkpoints" / "ckpt-4.index"
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert chief.poll() is None and victim.poll() is None, chief.communicate()[1][-3000:]
+        assert time.time() < deadline, "no checkpoint at step 4"
+        time.sleep(0.05)
+    # The non-chief: the chief (the coordination service's leader) learns of it only from the
+    # missed heartbeats, i.e. after the configured timeout (a dead leader is noticed at once).
+    os.kill(victim.pid, signal.SIGKILL)
+    killed = time.time()
+    victim.communicate()
+    try:
+        _, err = chief.communicate(timeout=TIMEOUT + 30)
+    except subprocess.TimeoutExpired:
+        chief.kill()
+        pytest.fail(f"the surviving worker still runs {TIMEOUT + 30} s after its peer was killed")
+    waited = time.time() - killed
+    assert chief.returncode == 2, err[-3000:]
+    assert waited < TIMEOUT + 20  # the heartbeat timeout, plus the time to reach the next collective
+    lines = _error_lines(err)
+    assert lines == [
+        f"worker: error: worker 0: lost worker 1 ({cluster['worker'][1]}): it stopped answering (killed, crashed or "
+        f"unreachable; training.peer_timeout_seconds = {TIMEOUT} s); run every worker again to resume from the last "
+        f"checkpoint"
+    ], err[-3000:]
+    killed_at = td._latest_step(model_dir)
+    assert killed_at in (4, 6)  # 4 unless the 1 s pause per step was not enough for the poll
+    assert not outs[0].exists() and not outs[1].exists()
+
+    _, procs, outs = _start_workers(tmp_path, "again", data_dir, model_dir, config, sleep=0.0)
+    logs = []
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-3000:]
+        logs.append(out)
+    w0, w1 = (json.loads(o.read_text()) for o in outs)
+    assert "resumed from" in logs[0] and f"at step {killed_at}" in logs[0]
+    # Every step after the checkpoint ran once on both workers, none before it ran again.
+    assert w0["step"] == w1["step"] == steps
+    assert w0["steps_run"] == w1["steps_run"] == list(range(killed_at + 1, steps + 1))
+    assert [line.split(" step ")[1].split("/")[0] for line in logs[0].splitlines() if "/8 " in line] == [
+        str(s) for s in range(killed_at + 1, steps + 1)
+    ]
+    # Restored + new: each worker consumed one batch per step, so none twice.
+    assert w0["batches_consumed"] == w1["batches_consumed"] == steps
+    # The optimizer applied exactly `steps` updates (a step run twice would count twice).
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(model_dir / "checkpoints" / f"ckpt-{steps}"))
+    names = reader.get_variable_to_shape_map()
+    counts = {n: int(reader.get_tensor(n)) for n in names if "iterations" in n or n.startswith("step/")}
+    assert counts and set(counts.values()) == {steps}, counts
+
+
+@pytest.mark.slow
+def test_a_worker_whose_peer_never_starts_fails_with_one_line_after_the_timeout(data_dir, tmp_path):
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(rf.tiny_config_dict(steps=2)))
+    cluster = _cluster()
+    # Worker 0 hosts the coordination service: TF 2.21 lets it wait for worker 1 forever.
+    started = time.time()
+    proc = subprocess.run(
+        [PYTHON, "-m", "tfvctr.cli", "train", "--config", str(config_path), "--data", str(data_dir),
+         "--model-dir", str(tmp_path / "model"), "--set", f"training.peer_timeout_seconds={TIMEOUT}"],
+        env=_env(_task(cluster, 0)), capture_output=True, text=True, timeout=TIMEOUT + 120,
+    )
+    elapsed = time.time() - started
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert _error_lines(proc.stderr) == [
+        f"tfvctr train: error: worker 0: could not reach worker 1 ({cluster['worker'][1]}) within "
+        f"training.peer_timeout_seconds = {TIMEOUT} s; start every worker TF_CONFIG names (within that time of each "
+        f"other), or raise the timeout"
+    ], proc.stderr[-3000:]
+    assert elapsed >= TIMEOUT  # it did wait for the peer
+    assert not (tmp_path / "model" / "checkpoints").exists()
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1])
