@@ -23,6 +23,8 @@ import yaml
 
 from tests import recordio_fixtures as rf
 from tests.training import test_distributed as td
+from tfvctr.config import config_from_dict
+from tfvctr.errors import ConfigError
 
 PYTHON = sys.executable
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,8 +34,6 @@ TIMEOUT = 8  # training.peer_timeout_seconds of these tests
 def _worker_main(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
-    from tfvctr.config import config_from_dict
-
     config = config_from_dict(spec["config"])  # no TensorFlow op: the strategy comes first
     from tfvctr.training.strategy import make_strategy
 
@@ -114,6 +114,7 @@ def test_sigkill_one_worker_survivor_stops_in_time_and_both_resume_without_doubl
         chief.kill()
         pytest.fail(f"the surviving worker still runs {TIMEOUT + 30} s after its peer was killed")
     waited = time.time() - killed
+    print(f"the survivor stopped {waited:.1f} s after the kill (timeout {TIMEOUT} s)")
     assert chief.returncode == 2, err[-3000:]
     assert waited < TIMEOUT + 20  # the heartbeat timeout, plus the time to reach the next collective
     lines = _error_lines(err)
@@ -164,6 +165,7 @@ def test_a_worker_whose_peer_never_starts_fails_with_one_line_after_the_timeout(
         env=_env(_task(cluster, 0)), capture_output=True, text=True, timeout=TIMEOUT + 120,
     )
     elapsed = time.time() - started
+    print(f"worker 0 alone stopped {elapsed:.1f} s after its start (timeout {TIMEOUT} s, TensorFlow's import included)")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert _error_lines(proc.stderr) == [
         f"tfvctr train: error: worker 0: could not reach worker 1 ({cluster['worker'][1]}) within "
@@ -172,6 +174,17 @@ def test_a_worker_whose_peer_never_starts_fails_with_one_line_after_the_timeout(
     ], proc.stderr[-3000:]
     assert elapsed >= TIMEOUT  # it did wait for the peer
     assert not (tmp_path / "model" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("value", [0, 0.5, -3, float("nan")])
+def test_a_peer_timeout_below_one_second_is_refused(value):
+    config = rf.tiny_config_dict(peer_timeout_seconds=value)
+    with pytest.raises(ConfigError, match=r"training\.peer_timeout_seconds: expected a number of seconds >= 1"):
+        config_from_dict(config)
+
+
+def test_the_default_peer_timeout_is_two_minutes():
+    assert config_from_dict(rf.tiny_config_dict()).training.peer_timeout_seconds == 120.0
 
 
 if __name__ == "__main__":
