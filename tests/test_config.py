@@ -118,7 +118,7 @@ def test_load_config_reports_missing_file_and_bad_yaml(tmp_path):
 def test_cli_validate_config_prints_summary(repo_root, capsys):
     assert main(["validate-config", str(repo_root / "configs" / "demo.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "demo.yaml: OK" in out and "x_nv=33" in out
+    assert "demo.yaml: OK" in out and "x_nv=36" in out
 
 
 def test_cli_reports_a_bad_config_in_one_line_without_traceback(tmp_path, capsys):

@@ -266,6 +266,10 @@ class TrainingConfig:
     cnn_learning_rate: Optional[float] = None  # None: same as learning_rate (DeepCTR: 0.001 vs 0.1)
     decay_steps: list[int] = dataclasses.field(default_factory=list)  # step decay boundaries
     decay_factor: float = 0.1
+    # "step": x decay_factor at each of decay_steps. "cosine": from learning_rate down to
+    # learning_rate * final_lr_ratio over the run's steps (decay_steps must then be empty).
+    lr_schedule: Literal["step", "cosine"] = "step"
+    final_lr_ratio: float = 0.0
     # Decoupled weight decay (AdamW: w -= lr * weight_decay * w) of the CNN and the head's
     # dense/cross weights. Embedding tables are excluded: `model.embedding_l2` regularises them
     # (decaying rows that a step did not look up would erase rarely seen ids).
@@ -289,6 +293,10 @@ class TrainingConfig:
     selection_metric: Literal["valid_auc", "valid_cold_auc", "valid_logloss"] = "valid_auc"
     patience: int = 5  # evaluations without improvement before stopping; 0: never stop early
     min_delta: float = 0.0  # an improvement must beat the best by more than this
+    # The logit's bias starts at the train split's click log-odds, log(p / (1 - p)), instead of
+    # 0 (a 50 % CTR): otherwise the first few hundred steps of a short run are spent moving
+    # the bias from 0.5 to a CTR of a few percent (docs/training.md). "zero": Keras' default.
+    output_bias: Literal["base_rate", "zero"] = "base_rate"
     # Op determinism (tf.config.experimental.enable_op_determinism, for the whole process):
     # two runs with the same seed and data give identical weights on CPU (docs/bad_input.md).
     deterministic: bool = False
@@ -317,6 +325,13 @@ class TrainingConfig:
         _positive(self.keep_checkpoints, f"{where}.keep_checkpoints")
         if self.learning_rate <= 0:
             raise ConfigError(f"{where}.learning_rate: expected a positive number, received {self.learning_rate}")
+        if self.lr_schedule == "cosine" and self.decay_steps:
+            raise ConfigError(
+                f"{where}.decay_steps: a cosine lr_schedule decays over the whole run; expected no decay_steps, "
+                f"received {self.decay_steps}"
+            )
+        if not 0.0 <= self.final_lr_ratio <= 1.0:
+            raise ConfigError(f"{where}.final_lr_ratio: expected a value in [0, 1], received {self.final_lr_ratio}")
         if sorted(self.decay_steps) != self.decay_steps:
             raise ConfigError(f"{where}.decay_steps: expected increasing step numbers, received {self.decay_steps}")
 

@@ -114,6 +114,12 @@ class CTRModel(keras.Model):
         visual = {id(v) for v in self.visual_variables}
         return [v for v in self.trainable_variables if id(v) not in visual]
 
+    @property
+    def output_bias(self) -> Any:
+        """The bias variable of the final logit (None: the model has none to initialise)."""
+        out = getattr(self.head, "out", None)
+        return getattr(out, "bias", None)
+
     # ------------------------------------------------------------------ config
 
     def get_config(self) -> dict[str, Any]:

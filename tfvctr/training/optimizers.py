@@ -1,7 +1,7 @@
 """Per-part optimizers: the CNN and the rest learn at different rates (DeepCTR §5: 0.001 vs 0.1).
 
 Two optimizers of the same kind, each with a step-decay schedule (×`decay_factor` at each of
-`decay_steps`) and decoupled weight decay (`weight_decay`, the CNN's `cnn_weight_decay`;
+`decay_steps`) or a cosine decay over the run (`lr_schedule: cosine`) and decoupled weight decay (`weight_decay`, the CNN's `cnn_weight_decay`;
 embedding tables excluded). Gradient clipping is done by the loop on the
 all-reduced gradients (Keras would clip each replica's partial gradient).
 """
@@ -13,8 +13,24 @@ import keras
 from tfvctr.config import TrainingConfig
 
 
-def learning_rate_schedule(base: float, decay_steps: list[int], decay_factor: float):
-    """Step decay: `base` until decay_steps[0], then base*factor, base*factor², ..."""
+def learning_rate_schedule(
+    base: float, decay_steps: list[int], decay_factor: float, kind: str = "step", total_steps: int = 0,
+    final_ratio: float = 0.0,
+):
+    """The learning rate by step (`training.lr_schedule`).
+
+    * `step`: `base` until decay_steps[0], then base*factor, base*factor², ...
+    * `cosine`: half a cosine from `base` at step 0 to `base * final_ratio` at `total_steps`
+      (Loshchilov & Hutter 2017, without restarts). It follows the run's length, so a run
+      cut to a few hundred steps still ends at a small rate, which is what makes its last
+      weights (and its best checkpoint) settle instead of jumping from batch to batch.
+    """
+    if kind == "cosine":
+        if total_steps < 1:
+            raise ValueError(f"Invalid value received for argument `total_steps`. Expected a positive integer. Received: {total_steps}")
+        return keras.optimizers.schedules.CosineDecay(base, total_steps, alpha=final_ratio)
+    if kind != "step":
+        raise ValueError(f"Invalid value received for argument `kind`. Expected 'step' or 'cosine'. Received: kind={kind!r}")
     if not decay_steps:
         return base
     values = [base * decay_factor**i for i in range(len(decay_steps) + 1)]
@@ -43,16 +59,24 @@ def make_optimizer(kind: str, learning_rate, weight_decay: float) -> keras.optim
     return opt
 
 
-def make_optimizers(training: TrainingConfig) -> tuple[keras.optimizers.Optimizer, keras.optimizers.Optimizer]:
-    """(cnn_optimizer, optimizer): the CNN's at `cnn_learning_rate`, the rest at `learning_rate`."""
+def make_optimizers(
+    training: TrainingConfig, total_steps: int | None = None
+) -> tuple[keras.optimizers.Optimizer, keras.optimizers.Optimizer]:
+    """(cnn_optimizer, optimizer): the CNN's at `cnn_learning_rate`, the rest at `learning_rate`.
+
+    `total_steps` (default `training.steps`) is the length a `cosine` schedule spans.
+    """
+    total = training.steps if total_steps is None else total_steps
     cnn_lr = training.cnn_learning_rate if training.cnn_learning_rate is not None else training.learning_rate
     cnn_wd = training.cnn_weight_decay if training.cnn_weight_decay is not None else training.weight_decay
-    cnn = make_optimizer(training.optimizer, learning_rate_schedule(cnn_lr, training.decay_steps, training.decay_factor), cnn_wd)
-    rest = make_optimizer(
-        training.optimizer,
-        learning_rate_schedule(training.learning_rate, training.decay_steps, training.decay_factor),
-        training.weight_decay,
-    )
+
+    def schedule(base: float):
+        return learning_rate_schedule(
+            base, training.decay_steps, training.decay_factor, training.lr_schedule, total, training.final_lr_ratio
+        )
+
+    cnn = make_optimizer(training.optimizer, schedule(cnn_lr), cnn_wd)
+    rest = make_optimizer(training.optimizer, schedule(training.learning_rate), training.weight_decay)
     return cnn, rest
 
 

@@ -5,6 +5,7 @@ the controller, and write the model directory (docs/formats.md §3).
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Callable, Optional
 
@@ -176,7 +177,7 @@ def _run(
     with strategy.scope():
         model = make_model(encoder)
         model(model_inputs(sample_inputs)) if objective is not category_objective else model({"image": sample_inputs["image"]})
-        cnn_optimizer, optimizer = make_optimizers(tr)
+        cnn_optimizer, optimizer = make_optimizers(tr, total_steps=total)
         cnn_vars, other_vars = variables_of(model)
         cnn_optimizer.build(cnn_vars)
         optimizer.build(other_vars)
@@ -265,6 +266,30 @@ def _run(
     return figures
 
 
+def base_rate_logit(data_dir: str) -> Optional[float]:
+    """log(p / (1 - p)) of the train split's click rate p (stats.json), None if unknown or degenerate."""
+    path = fs.join(data_dir, layout.STATS)
+    if not fs.exists(path):
+        return None
+    label = fs.read_json(path, DataError).get("label", {})
+    count, positives = label.get("count") or 0, label.get("positives") or 0
+    if not 0 < positives < count:
+        return None
+    p = positives / count
+    return math.log(p / (1.0 - p))
+
+
+def init_output_bias(model: Any, data_dir: str) -> None:
+    """Sets the logit's bias to the train split's click log-odds (`training.output_bias: base_rate`).
+
+    A negatively downsampled train split (`dataset.negative_sampling_rate`) gives the
+    downsampled rate, which is what the model predicts during training.
+    """
+    bias, value = getattr(model, "output_bias", None), base_rate_logit(data_dir)
+    if bias is not None and value is not None:
+        bias.assign(tf.fill(tuple(bias.shape), tf.constant(value, dtype=bias.dtype)))
+
+
 def train(
     config: Config,
     data_dir: str,
@@ -328,6 +353,8 @@ def train(
             load_pretrained_cnn(tr.pretrained_cnn, model)
             if log:
                 log(f"visual tower initialised from {tr.pretrained_cnn}")
+        if tr.output_bias == "base_rate":
+            init_output_bias(model, data_dir)
 
     if tr.freeze_cnn and not tr.pretrained_cnn and not warm_start:
         raise ConfigError("training.freeze_cnn: a frozen CNN needs training.pretrained_cnn (a `tfvctr pretrain` model dir)")
