@@ -4,6 +4,7 @@ over TF_CONFIG on 127.0.0.1.
 * SIGKILL one worker mid-run: the survivor stops with one line and exit 2 within
   `training.peer_timeout_seconds`; running both again resumes from the last checkpoint and
   ends at `training.steps` with every step run once.
+* A worker that hangs (SIGSTOP): the other gives up after the heartbeat timeout.
 * A worker whose peer never starts: `tfvctr train` stops with one line and exit 2 after the
   timeout instead of waiting forever.
 
@@ -153,6 +154,41 @@ def test_sigkill_one_worker_survivor_stops_in_time_and_both_resume_without_doubl
 
 
 @pytest.mark.slow
+def test_a_hung_worker_is_given_up_after_the_peer_timeout(data_dir, tmp_path):
+    # SIGSTOP: the connections stay open, so only the missed heartbeats tell (a SIGKILL resets
+    # them and the survivor stops at once, as in the test above).
+    config = rf.tiny_config_dict(steps=40, ads_per_batch=4, checkpoint_every=2, log_every=1,
+                                 peer_timeout_seconds=TIMEOUT)
+    model_dir = tmp_path / "model"
+    cluster, (chief, hung), _ = _start_workers(tmp_path, "hung", data_dir, model_dir, config, sleep=0.5)
+    deadline = time.time() + 240
+    while not (model_dir / "checkpoints" / "ckpt-2.index").exists():
+        assert chief.poll() is None and hung.poll() is None, chief.communicate()[1][-3000:]
+        assert time.time() < deadline, "no checkpoint at step 2"
+        time.sleep(0.05)
+    os.kill(hung.pid, signal.SIGSTOP)
+    stopped = time.time()
+    try:
+        _, err = chief.communicate(timeout=TIMEOUT + 60)
+    except subprocess.TimeoutExpired:
+        chief.kill()
+        pytest.fail(f"the chief still waits {TIMEOUT + 60} s after its peer hung")
+    finally:
+        hung.kill()
+        hung.communicate()
+    waited = time.time() - stopped
+    print(f"the chief gave up on the hung worker {waited:.1f} s after it stopped (timeout {TIMEOUT} s)")
+    assert chief.returncode == 2, err[-3000:]
+    # Not at once (the heartbeats were missed for about the timeout), and not much later.
+    assert TIMEOUT / 2 <= waited < TIMEOUT + 30
+    assert _error_lines(err) == [
+        f"worker: error: worker 0: lost worker 1 ({cluster['worker'][1]}): it stopped answering (killed, crashed or "
+        f"unreachable; training.peer_timeout_seconds = {TIMEOUT} s); run every worker again to resume from the last "
+        f"checkpoint"
+    ], err[-3000:]
+
+
+@pytest.mark.slow
 def test_a_worker_whose_peer_never_starts_fails_with_one_line_after_the_timeout(data_dir, tmp_path):
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(rf.tiny_config_dict(steps=2)))
@@ -174,6 +210,38 @@ def test_a_worker_whose_peer_never_starts_fails_with_one_line_after_the_timeout(
     ], proc.stderr[-3000:]
     assert elapsed >= TIMEOUT  # it did wait for the peer
     assert not (tmp_path / "model" / "checkpoints").exists()
+
+
+# TensorFlow's texts as measured on TF 2.21 (heartbeat loss; a reset connection to the leader).
+_HEARTBEAT = ("Graph execution error:\n\nDetected at node CollectiveReduceV2\nCollective ops is aborted by: Error "
+              "reported from /job:worker/task:0: The following tasks are unhealthy (stopped sending heartbeats):\n"
+              "/job:worker/replica:0/task:2\nThe tasks have crashed.")
+_RESET = ("Collective ops is aborted by: recvmsg:Connection reset by peer\nAdditional GRPC error information from "
+          "remote target /job:worker/replica:0/task:0 while calling /tensorflow.WorkerService/RecvBuf")
+
+
+@pytest.mark.parametrize("me, text, lost", [(0, _HEARTBEAT, "worker 2 (h:3)"), (2, _RESET, "worker 0 (h:1)"),
+                                             (1, "Collective ops is aborted by: cancelled", "a peer")])
+def test_the_lost_peer_is_named_from_tensorflows_error(me, text, lost):
+    import tensorflow as tf
+
+    from tfvctr.training.strategy import lost_peer_message
+
+    tf_config = {"cluster": {"worker": ["h:1", "h:2", "h:3"]}, "task": {"type": "worker", "index": me}}
+    line = lost_peer_message(tf.errors.UnavailableError(None, None, text), tf_config, 8)
+    assert line.startswith(f"worker {me}: lost {lost}: it stopped answering") and "peer_timeout_seconds = 8 s" in line
+    assert "\n" not in line
+
+
+def test_a_timeout_that_is_not_a_peers_passes_through(monkeypatch):
+    import tensorflow as tf
+
+    from tfvctr.training.strategy import exit_on_lost_peer
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps(_task({"worker": ["h:1", "h:2"]}, 0)))
+    with pytest.raises(tf.errors.DeadlineExceededError, match="storage read"):
+        with exit_on_lost_peer():
+            raise tf.errors.DeadlineExceededError(None, None, "storage read timed out")
 
 
 @pytest.mark.parametrize("value", [0, 0.5, -3, float("nan")])
