@@ -220,7 +220,7 @@ def run_args(args: argparse.Namespace, beam_args: list[str], verbose: bool = Tru
 
     from tfvctr.io import fs
 
-    config = load_config(args.config)
+    config = load_config(args.config, getattr(args, "overrides", None) or [])
     # Image paths resolve against the table's folder: absolute, so ad_counts.jsonl points at
     # the images from anywhere (embed_ads reads them from there).
     args.ads, args.impressions = (p if fs.is_remote(p) else os.path.abspath(p) for p in (args.ads, args.impressions))

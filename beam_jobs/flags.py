@@ -31,6 +31,10 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
                              "distinct days of the data")
     parser.add_argument("--seed", type=int, default=None, help="shuffle seed (default: dataset.seed)")
     parser.add_argument("--overwrite", action="store_true", help="delete an earlier run's output in --out first")
+    # Ours, not Beam's: without it `--set` went on to PipelineOptions, which drops what it
+    # cannot parse with a warning, and the job ran with the config as written.
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a config value, e.g. --set dataset.validation.mode=temporal (repeatable)")
 
 
 def add_embed_arguments(parser: argparse.ArgumentParser) -> None:

@@ -293,6 +293,10 @@ class TrainingConfig:
     selection_metric: Literal["valid_auc", "valid_cold_auc", "valid_logloss"] = "valid_auc"
     patience: int = 5  # evaluations without improvement before stopping; 0: never stop early
     min_delta: float = 0.0  # an improvement must beat the best by more than this
+    # Keep the latest evaluation within this of the best value so far instead of the best's
+    # own step (in the metric's units; 0: the best's step). Valid figures are noisy, and the
+    # argmax often lands on an early, undertrained step by luck (docs/training.md).
+    selection_tolerance: float = 0.0
     # The logit's bias starts at the train split's click log-odds, log(p / (1 - p)), instead of
     # 0 (a 50 % CTR): otherwise the first few hundred steps of a short run are spent moving
     # the bias from 0.5 to a CTR of a few percent (docs/training.md). "zero": Keras' default.
@@ -315,6 +319,8 @@ class TrainingConfig:
             raise ConfigError(f"{where}.patience: expected an integer >= 0, received {self.patience}")
         if self.min_delta < 0:
             raise ConfigError(f"{where}.min_delta: expected a value >= 0, received {self.min_delta}")
+        if self.selection_tolerance < 0:
+            raise ConfigError(f"{where}.selection_tolerance: expected a value >= 0, received {self.selection_tolerance}")
         for name in ("weight_decay", "cnn_weight_decay"):
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -16,6 +16,7 @@ import tensorflow as tf
 from tests import recordio_fixtures as rf
 from tfvctr import evaluation
 from tfvctr.config import config_from_dict
+from tfvctr.errors import ConfigError
 from tfvctr.training import SUMMARY_TAGS, VALID_SUMMARY_TAGS, ModelSelection, train
 from tfvctr.training.checkpoints import weights_checkpoint
 
@@ -69,6 +70,45 @@ def test_selection_keeps_the_best_and_stops_after_patience_evaluations(metric, v
     again = ModelSelection(metric, patience, min_delta)
     again.load(selection.state())
     assert again.summary(9) == selection.summary(9)
+
+
+@pytest.mark.parametrize(
+    "metric, values, tolerance, patience, best_step, stop_step",
+    [
+        # A lucky first evaluation (0.62) and later ones within 0.005 of it: the last of those is kept.
+        ("valid_auc", [0.62, 0.60, 0.616, 0.617, 0.61], 0.005, 5, 4, None),
+        # Patience counts from the peak, not from the kept step: 3 evaluations under 0.62 stop the run.
+        ("valid_auc", [0.62, 0.617, 0.618, 0.619], 0.005, 3, 4, 4),
+        ("valid_auc", [0.62, 0.60, 0.616, 0.617, 0.61], 0.0, 5, 1, None),  # tolerance 0: the peak's own step
+        ("valid_logloss", [0.30, 0.28, 0.283, 0.29], 0.004, 5, 3, None),  # lower is better: within +0.004
+    ],
+    ids=["auc_later_within_tolerance", "patience_from_the_peak", "tolerance_0", "logloss_within_tolerance"],
+)
+def test_tolerance_keeps_the_latest_step_within_noise_of_the_peak(metric, values, tolerance, patience, best_step,
+                                                                  stop_step):
+    selection = ModelSelection(metric, patience, 0.0, tolerance)
+    stopped_at = None
+    for step, value in enumerate(values, 1):
+        improved, stop = selection.update(step, {"valid_auc": 0.5, "valid_cold_auc": None, "valid_logloss": 0.5,
+                                                 metric: value})  # fmt: skip
+        assert improved == (selection.best_step == step)
+        if stop:
+            stopped_at = step
+            break
+    assert (selection.best_step, stopped_at) == (best_step, stop_step)
+    assert selection.best[metric] == values[best_step - 1]
+    again = ModelSelection(metric, patience, 0.0, tolerance)
+    again.load(selection.state())  # the peak survives a resume
+    assert again.peak == selection.peak and again.summary(9) == selection.summary(9)
+    assert again.update(99, {"valid_auc": 0.5, "valid_cold_auc": None, "valid_logloss": 0.5, metric: values[0]}) == \
+        selection.update(99, {"valid_auc": 0.5, "valid_cold_auc": None, "valid_logloss": 0.5, metric: values[0]})
+
+
+def test_a_negative_tolerance_is_refused():
+    with pytest.raises(ValueError, match="tolerance"):
+        ModelSelection("valid_auc", 2, 0.0, -0.01)
+    with pytest.raises(ConfigError, match="selection_tolerance: expected a value >= 0"):
+        _config(selection_tolerance=-0.01)
 
 
 def test_an_undefined_cold_auc_falls_back_to_valid_auc_with_a_warning():

@@ -46,9 +46,15 @@ class ModelSelection:
             `valid_logloss`: lower is better).
         patience: evaluations without improvement before stopping (0: never stop early).
         min_delta: an improvement must beat the best by more than this.
+        tolerance: a later evaluation within this of the peak (the best value so far) is
+            kept instead of the peak's step (0: the peak's step). Valid figures are noisy
+            (a valid AUC of a few hundred clicks moves by ~0.01 from sampling alone), so
+            the argmax over evaluations often lands on an early, undertrained step by
+            luck; with a decaying learning rate the later step within noise of the peak
+            is the better-settled model. Patience still counts from the peak.
     """
 
-    def __init__(self, metric: str, patience: int, min_delta: float = 0.0):
+    def __init__(self, metric: str, patience: int, min_delta: float = 0.0, tolerance: float = 0.0):
         if metric not in SELECTION_METRICS:
             raise ValueError(
                 f"Invalid value received for argument `metric`. Expected one of {sorted(SELECTION_METRICS)}. Received: metric={metric!r}"
@@ -56,9 +62,13 @@ class ModelSelection:
         self.metric = metric
         self.patience = int(patience)
         self.min_delta = float(min_delta)
+        if tolerance < 0:
+            raise ValueError(f"Invalid value received for argument `tolerance`. Expected a value >= 0. Received: {tolerance}")
+        self.tolerance = float(tolerance)
         self.history: list[dict] = []
-        self.best_step: Optional[int] = None
-        self.best: dict = {}
+        self.best_step: Optional[int] = None  # the step model.keras keeps
+        self.best: dict = {}  # its figures
+        self.peak: dict = {}  # the figures of the best value so far (the best step's when tolerance is 0)
         self.bad_evaluations = 0
         self.stopped_early = False
         self.notes: list[str] = []  # what changed on the way (e.g. a metric fallback), for the log
@@ -68,10 +78,16 @@ class ModelSelection:
         return SELECTION_METRICS[self.metric]
 
     def _better(self, value: float) -> bool:
-        if not self.best:
+        if not self.peak:
             return True
-        best = self.best[self.metric]
-        return value > best + self.min_delta if self.mode == "max" else value < best - self.min_delta
+        peak = self.peak[self.metric]
+        return value > peak + self.min_delta if self.mode == "max" else value < peak - self.min_delta
+
+    def _within_tolerance(self, value: float) -> bool:
+        if not self.tolerance or not self.peak:
+            return False
+        peak = self.peak[self.metric]
+        return value >= peak - self.tolerance if self.mode == "max" else value <= peak + self.tolerance
 
     def update(self, step: int, figures: dict) -> tuple[bool, bool]:
         """Records one evaluation; returns (improved, stop). Deterministic in its inputs."""
@@ -85,11 +101,15 @@ class ModelSelection:
                               "classes); selecting by valid_auc instead")
         self.history.append({"step": int(step), **figures})
         value = figures[self.metric]
-        improved = value is not None and self._better(value)
-        if improved:
-            self.best_step, self.best, self.bad_evaluations = int(step), dict(figures), 0
+        better = value is not None and self._better(value)
+        if better:
+            self.bad_evaluations, self.peak = 0, dict(figures)
         else:
             self.bad_evaluations += 1
+        # `improved`: this step becomes the one kept (a new peak, or within tolerance of it).
+        improved = better or (value is not None and self._within_tolerance(value))
+        if improved:
+            self.best_step, self.best = int(step), dict(figures)
         stop = bool(self.patience) and self.bad_evaluations >= self.patience
         self.stopped_early = self.stopped_early or stop
         return improved, stop
@@ -98,14 +118,15 @@ class ModelSelection:
         """Applies the chief's decision for the evaluation just recorded (non-chief workers)."""
         step = self.history[-1]["step"]
         if improved and self.best_step != step:
-            self.best_step, self.best, self.bad_evaluations = step, {k: self.history[-1][k] for k in FIGURES}, 0
+            self.best_step, self.best = step, {k: self.history[-1][k] for k in FIGURES}
         self.stopped_early = stop
 
     # ------------------------------------------------------------------ persistence
 
     def state(self) -> str:
         return json.dumps({"metric": self.metric, "history": self.history, "best_step": self.best_step, "best": self.best,
-                           "bad_evaluations": self.bad_evaluations, "stopped_early": self.stopped_early})
+                           "peak": self.peak, "bad_evaluations": self.bad_evaluations,
+                           "stopped_early": self.stopped_early})
 
     def load(self, text: str) -> None:
         """Restores `state()`; an empty string (a checkpoint from before model selection) is no state."""
@@ -114,6 +135,7 @@ class ModelSelection:
         d = json.loads(text)
         self.metric, self.history, self.best_step = d["metric"], d["history"], d["best_step"]
         self.best, self.bad_evaluations, self.stopped_early = d["best"], d["bad_evaluations"], d["stopped_early"]
+        self.peak = d.get("peak", self.best)  # checkpoints from before `tolerance`: the peak was the best
 
     def summary(self, last_step: int) -> dict:
         """The content of `M/selection.json` (and of `train()`'s result keys)."""

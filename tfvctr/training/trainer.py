@@ -193,7 +193,7 @@ def _run(
                     f"(all steps run and model.keras holds the last weights); tfvctr preprocess writes one "
                     f"with dataset.validation.mode")
         else:
-            selection = ModelSelection(tr.selection_metric, tr.patience, tr.min_delta)
+            selection = ModelSelection(tr.selection_metric, tr.patience, tr.min_delta, tr.selection_tolerance)
             selection_state = tf.Variable("", dtype=tf.string, trainable=False, name="selection_state")
     iterator = iter(dataset)
     trainer = Trainer(
