@@ -11,7 +11,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "train", run, "train a CTR model on grouped TFRecords (resumes from the model dir)",
         "Train the model of CONFIG on DATA/train with a custom tf.distribute loop. "
-        "Multi-worker when TF_CONFIG names several workers. Checkpoints every training.checkpoint_every "
+        "Multi-worker when TF_CONFIG names several workers (a worker whose peer never starts, dies or hangs "
+        "stops with exit 2 within training.peer_timeout_seconds; run every worker again to resume). "
+        "Checkpoints every training.checkpoint_every "
         "steps; rerunning the same command resumes from the latest checkpoint (data position included). "
         "With a DATA/valid split, every training.eval_every steps it is scored, training stops after "
         "training.patience evaluations without improvement, and the model dir keeps the best step "
