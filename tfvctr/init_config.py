@@ -297,7 +297,8 @@ def infer(ads_path: str, impressions_path: str, sample_rows: int = SAMPLE_ROWS, 
                      f"never features")
     lines += [
         "  seed: 0",
-        "  validation: {mode: ads, ads_share: 0.1}   # 10% of the ads held out whole for model selection",
+        "  validation: {mode: ads_and_temporal, ads_share: 0.1}   # model selection: the last train day + 10% of "
+        "the ads held out whole",
         "  features:",
         "    # user_id is carried for per-user AUC but not embedded; to embed it:",
         f"    # - {{name: user_id, source: impression, kind: categorical, hash_buckets: "

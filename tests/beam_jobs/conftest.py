@@ -39,7 +39,8 @@ def demo_raw(tmp_path_factory) -> dict:
     generate(root, num_ads=40, num_impressions=1500, image_size=16, formats=("csv", "jsonl", "parquet"))
     config_path = os.path.join(root, "demo16.yaml")
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo.yaml")) as f:
-        text = f.read().replace("image_size: 64", "image_size: 16")
+        # The split tests count by the `ads` mode's rules (demo.yaml's own is ads_and_temporal).
+        text = f.read().replace("image_size: 64", "image_size: 16").replace("mode: ads_and_temporal", "mode: ads")
     with open(config_path, "w") as f:
         f.write(text)
     return {"root": root, "config": config_path, "ads": os.path.join(root, "ads.csv"),

@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
@@ -22,7 +22,11 @@ DEVICES = ["ios", "android", "web"]
 INTERESTS = ["sport", "music", "food"]
 
 
-def config_dict(k: int = 4, image_size: int = 16, eval_days: int = 1, max_image_pixels: int = 40_000_000) -> dict:
+def config_dict(k: int = 4, image_size: int = 16, eval_days: int = 1, max_image_pixels: int = 40_000_000,
+                validation: Optional[dict] = None) -> dict:
+    """A small job config. Validation is `ads` unless given: the split tests count by its rules
+    (`validation={}` leaves the key out, i.e. the code default)."""
+    validation = {"mode": "ads"} if validation is None else validation
     return {
         "name": "beam-test",
         "dataset": {
@@ -33,6 +37,7 @@ def config_dict(k: int = 4, image_size: int = 16, eval_days: int = 1, max_image_
             "max_image_pixels": max_image_pixels,
             "passthrough": ["true_ctr"],
             "seed": 0,
+            **({"validation": validation} if validation else {}),
             "features": [
                 {"name": "user_id", "source": "impression", "kind": "categorical", "hash_buckets": 50},
                 {"name": "device", "source": "impression", "kind": "categorical", "vocabulary": "auto"},

@@ -75,9 +75,9 @@ def _config_dict(mode: str, **validation) -> dict:
     return data
 
 
-def test_validation_defaults_to_ads_with_a_tenth_and_the_dataset_seed():
-    v = fixtures.config().dataset.validation
-    assert (v.mode, v.ads_share, v.seed) == ("ads", 0.1, None)
+def test_validation_defaults_to_ads_and_temporal_with_a_tenth_and_the_dataset_seed():
+    v = fixtures.config(validation={}).dataset.validation
+    assert (v.mode, v.ads_share, v.seed) == ("ads_and_temporal", 0.1, None)
 
 
 @pytest.mark.parametrize("validation, message", [
