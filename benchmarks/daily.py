@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -85,9 +86,13 @@ class Server:
         self.proc.wait(timeout=60)
 
 
-def compare_rates(raw: str, out: str, rates: list[float], steps: int) -> None:
-    """`--compare-rates 1,0.1`: the demo config trained at each negative sampling rate on the same tables
-    (eval = the last day), one JSON line per rate: train impressions, train time, AUC, cold AUC, ECE."""
+def compare_rates(raw: str, out: str, rates: list[float], steps: int, seeds: list[int]) -> None:
+    """`--compare-rates 1,0.1 [--seeds 0,1,2]`: the demo config trained at each negative sampling rate on the same
+    tables (eval = the last day; one preprocess per rate, its draw seeded by `dataset.seed` 0), once per training
+    seed: one JSON line per (rate, seed) with train impressions, train time, the selected step, AUC, cold AUC, ECE,
+    log loss; then per rate the mean ± std over seeds and the paired differences to the first rate."""
+    import statistics
+
     import yaml
 
     from beam_jobs import build_tfrecords
@@ -95,6 +100,8 @@ def compare_rates(raw: str, out: str, rates: list[float], steps: int) -> None:
     from tfvctr.config import load_config
     from tfvctr.training.trainer import train
 
+    results: dict[float, list[dict]] = {}
+    prepared = {}
     for w in rates:
         with open(os.path.join(REPO, "configs", "demo.yaml")) as f:
             d = yaml.safe_load(f)
@@ -104,17 +111,108 @@ def compare_rates(raw: str, out: str, rates: list[float], steps: int) -> None:
         cfg = os.path.join(out, f"rate{w}.yaml")
         with open(cfg, "w") as f:
             yaml.safe_dump(d, f)
-        data, model = os.path.join(out, f"data{w}"), os.path.join(out, f"model{w}")
-        m = build_tfrecords.run(["--config", cfg, "--ads", os.path.join(raw, "ads.csv"), "--impressions",
-                                 os.path.join(raw, "impressions.csv"), "--out", data, "--overwrite"], verbose=False)
+        data = os.path.join(out, f"data{w}")
+        if os.path.exists(os.path.join(data, "manifest.json")):
+            with open(os.path.join(data, "manifest.json")) as f:
+                m = json.load(f)
+        else:
+            m = build_tfrecords.run(["--config", cfg, "--ads", os.path.join(raw, "ads.csv"), "--impressions",
+                                     os.path.join(raw, "impressions.csv"), "--out", data, "--overwrite"], verbose=False)
+        prepared[w] = (cfg, data, m)
+    for seed in seeds:  # seeds outside: a cut-short run still has paired rows
+        for w in rates:
+            cfg, data, m = prepared[w]
+            model = os.path.join(out, f"model{w}-seed{seed}")
+            t = time.time()
+            result = train(load_config(cfg, [f"training.seed={seed}"]), data, model, log=None)
+            seconds = time.time() - t
+            r = evaluation.evaluate(model, data, write=False)
+            row = {"w": w, "seed": seed, "train_impressions": m["splits"]["train"]["impressions"],
+                   "downsampled": m["downsampled_negatives"], "train_seconds": round(seconds),
+                   "best_step": result.get("best_step"), "last_step": int(result["step"]),
+                   "auc": r["auc"], "cold_auc": r["cold"]["auc"], "ece": r["calibration"]["ece"],
+                   "log_loss": r["log_loss"]}
+            results.setdefault(w, []).append(row)
+            print(json.dumps(row), flush=True)
+    first = results[rates[0]]
+
+    def spread(values: list[float]) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+        return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+
+    for w, rows in results.items():
+        line = [f"w={w}:"] + [f"{k} {spread([r[k] for r in rows])}" for k in ("auc", "cold_auc", "ece", "log_loss")]
+        if w != rates[0]:
+            line += [f"paired {k} - w={rates[0]}: {spread([r[k] - f[k] for r, f in zip(rows, first, strict=True)])}"
+                     for k in ("auc", "ece")]
+        print("  ".join(line), flush=True)
+
+
+def warm_vs_scratch(out: str, seeds: list[int], variants: list[str], day: int, steps: Optional[int]) -> None:
+    """`--warm-vs-scratch 0,1,2`: the warm-started daily model of day `day` vs a model retrained from scratch on
+    the same window, per training seed (paired), on a finished rehearsal's folders (`OUT/W/window/*`, the
+    scored days' `OUT/eval/*`): only training varies, the data and the held-out draws stay.
+
+    Per seed: day 0 from scratch (`training.steps`), then days 1..`day` warm-started under each variant
+    (`name=key=value;key=value`, daily overrides as `--set`), and day `day` from scratch; each scored on the
+    next day's impressions. One JSON line per (seed, model), then mean ± std of the paired differences.
+    """
+    import statistics
+
+    from tfvctr.config import load_config
+    from tfvctr.daily.driver import warm_rates
+    from tfvctr.training.trainer import train
+
+    work, root = os.path.join(out, "W"), os.path.join(out, "warm_vs_scratch")
+    eval_dir = os.path.join(out, "eval", str(day))
+
+    def config(d: int, seed: int, overrides: list[str]):
+        cfg = load_config(os.path.join(work, "configs", f"{d}.yaml"), [f"training.seed={seed}", *overrides])
+        return cfg
+
+    def fit(cfg, d: int, model: str, n: int, warm: Optional[str]) -> dict:
+        # A model trained by an earlier run (same seed, data and config: the same weights) is reused.
+        timing = os.path.join(model, "bench_seconds.json")
+        done = os.path.exists(timing)
         t = time.time()
-        train(load_config(cfg), data, model, log=None)
+        r = train(cfg, os.path.join(work, "window", str(d)), model, steps=n, warm_start=warm, log=None)
         seconds = time.time() - t
-        r = evaluation.evaluate(model, data, write=False)
-        print(json.dumps({"w": w, "train_impressions": m["splits"]["train"]["impressions"],
-                          "downsampled": m["downsampled_negatives"], "train_seconds": round(seconds),
-                          "auc": r["auc"], "cold_auc": r["cold"]["auc"], "ece": r["calibration"]["ece"],
-                          "log_loss": r["log_loss"]}), flush=True)
+        if done:
+            with open(timing) as f:
+                seconds = json.load(f)
+        else:
+            with open(timing, "w") as f:
+                json.dump(seconds, f)
+        s = _score(model, eval_dir)
+        return {**s, "train_seconds": round(seconds, 1), "best_step": r.get("best_step"), "steps": int(r["step"])}
+
+    rows: dict[str, list[float]] = {}
+    for seed in seeds:
+        base = os.path.join(root, f"seed{seed}")
+        cfg = config(0, seed, [])
+        first = os.path.join(base, "day0")
+        fit(cfg, 0, first, steps or cfg.training.steps, None)
+        cfg = config(day, seed, [])
+        scratch = fit(cfg, day, os.path.join(base, f"scratch{day}"), steps or cfg.training.steps, None)
+        print(json.dumps({"seed": seed, "model": "scratch", **scratch}), flush=True)
+        for variant in variants:
+            name, _, sets = variant.partition("=")
+            overrides = [x for x in sets.split(";") if x]
+            warm = first
+            for d in range(1, day + 1):
+                cfg = config(d, seed, overrides)
+                cfg.training.freeze_cnn = cfg.daily.freeze_cnn
+                warm_rates(cfg, cfg.daily.warm_learning_rate_factor)  # as tfvctr daily does
+                model = os.path.join(base, f"{name}-day{d}")
+                r = fit(cfg, d, model, cfg.daily.warm_steps or cfg.training.steps, warm)
+                warm = model
+            print(json.dumps({"seed": seed, "model": name, **r, "auc_minus_scratch": r["auc"] - scratch["auc"],
+                              "time_fraction": r["train_seconds"] / scratch["train_seconds"]}), flush=True)
+            rows.setdefault(name, []).append(r["auc"] - scratch["auc"])
+    for name, diffs in rows.items():
+        sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+        print(f"{name}: warm - scratch AUC on day {day + 1}: mean {statistics.mean(diffs):+.4f} ± {sd:.4f} "
+              f"(n={len(diffs)}: {', '.join(f'{x:+.4f}' for x in diffs)})", flush=True)
 
 
 def main() -> None:
@@ -130,6 +228,12 @@ def main() -> None:
     p.add_argument("--window", type=int, default=3)
     p.add_argument("--compare-rates", default=None, help="e.g. 1,0.1: only compare negative sampling rates "
                                                          "(demo config, --steps steps, eval = the last day)")
+    p.add_argument("--seeds", default="0", help="--compare-rates: training seeds, e.g. 0,1,2")
+    p.add_argument("--warm-vs-scratch", default=None, help="e.g. 0,1,2: only compare, per training seed, warm-started "
+                                                           "vs from-scratch models on a finished rehearsal in --out")
+    p.add_argument("--variants", default="frozen=", help="warm-start variants for --warm-vs-scratch, separated "
+                                                         "by spaces: name=key=value;key=value")
+    p.add_argument("--day", type=int, default=2, help="--warm-vs-scratch: the day compared")
     args = p.parse_args()
 
     import yaml
@@ -142,13 +246,18 @@ def main() -> None:
     from tfvctr.training.trainer import train
 
     out = os.path.abspath(args.out)
+    if args.warm_vs_scratch:
+        warm_vs_scratch(out, [int(x) for x in args.warm_vs_scratch.split(",")], args.variants.split(), args.day,
+                        None)
+        return
     raw = os.path.join(out, "raw")
     if not os.path.exists(os.path.join(raw, "impressions.csv")):
         generate(raw, num_ads=args.ads, num_impressions=args.impressions, days=args.days, formats=("csv",),
                  scenario=args.scenario)
     impressions = os.path.join(raw, "impressions.csv")
     if args.compare_rates:
-        compare_rates(raw, out, [float(w) for w in args.compare_rates.split(",")], args.steps)
+        compare_rates(raw, out, [float(w) for w in args.compare_rates.split(",")], args.steps,
+                      [int(x) for x in args.seeds.split(",")])
         return
     with open(os.path.join(REPO, "configs", "demo.yaml")) as f:
         data = yaml.safe_load(f)

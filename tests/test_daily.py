@@ -3,7 +3,8 @@
 One tiny rehearsal (module fixture): three days of demo data, new ads every day and one ad
 whose image changes on day 1; a dev server started after the first day serves every
 version while clients keep asking. Day 2 is trained with a learning rate that ruins the
-model: promotion must refuse it and the old version must keep serving.
+model: promotion must refuse it and the old version must keep serving. Vocabularies grow (`daily.vocabulary: grow`): from day 1 on
+a few ads carry a brand never seen before, which must get its own embedding row and be served.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tfvctr.daily.driver import load_state, promotion, run_day
 from tfvctr.daily.rehearsal import first_days, write_catalog
 from tfvctr.demo_data import generate
 from tfvctr.errors import TfvctrError
+from tfvctr.io import tables
 
 CONFIG = """
 name: tiny
@@ -43,8 +45,10 @@ model: {architecture: cscnn_dcn, backbone: cnnf, backbone_width: 0.0625, attenti
         deep_layers: [8], cross_layers: 1}
 training: {steps: 6, ads_per_batch: 8, eval_every: 6, checkpoint_every: 6, log_every: 6}
 embed: {dtype: float32}
-daily: {window_days: 2, warm_steps: 6, freeze_cnn: true, promote_metric: log_loss, promote_margin: 0.05}
+daily: {window_days: 2, warm_steps: 6, freeze_cnn: true, promote_metric: log_loss, promote_margin: 0.05,
+        vocabulary: grow}
 """
+FRESH = "fresh-brand"  # the brand of a few ads from day 1 on: a value the first day's vocabulary lacks
 
 
 def test_promotion_rule():
@@ -54,6 +58,15 @@ def test_promotion_rule():
     assert not ok and "worse than the served model's 0.7000 by 0.0100 > promote_margin 0.002" in why
     assert not promotion({"log_loss": 0.40}, {"log_loss": 0.30}, "log_loss", 0.05)[0]
     assert promotion({"log_loss": 0.33}, {"log_loss": 0.30}, "log_loss", 0.05)[0]
+
+
+def test_driver_docstring_examples_run():
+    import doctest
+
+    from tfvctr.daily import driver
+
+    result = doctest.testmod(driver)
+    assert result.attempted >= 4 and result.failed == 0
 
 
 def _request_rows(raw: str, n: int = 4) -> list[dict]:
@@ -86,9 +99,17 @@ def loop(tmp_path_factory):
     impressions = os.path.join(raw, "impressions.csv")
     reports, catalogs = [], []
 
+    shown_on_1 = {str(r["ad_id"]) for r in tables.iter_rows(impressions) if str(r["day"]) == "1"}
+    fresh = sorted(a for a, f in first.items() if f == 0 and a in shown_on_1)[:6]
+
     def day(d: int, overrides=()):
         catalog = str(root / f"ads-{d}.jsonl")
         catalogs.append(write_catalog(os.path.join(raw, "ads.csv"), first, d, catalog))
+        if d >= 1:  # some old ads change brand to one the vocabulary has never seen (vocabulary: grow)
+            rows = [json.loads(line) for line in open(catalog)]
+            with open(catalog, "w") as f:
+                for r in rows:
+                    f.write(json.dumps({**r, "brand": FRESH} if str(r["ad_id"]) in fresh else r) + "\n")
         if d == 1:  # one old ad gets a new image: it must go through the CNN again
             changed = min(a for a, f in first.items() if f == 0)
             Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(os.path.join(raw, "images", f"{changed}.jpg"))
@@ -117,6 +138,9 @@ def loop(tmp_path_factory):
         deadline = time.monotonic() + 60
         while 2 not in versions and time.monotonic() < deadline:
             time.sleep(0.2)
+        v2 = ServingClient(server.url, "tiny", version=2, timeout=30)
+        v2.wait_until_available(120)  # the status lists a version while it still loads
+        served = {b: v2.predict([{**r, "brand": b} for r in rows]) for b in (FRESH, "never-seen-brand")}
         # Day 2: a learning rate that ruins the model; the served version must stay.
         day(2, ["training.learning_rate=200", "daily.promote_margin=0.0"])
         time.sleep(1.0)
@@ -125,7 +149,7 @@ def loop(tmp_path_factory):
         thread.join()
         server.stop()
     return {"work": work, "reports": reports, "catalogs": catalogs, "answered": answered[0], "failures": failures,
-            "versions": versions, "first": first, "config": config, "raw": raw}
+            "versions": versions, "first": first, "config": config, "raw": raw, "served": served}
 
 
 def test_each_promoted_day_exports_the_next_version_and_the_server_answers_every_request(loop):
@@ -160,16 +184,45 @@ def test_frozen_cnn_embeds_only_new_or_changed_ads_and_reuses_the_rest(loop):
     assert not os.path.exists(reports[0]["embed"]["table"])  # the replaced table is gone (the export keeps its rows)
 
 
-def test_window_keeps_the_last_days_and_vocabularies_stay_frozen(loop):
+def test_window_keeps_the_last_days_and_vocabularies_grow_by_appending(loop):
     work = loop["work"]
     assert sorted(os.listdir(os.path.join(work, "data"))) == ["1", "2"]  # window_days 2: day 0 deleted
     assert loop["reports"][1]["window"] == ["0", "1"] and loop["reports"][2]["window"] == ["1", "2"]
-    frozen = open(os.path.join(work, "frozen", "vocab", "brand.txt")).read()
-    assert open(os.path.join(work, "window", "1", "vocab", "brand.txt")).read() == frozen
+    added = loop["reports"][1]["vocabulary"]["added"]["brand"]  # the fresh brand, and brands of ads new to train
+    window1 = open(os.path.join(work, "window", "1", "vocab", "brand.txt")).read().split()
+    assert FRESH in window1[-added:] and FRESH not in window1[:-added]  # appended after the first day's values
+    assert open(os.path.join(work, "frozen", "vocab", "brand.txt")).read().split()[: len(window1)] == window1
     manifest = json.load(open(os.path.join(work, "window", "1", "manifest.json")))
     assert manifest["window"]["days"] == ["0", "1"]
     one = json.load(open(os.path.join(work, "data", "1", "manifest.json")))["splits"]["train"]["impressions"]
     assert manifest["splits"]["train"]["impressions"] > one  # two days of train impressions
+
+
+def test_grown_vocabulary_warm_start_keeps_old_rows_and_the_new_value_is_served(loop, tmp_path):
+    import keras
+
+    from tfvctr.config import load_config
+    from tfvctr.daily.driver import widen_warm_start
+
+    work = loop["work"]
+
+    def brand_rows(model_dir):
+        model = keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False)
+        return next(np.array(w.numpy()) for w in model.weights if w.name == "brand_embeddings")
+
+    old = brand_rows(os.path.join(work, "models", "0"))
+    out = widen_warm_start(load_config(os.path.join(work, "configs", "1.yaml")), os.path.join(work, "window", "1"),
+                           os.path.join(work, "models", "0"), str(tmp_path / "warm"), lambda line: None)
+    wide = brand_rows(out)
+    added = loop["reports"][1]["vocabulary"]["added"]["brand"]
+    assert wide.shape == (old.shape[0] + added, old.shape[1])  # a row per appended brand
+    np.testing.assert_array_equal(wide[: old.shape[0]], old)  # the old ids keep their trained rows
+    new_rows = wide[old.shape[0]:]
+    assert np.abs(new_rows).sum(axis=1).min() > 0  # the layer's initialisation, not zeros or a copy of row 1 (OOV)
+    assert not any(np.array_equal(row, old[1]) for row in new_rows)
+    # Served: the fresh brand has its own row, so it scores unlike an unknown brand (both would be OOV id 1).
+    fresh, unknown = (np.array([p["ctr"] for p in loop["served"][b]]) for b in (FRESH, "never-seen-brand"))
+    assert not np.allclose(fresh, unknown, rtol=0, atol=1e-7)
 
 
 def test_downsampled_model_is_served_recalibrated(loop):

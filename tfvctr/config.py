@@ -405,6 +405,15 @@ class DailyConfig:
     # Keep the promoted model's CNN fixed on warm-started days (only the head learns): the
     # embedding table is then extended with new or changed ads instead of rebuilt.
     freeze_cnn: bool = False
+    # Warm-started days train at training.learning_rate (and cnn_learning_rate) times this:
+    # a fresh Adam at the from-scratch rate undoes part of a trained model (measured in
+    # docs/daily.md, "Warm start vs from scratch").
+    warm_learning_rate_factor: float = 0.25
+    # Vocabularies of `vocabulary: auto` features (and vocab/category.txt): "frozen" from the
+    # first day, or "grow": a value enters on the first day its train split counts it
+    # `min_frequency` times, appended (old ids never move); the warm start copies the old
+    # embedding rows into the enlarged tables (docs/daily.md).
+    vocabulary: Literal["frozen", "grow"] = "frozen"
 
     def validate(self, where: str) -> None:
         _positive(self.window_days, f"{where}.window_days")
@@ -413,6 +422,9 @@ class DailyConfig:
             _positive(self.warm_steps, f"{where}.warm_steps")
         if self.promote_margin < 0:
             raise ConfigError(f"{where}.promote_margin: expected a value >= 0, received {self.promote_margin}")
+        if not self.warm_learning_rate_factor > 0:
+            raise ConfigError(f"{where}.warm_learning_rate_factor: expected a positive number, received "
+                              f"{self.warm_learning_rate_factor}")
 
 
 @dataclasses.dataclass

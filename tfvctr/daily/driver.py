@@ -7,8 +7,10 @@ For day D, under the work dir W:
 2. **window**: `W/window/D/` is the data dir the trainer reads: `train/` links to the train
    shards of the last `daily.window_days` days (the new day's `daily.new_day_repeat` times),
    `valid/` (and `eval/`, for the export's warmup rows) to day D's held-out ads, `vocab/` and
-   `stats.json` frozen from the first day (`W/frozen/`); older dated folders are deleted;
-3. **train** `W/models/D/`, warm-started from the promoted model (from scratch on the first day);
+   `stats.json` frozen from the first day (`W/frozen/`; with `daily.vocabulary: grow` the
+   day's new values are appended, `grow_vocabularies`); older dated folders are deleted;
+3. **train** `W/models/D/`, warm-started from the promoted model (from scratch on the first day;
+   its tables widened first when the vocabularies grew, `widen_warm_start`);
 4. **promote** only if the new model is not worse than the promoted one on day D's valid
    split by more than `daily.promote_margin` (`daily.promote_metric`); otherwise the old
    version keeps serving, and the day's report says why;
@@ -224,6 +226,98 @@ def build_window(paths: Paths, day: str, window: list[str], repeat: int) -> str:
     return dest
 
 
+# ----------------------------------------------------------------------------- vocabularies
+
+
+def _read_lines(path: str) -> list[str]:
+    from tfvctr.features import read_vocabulary
+
+    return read_vocabulary(path) if os.path.exists(path) else []
+
+
+def grow_vocabularies(frozen: str, day_data: str) -> dict[str, list[str]]:
+    """`daily.vocabulary: grow`: appends to `frozen/vocab/*.txt` the values of day D's vocabularies not in them.
+
+    Day D's preprocess wrote the values its train split counts at least `min_frequency`
+    times, most frequent first; those not yet in the vocabulary are appended in that order,
+    so every old value keeps its line (its id) and a value is never removed. `stats.json`'s
+    `vocab_size` follows; numeric statistics stay those of the first day.
+
+    Returns:
+        {vocabulary file name without .txt: the values appended} (only files that grew).
+    """
+    added: dict[str, list[str]] = {}
+    folder = os.path.join(frozen, layout.VOCAB_DIR)
+    for name in sorted(os.listdir(os.path.join(day_data, layout.VOCAB_DIR))):
+        if not name.endswith(".txt"):
+            continue
+        path = os.path.join(folder, name)
+        old = _read_lines(path)
+        seen = set(old)
+        new = [v for v in _read_lines(os.path.join(day_data, layout.VOCAB_DIR, name)) if v not in seen]
+        if new:
+            fs.write_atomic(path, "".join(f"{v}\n" for v in old + new))
+            added[name[: -len(".txt")]] = new
+    if added:
+        stats_path = os.path.join(frozen, layout.STATS)
+        with open(stats_path) as f:
+            stats = json.load(f)
+        for feature, values in added.items():
+            if "vocab_size" in stats.get(feature, {}):
+                stats[feature]["vocab_size"] += len(values)
+        _write_json(stats_path, stats)
+    return added
+
+
+def widen_warm_start(config: Config, window_dir: str, model_dir: str, out: str, log: Log) -> Optional[str]:
+    """The promoted model in tables sized for the window's (grown) vocabularies, or None when no table grew.
+
+    Builds the model of `config` for `window_dir`'s vocabularies (its initialisers draw every
+    weight), then copies each of `model_dir`'s weights in: whole when the shapes agree, into
+    the first rows when a table grew along axis 0 (appended values: the old ids are the first
+    rows). The new values' rows keep the layer's own initialisation. Weights pair up in model
+    order (both models come from the same config), not by name: Keras numbers layer names
+    per process. Writes `out/model.keras` (a warm start for `train(warm_start=out)`).
+    """
+    import keras
+    import numpy as np
+
+    import tfvctr.models  # noqa: F401 - registers the layers for load_model
+    from tfvctr import data as data_lib
+    from tfvctr.features import FeatureEncoder
+    from tfvctr.models.factory import build_model
+    from tfvctr.training.loop import model_inputs
+
+    old = keras.saving.load_model(os.path.join(model_dir, layout.MODEL), compile=False)
+    encoder = FeatureEncoder.from_data_dir(config.dataset, window_dir)
+    new = build_model(config, encoder.num_categories, encoder.vocab_sizes, seed=config.training.seed)
+    sample, _ = next(iter(data_lib.make_dataset(config, window_dir, layout.VALID, training=False, encoder=encoder,
+                                                batch_size=1)))
+    new(model_inputs(sample))
+    if len(old.weights) != len(new.weights):
+        raise TfvctrError(f"{model_dir}: {len(old.weights)} weights, the model of the window has {len(new.weights)}; "
+                          f"was it trained with another model config?")
+    grown = []
+    for o, n in zip(old.weights, new.weights, strict=True):
+        a = np.asarray(o.numpy())
+        if tuple(a.shape) == tuple(n.shape):
+            n.assign(a)
+        elif a.ndim and tuple(a.shape[1:]) == tuple(n.shape[1:]) and a.shape[0] < n.shape[0]:
+            b = np.array(n.numpy())
+            b[: a.shape[0]] = a
+            n.assign(b)
+            grown.append(f"{n.path} {a.shape[0]}->{n.shape[0]}")
+        else:
+            raise TfvctrError(f"{model_dir}: weight {o.path} {tuple(a.shape)} does not fit {n.path} {tuple(n.shape)} "
+                              f"(vocabularies may only grow)")
+    if not grown:
+        return None
+    os.makedirs(out, exist_ok=True)
+    new.save(os.path.join(out, layout.MODEL))
+    log(f"daily: warm start widened: {', '.join(grown)}")
+    return out
+
+
 # ----------------------------------------------------------------------------- embedding
 
 
@@ -387,6 +481,20 @@ def _valid_metrics(model_dir: str, window_dir: str) -> dict:
 # ----------------------------------------------------------------------------- the day
 
 
+def warm_rates(cfg: Config, factor: float) -> None:
+    """A warm-started day's learning rates: `training.learning_rate` (and `cnn_learning_rate`) times `factor`.
+
+    Example:
+        >>> from tfvctr.config import config_from_dict
+        >>> cfg = config_from_dict({"dataset": {"features": []}, "training": {"learning_rate": 0.002}}, "x")
+        >>> warm_rates(cfg, 0.25); cfg.training.learning_rate, cfg.training.cnn_learning_rate
+        (0.0005, None)
+    """
+    cfg.training.learning_rate *= factor
+    if cfg.training.cnn_learning_rate is not None:
+        cfg.training.cnn_learning_rate *= factor
+
+
 def run_day(config_path: str, workdir: str, day: str, ads: str, impressions: str, *,
             overrides: Optional[list[str]] = None, beam_args: Optional[list[str]] = None,
             log: Optional[Log] = print) -> dict:
@@ -430,6 +538,11 @@ def run_day(config_path: str, workdir: str, day: str, ads: str, impressions: str
         shutil.copytree(os.path.join(paths.data(day), layout.VOCAB_DIR), os.path.join(paths.frozen, layout.VOCAB_DIR))
         shutil.copy(os.path.join(paths.data(day), layout.STATS), os.path.join(paths.frozen, layout.STATS))
         state["first_day"], state["day_format"] = day, day_format
+    elif daily.vocabulary == "grow":
+        added = grow_vocabularies(paths.frozen, paths.data(day))
+        report["vocabulary"] = {"mode": "grow", "added": {k: len(v) for k, v in added.items()}}
+        if added:
+            log(f"daily {day}: vocabularies grown: " + ", ".join(f"{k} +{len(v)}" for k, v in added.items()))
     timings["preprocess"] = time.time() - start
 
     # 2. the window
@@ -453,10 +566,22 @@ def run_day(config_path: str, workdir: str, day: str, ads: str, impressions: str
     steps = daily.warm_steps if (warm and daily.warm_steps) else cfg.training.steps
     if warm and daily.freeze_cnn:
         cfg.training.freeze_cnn = True
+    if warm:
+        warm_rates(cfg, daily.warm_learning_rate_factor)
     log(f"daily {day}: train {steps} steps on {window} " + (f"warm-started from {warm}" if warm else "from scratch"))
-    result = train(cfg, window_dir, paths.model(day), steps=steps, warm_start=warm, log=None)
+    widened = os.path.join(paths.workdir, "incoming", f"{day}-warm-start")
+    shutil.rmtree(widened, ignore_errors=True)
+    if warm and daily.vocabulary == "grow" and not os.path.exists(paths.model(day)):
+        # A grown vocabulary has more rows than the promoted model's tables (a resumed day
+        # restores its own checkpoint instead).
+        warm_from = widen_warm_start(cfg, window_dir, warm, widened, log) or warm
+    else:
+        warm_from = warm
+    result = train(cfg, window_dir, paths.model(day), steps=steps, warm_start=warm_from, log=None)
+    shutil.rmtree(widened, ignore_errors=True)
     timings["train"] = time.time() - start
     report["train"] = {"steps": int(result["step"]), "warm_start": warm, "freeze_cnn": cfg.training.freeze_cnn,
+                       "learning_rate": cfg.training.learning_rate,
                        "best_step": result.get("best_step")}
 
     # 4. promote?
