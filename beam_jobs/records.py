@@ -16,6 +16,7 @@ a missing number as NaN, so every step of a feature list has exactly one value.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import struct
 from typing import Any, Iterable, Sequence
 
@@ -66,6 +67,24 @@ def impression_to_row(ad_id: str, imp: tuple, ds: DatasetConfig) -> dict:
     for name, v in zip(ds.passthrough, imp[PASSTHROUGH], strict=True):
         row[name] = v
     return row
+
+
+def pack(value: Any) -> bytes:
+    """A batch of plain tuples (a row batch, an ad's impressions) as one bytes value for a shuffle.
+
+    Beam's local runners decode every shuffled value into Python objects and encode it again
+    (the FnApiRunner's grouping buffer), and its default coder walks a tuple field by
+    field; one bytes value per batch costs one C-level pickle pass each way and sits in the
+    runner's memory as ~30 bytes an impression rather than an object graph
+    (docs/beam_jobs.md, speed). Only this job's own DoFns `unpack` it: no outside input
+    is ever unpickled.
+    """
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack(data: bytes) -> Any:
+    """The inverse of `pack`."""
+    return pickle.loads(data)  # written by `pack` in this same job, never outside input
 
 
 def shuffle_key(seed: int, imp: tuple) -> bytes:

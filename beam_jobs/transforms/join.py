@@ -195,11 +195,19 @@ def _flat(values: Iterable) -> list:
     """The join's impressions of one ad: single impression tuples and lists of them (grouped)."""
     out: list = []
     for value in values:
-        if isinstance(value, list):
+        if isinstance(value, bytes):  # packed before the shuffle (_pack_group)
+            out.extend(records.unpack(value))
+        elif isinstance(value, list):
             out.extend(value)
         else:
             out.append(value)
     return out
+
+
+def _pack_group(kv: tuple) -> tuple:
+    """`(ad_id, [impression, ...])` → `(ad_id, packed bytes)` for the join's shuffle (records.pack)."""
+    ad_id, value = kv
+    return (ad_id, records.pack(value)) if isinstance(value, list) else kv
 
 
 def _unexpected(ds: DatasetConfig):
@@ -247,7 +255,8 @@ class JoinAndChunk(beam.PTransform):
                 | "AllDays" >> beam.combiners.ToList()
                 | "SplitDays" >> beam.Map(split_days, pvalue.AsSingleton(inputs["eval_from"]),
                                           self._ds.validation.mode))
-        grouped = ({"ads": inputs["ads"], "impressions": inputs["impressions"], "rejected": inputs["rejected"]}
+        impressions = inputs["impressions"] | "PackGroups" >> beam.Map(_pack_group)
+        grouped = ({"ads": inputs["ads"], "impressions": impressions, "rejected": inputs["rejected"]}
                    | "CoGroupByAdId" >> beam.CoGroupByKey())
         out = grouped | "Chunk" >> beam.ParDo(
             _Chunk(self._ds, self._seed), pvalue.AsSingleton(days)

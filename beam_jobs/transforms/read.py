@@ -20,6 +20,7 @@ from typing import Iterable, Optional
 import apache_beam as beam
 from apache_beam import pvalue
 
+from beam_jobs import records
 from beam_jobs.common import counter, dead_letter
 
 DEAD = "dead"
@@ -145,9 +146,10 @@ class _ReadFile(beam.DoFn):
         batch: list = []
         columns = None
         csv = self._fmt == "csv"
+        count = 0  # one counter update per batch and file: a Beam counter costs more than a row
         with _open(path) as f:
             for record in readers.iter_records(f, self._fmt, path):
-                self._count.inc()
+                count += 1
                 if record.row is None:
                     where = f"{name} line {record.line}"
                     yield pvalue.TaggedOutput(DEAD, dead_letter(self._table, record.text, "unparseable",
@@ -160,12 +162,15 @@ class _ReadFile(beam.DoFn):
                         columns = tuple(record.row)
                     batch.append((record.line, tuple(record.row.values()) if csv else record.row))
                     if len(batch) == self._batch_rows:
+                        self._count.inc(count)
+                        count = 0
                         yield (name, columns, batch)
                         batch = []
                     continue
                 if self._with_source:
                     record.row[SOURCE_KEY] = f"{name} line {record.line}"
                 yield record.row
+        self._count.inc(count)
         if batch:
             yield (name, columns, batch)
 
@@ -227,5 +232,9 @@ class ReadTable(beam.PTransform):
         parsed = files | "ReadFiles" >> beam.ParDo(_ReadFile(self._table, fmt, self._with_source, self._batch_rows)
                                                    ).with_outputs(DEAD, main="rows")
         # One file is read by one task: spread its rows before the (costly) validation.
-        rows = parsed.rows | "Spread" >> beam.Reshuffle()
+        if self._batch_rows:  # a batch crosses the shuffle as one bytes value (records.pack)
+            rows = (parsed.rows | "Pack" >> beam.Map(records.pack) | "Spread" >> beam.Reshuffle()
+                    | "Unpack" >> beam.Map(records.unpack))
+        else:
+            rows = parsed.rows | "Spread" >> beam.Reshuffle()
         return {"rows": rows, DEAD: parsed[DEAD]}

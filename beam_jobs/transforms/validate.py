@@ -9,7 +9,7 @@ exception's type and message, never an object repr), so no row disappears.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -111,6 +111,7 @@ class _ValidateImpression(beam.DoFn):
 
         self._coerce = tables.RowCoercer("impressions", self._ds)
         self._formats = {f: counter(f"day_format_{f}") for f in ("integer", "iso")}
+        self._format_counts = dict.fromkeys(self._formats, 0)
 
     def start_bundle(self) -> None:
         self._groups: dict = {}
@@ -118,7 +119,10 @@ class _ValidateImpression(beam.DoFn):
 
     def process(self, element) -> Iterable:
         if not is_row_batch(element):
-            yield from self._one(element, element.get(SOURCE_KEY))
+            out = self._one(element, element.get(SOURCE_KEY))
+            self._count_formats()
+            if out is not None:
+                yield out
             return
         # A row batch (`ReadTable(batch_rows=N)`): each row still succeeds or fails alone;
         # an unexpected error is dead-lettered for its row only, as `with_exception_handling`
@@ -126,15 +130,24 @@ class _ValidateImpression(beam.DoFn):
         name = element[0]
         for line, row in rows_of_batch(element):
             try:
-                yield from list(self._one(row, None, name, line))
+                out = self._one(row, None, name, line)
             except Exception as e:
                 row = {**row, SOURCE_KEY: f"{name} line {line}"}
-                yield pvalue.TaggedOutput(DEAD, _unexpected("impressions")((row, (type(e), repr(e), None))))
+                out = pvalue.TaggedOutput(DEAD, _unexpected("impressions")((row, (type(e), repr(e), None))))
+            if out is not None:
+                yield out
+        self._count_formats()  # once per batch: a Beam counter costs more than the row's own count
         if self._held >= GROUP_BUFFER:
             yield from self._flush(windowed=False)
 
     def finish_bundle(self) -> Iterable:
         yield from self._flush(windowed=True)
+
+    def _count_formats(self) -> None:
+        for day_format, n in self._format_counts.items():
+            if n:
+                self._formats[day_format].inc(n)
+                self._format_counts[day_format] = 0
 
     def _flush(self, windowed: bool) -> Iterable:
         from apache_beam.transforms.window import GlobalWindow
@@ -144,28 +157,28 @@ class _ValidateImpression(beam.DoFn):
         for kv in groups.items():
             yield WindowedValue(kv, GlobalWindow().max_timestamp(), [GlobalWindow()]) if windowed else kv
 
-    def _one(self, row: dict, where: Optional[str], name: str = "", line: int = 0) -> Iterable:
+    def _one(self, row: dict, where: Optional[str], name: str = "", line: int = 0) -> Optional[Any]:
+        """One row → its output (`(ad_id, impression)` or a dead letter), or None when grouped."""
         try:
             typed = self._coerce(row)  # reads only the required columns: SOURCE_KEY can stay
         except ValueError as e:
             row = dict(row)
             row.pop(SOURCE_KEY, None)
             where = where or (f"{name} line {line}" if name else None)
-            yield pvalue.TaggedOutput(DEAD, dead_letter("impressions", row, "bad_field",
-                                                        _with_source(f"impressions: {e}", where)))
-            return
-        self._formats[self._coerce.day_format].inc()
+            return pvalue.TaggedOutput(DEAD, dead_letter("impressions", row, "bad_field",
+                                                         _with_source(f"impressions: {e}", where)))
+        self._format_counts[self._coerce.day_format] += 1
         ad_id = str(typed["ad_id"])
         imp = records.impression_from_row(typed, self._ds)
         if not self._grouped:
-            yield (ad_id, imp)
-            return
+            return (ad_id, imp)
         group = self._groups.get(ad_id)
         if group is None:
             self._groups[ad_id] = [imp]
         else:
             group.append(imp)
         self._held += 1
+        return None
 
 
 class ValidateAds(beam.PTransform):
