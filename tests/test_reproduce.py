@@ -41,11 +41,12 @@ def test_quick_run_trains_scores_and_writes_the_doc(quick):
     assert list((root / "work" / "pretrain").glob("*/done"))
     doc = (root / "docs" / "results.md").read_text()
     assert "## CSCNN Table 4" in doc and "tfvctr reproduce cscnn-4:bpr_mf,vbpr" in doc
-    assert f"{PAPER['cscnn-4']['vbpr']['auc']:.4f}" in doc  # the paper's number beside ours
+    assert f"{PAPER['cscnn-4']['vbpr']['user_auc']:.4f}" in doc  # the paper's number beside ours (Eq. 13)
     assert f"{rows[1]['auc']:.4f} (1 seed)" in doc
-    assert "VBPR > BPR-MF on auc" in doc and "| DVBPR | not run |" in doc
+    assert "VBPR > BPR-MF on user_auc" in doc and "| DVBPR | not run |" in doc
+    assert all(0.0 < r["user_auc"] < 1.0 and r["user_auc_users"] > 0 for r in rows)
     # The overview counts what the table shows: 2 of its 8 rows, one seed, one cost line.
-    assert "| [cscnn-4](#cscnn-table-4-the-vbpr-family-point-wise-loss-auc-eq-13-per-impression) | 2/8 | 1 |" in doc
+    assert "| [cscnn-4](#cscnn-table-4-the-vbpr-family-point-wise-loss) | 2/8 | 1 |" in doc
     assert "Cost of the cells shown: 2 trainings" in doc and "over the 2 cells that recorded it" in doc
     assert (root / "docs" / "img" / "results_cscnn_4.png").stat().st_size > 1000
     shown = [json.loads(line) for line in (root / "docs" / "results.jsonl").read_text().splitlines()]
@@ -168,3 +169,16 @@ def test_write_only_trains_nothing_and_leaves_out_tables_without_cells(quick):
     text = doc.read_text()
     assert "## CSCNN Table 4" in text and "## CSCNN Table 9" not in text  # Table 9 has no finished cell
     assert "`tfvctr reproduce cscnn-4,cscnn-9 --data" in text and "--doc" not in text and "--write-only" not in text
+
+
+def test_rescore_adds_the_per_user_auc_to_a_cell_that_lacks_it_without_training(quick):
+    root, argv = quick
+    results = root / "work" / "results.jsonl"
+    cells = list(reproduce.load_results(str(root / "work")).values())
+    old = {k: v for k, v in cells[0].items() if k not in ("user_auc", "user_auc_users")}  # as cells run before it existed
+    results.write_text(results.read_text() + json.dumps(old) + "\n")
+    assert cli.main([*argv, "--write-only", "--rescore"]) == 0
+    after = reproduce.load_results(str(root / "work"))[cells[0]["key"]]
+    assert after["user_auc"] == pytest.approx(cells[0]["user_auc"], abs=1e-6)  # the saved model, scored again
+    assert after["seconds"] == cells[0]["seconds"]  # not retrained
+    assert "| VBPR |" in (root / "docs" / "results.md").read_text()

@@ -7,7 +7,8 @@ ablations use). DeepCTR: Chen et al., "Deep CTR Prediction in Display Advertisin
 of CSCNN is a plot without printed numbers: only its stated optimum is recorded.
 
 `PAPER[table][row] = {metric: value}`; rows are `tfvctr.reproduce` row keys; metrics are
-`auc` and `cold_auc` (CSCNN) or `rel_auc` and `rel_logloss` (DeepCTR, percent).
+`user_auc` (Eq. 13, the per-user AUC of the Amazon ablations) and `cold_auc` (CSCNN Tables
+4-6, 9), `auc` (Table 8, JD's offline AUC) or `rel_auc` and `rel_logloss` (DeepCTR, percent).
 """
 
 from __future__ import annotations
@@ -15,44 +16,44 @@ from __future__ import annotations
 PAPER: dict[str, dict[str, dict[str, float]]] = {
     # CSCNN Table 4, Amazon Men, point-wise loss, mean of 5 runs (std ~0.1 %).
     "cscnn-4": {
-        "bpr_mf": {"auc": 0.6321, "cold_auc": 0.5331},
-        "vbpr": {"auc": 0.7079, "cold_auc": 0.6880},
-        "dvbpr": {"auc": 0.7491, "cold_auc": 0.6985},
-        "dvbpr_c": {"auc": 0.7549, "cold_auc": 0.7018},
-        "sherlock": {"auc": 0.7239, "cold_auc": 0.6910},
-        "deepstyle": {"auc": 0.7279, "cold_auc": 0.7210},
-        "dvbpr_sca": {"auc": 0.7547, "cold_auc": 0.7048},
-        "cscnn": {"auc": 0.7749, "cold_auc": 0.7315},
+        "bpr_mf": {"user_auc": 0.6321, "cold_auc": 0.5331},
+        "vbpr": {"user_auc": 0.7079, "cold_auc": 0.6880},
+        "dvbpr": {"user_auc": 0.7491, "cold_auc": 0.6985},
+        "dvbpr_c": {"user_auc": 0.7549, "cold_auc": 0.7018},
+        "sherlock": {"user_auc": 0.7239, "cold_auc": 0.6910},
+        "deepstyle": {"user_auc": 0.7279, "cold_auc": 0.7210},
+        "dvbpr_sca": {"user_auc": 0.7547, "cold_auc": 0.7048},
+        "cscnn": {"user_auc": 0.7749, "cold_auc": 0.7315},
     },
     # CSCNN Table 9, Amazon Men, pair-wise loss.
     "cscnn-9": {
-        "bpr_mf": {"auc": 0.6450, "cold_auc": 0.5132},
-        "vbpr": {"auc": 0.7089, "cold_auc": 0.6863},
-        "dvbpr": {"auc": 0.7410, "cold_auc": 0.6923},
-        "dvbpr_c": {"auc": 0.7483, "cold_auc": 0.7086},
-        "sherlock": {"auc": 0.7206, "cold_auc": 0.6969},
-        "deepstyle": {"auc": 0.7282, "cold_auc": 0.7247},
-        "dvbpr_sca": {"auc": 0.7515, "cold_auc": 0.7099},
-        "cscnn": {"auc": 0.7753, "cold_auc": 0.7303},
+        "bpr_mf": {"user_auc": 0.6450, "cold_auc": 0.5132},
+        "vbpr": {"user_auc": 0.7089, "cold_auc": 0.6863},
+        "dvbpr": {"user_auc": 0.7410, "cold_auc": 0.6923},
+        "dvbpr_c": {"user_auc": 0.7483, "cold_auc": 0.7086},
+        "sherlock": {"user_auc": 0.7206, "cold_auc": 0.6969},
+        "deepstyle": {"user_auc": 0.7282, "cold_auc": 0.7247},
+        "dvbpr_sca": {"user_auc": 0.7515, "cold_auc": 0.7099},
+        "cscnn": {"user_auc": 0.7753, "cold_auc": 0.7303},
     },
     # CSCNN Table 5, Amazon Men: self attention (left) and + category prior (right).
     "cscnn-5": {
-        "none": {"auc": 0.7491, "cold_auc": 0.6985},
-        "se": {"auc": 0.7500, "cold_auc": 0.6989},
-        "cbam_channel": {"auc": 0.7506, "cold_auc": 0.7002},
-        "cbam": {"auc": 0.7556, "cold_auc": 0.7075},
-        "se_cscnn": {"auc": 0.7673, "cold_auc": 0.7153},
-        "cbam_channel_cscnn": {"auc": 0.7683, "cold_auc": 0.7184},
-        "cscnn": {"auc": 0.7749, "cold_auc": 0.7315},
+        "none": {"user_auc": 0.7491, "cold_auc": 0.6985},
+        "se": {"user_auc": 0.7500, "cold_auc": 0.6989},
+        "cbam_channel": {"user_auc": 0.7506, "cold_auc": 0.7002},
+        "cbam": {"user_auc": 0.7556, "cold_auc": 0.7075},
+        "se_cscnn": {"user_auc": 0.7673, "cold_auc": 0.7153},
+        "cbam_channel_cscnn": {"user_auc": 0.7683, "cold_auc": 0.7184},
+        "cscnn": {"user_auc": 0.7749, "cold_auc": 0.7315},
     },
     # CSCNN Table 6, Amazon Men: CNN-F and Inception V1 backbones.
     "cscnn-6": {
-        "cnnf_none": {"auc": 0.7491, "cold_auc": 0.6985},
-        "cnnf_cbam": {"auc": 0.7556, "cold_auc": 0.7075},
-        "cnnf_cscnn": {"auc": 0.7749, "cold_auc": 0.7315},
-        "inception_none": {"auc": 0.7747, "cold_auc": 0.7259},
-        "inception_cbam": {"auc": 0.7794, "cold_auc": 0.7267},
-        "inception_cscnn": {"auc": 0.7852, "cold_auc": 0.7386},
+        "cnnf_none": {"user_auc": 0.7491, "cold_auc": 0.6985},
+        "cnnf_cbam": {"user_auc": 0.7556, "cold_auc": 0.7075},
+        "cnnf_cscnn": {"user_auc": 0.7749, "cold_auc": 0.7315},
+        "inception_none": {"user_auc": 0.7747, "cold_auc": 0.7259},
+        "inception_cbam": {"user_auc": 0.7794, "cold_auc": 0.7267},
+        "inception_cscnn": {"user_auc": 0.7852, "cold_auc": 0.7386},
     },
     # CSCNN Table 8, JD.com production data, offline AUC (no cold split reported).
     "cscnn-8": {

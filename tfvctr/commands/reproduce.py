@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--doc", default="docs/results.md", help="the Markdown file to write (default: docs/results.md)")
     p.add_argument("--img-dir", default="docs/img", help="where the bar charts go (default: docs/img)")
     p.add_argument("--about-data", default="", help="a line for the doc saying what DATA is and how it was made (kept for later runs)")
+    p.add_argument("--rescore", action="store_true",
+                   help="score finished cells again from their saved models where they lack a figure added since they "
+                        "ran (the per-user AUC)")
     p.add_argument("--write-only", action="store_true",
                    help="train nothing: write the doc from the cells already finished in --work (the command shown for "
                         "each table is then this one, which trains what is missing when run without --write-only)")
@@ -48,12 +51,12 @@ def run(args: argparse.Namespace) -> int:
             i = argv.index(flag)
             del argv[i : i + 2]
         argv = [a for a in argv if not a.startswith(f"{flag}=")]
-    argv = [a for a in argv if a != "--write-only"]
+    argv = [a for a in argv if a not in ("--write-only", "--rescore")]
     command = "tfvctr " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["reproduce"] else ""
     results = reproduce(
         args.table, args.data, config=args.config or DEFAULT_CONFIG, seeds=args.seeds, quick=args.quick,
         work=args.work, doc=args.doc, img_dir=args.img_dir, command=command, about_data=args.about_data,
-        write_only=args.write_only,
+        write_only=args.write_only, rescore=args.rescore,
     )
     cells = sum(len(v) for v in results.values())
     print(f"{cells} cell(s) of {', '.join(results)}; written: {args.doc}")
