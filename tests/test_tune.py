@@ -314,9 +314,11 @@ def test_tune_help_and_a_config_error_in_one_line(tmp_path, capsys):
 
 
 def test_tune_refuses_a_multi_worker_cluster(tmp_path, capsys, monkeypatch):
-    from tfvctr.training import strategy as strategy_lib
+    import json
 
-    monkeypatch.setattr(strategy_lib, "worker_info", lambda s: strategy_lib.WorkerInfo(2, 0, True, 1))
+    # Refused from TF_CONFIG before any strategy exists: no peer is waited for (none runs here).
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": 0}}))  # fmt: skip
     path = tmp_path / "c.yaml"
     d = rf.tiny_config_dict()
     d["tune"] = {"params": PARAMS}

@@ -37,13 +37,15 @@ def run(args: argparse.Namespace) -> int:
     # reported before TensorFlow's import time.
     config = load_config(args.config, args.overrides)
     # The strategy must exist before any TensorFlow op (as in `tfvctr train`).
-    from tfvctr.training.strategy import make_strategy, worker_info
+    from tfvctr.training.strategy import _cluster_size, _tf_config, make_strategy
 
-    strategy = make_strategy()
-    if worker_info(strategy).num_workers > 1:
-        # Every worker would run its own study loop against one SQLite file; trials are
-        # short and sequential by design (docs/tuning.md), so tune runs on one host.
+    # Every worker would run its own study loop against one SQLite file; trials are short
+    # and sequential by design (docs/tuning.md), so tune runs on one host. Checked from
+    # TF_CONFIG before the strategy: a multi-worker strategy would first wait for its peers
+    # (training.peer_timeout_seconds) only to be refused.
+    if _cluster_size(_tf_config()) > 1:
         raise TfvctrError("tune runs on one host: TF_CONFIG names several workers; unset it (each trial uses this host's devices)")
+    strategy = make_strategy()
     result = tune(
         config, args.data, args.out, trials=args.trials, timeout_minutes=args.timeout_minutes, strategy=strategy,
     )
