@@ -2,6 +2,8 @@
 
     nice python benchmarks/daily.py --out /tmp/daily_bench [--ads 1000 --impressions 60000 --days 4]
         [--steps 800 --warm-steps 300 --sampling-rate 0.5]
+    nice python benchmarks/daily.py --out /tmp/daily_bench --warm-vs-scratch 0,1,2 [--variants "name=k=v;k=v ..."]
+    nice python benchmarks/daily.py --out /tmp/rates --compare-rates 1,0.1 --seeds 0,1,2 --steps 600
 
 Demo-data days arrive one at a time (the catalogue of day D holds the ads shown by day
 D + 1, so new ads arrive every day, a day before their first impression); `tfvctr daily` runs on days 0, 1, ..., days-2 with a dev
