@@ -9,8 +9,9 @@ For day D, under the work dir W:
    `valid/` (and `eval/`, for the export's warmup rows) to day D's held-out ads, `vocab/` and
    `stats.json` frozen from the first day (`W/frozen/`; with `daily.vocabulary: grow` the
    day's new values are appended, `grow_vocabularies`); older dated folders are deleted;
-3. **train** `W/models/D/`, warm-started from the promoted model (from scratch on the first day;
-   its tables widened first when the vocabularies grew, `widen_warm_start`);
+3. **train** `W/models/D/`, warm-started from the promoted model at `daily.warm_learning_rate_factor`
+   times the learning rate (from scratch on the first day; its tables widened first when the
+   vocabularies grew, `widen_warm_start`);
 4. **promote** only if the new model is not worse than the promoted one on day D's valid
    split by more than `daily.promote_margin` (`daily.promote_metric`); otherwise the old
    version keeps serving, and the day's report says why;
