@@ -72,3 +72,14 @@ def test_check_writable_refuses_a_file_or_a_path_under_a_file(tmp_path):
     with pytest.raises(DataError, match=f"^{blocker}/x/y: cannot create the model dir: {blocker} is a file$"):
         fs.check_writable(str(blocker / "x" / "y"), "model dir")
     fs.check_writable(str(tmp_path / "new" / "deeper"))  # creatable: fine
+
+
+def test_json_finite_nulls_nan_and_infinity_at_any_depth():
+    import json
+    import math
+
+    from tfvctr.io import fs
+
+    value = {"auc": math.nan, "cold": {"auc": math.inf, "n": 3}, "history": [0.5, -math.inf, "x"]}
+    assert fs.json_finite(value) == {"auc": None, "cold": {"auc": None, "n": 3}, "history": [0.5, None, "x"]}
+    json.loads(json.dumps(fs.json_finite(value), allow_nan=False))  # strict JSON

@@ -291,18 +291,9 @@ def evaluate(
         result["selection"] = {"metric": selection["metric"], "best": selection["best"], "last_step": selection["last_step"],
                                "stopped_early": selection["stopped_early"]}
     if write:
-        fs.write_atomic(fs.join(model_dir, layout.METRICS), json.dumps(_finite(result), indent=2))
+        fs.write_atomic(fs.join(model_dir, layout.METRICS), json.dumps(fs.json_finite(result), indent=2))
         plot_roc(pred["labels"], pred["probs"], fs.join(model_dir, layout.ROC_PLOT), title=f"ROC ({config.name}, {split})")
         plot_reliability(result["calibration"], fs.join(model_dir, layout.CALIBRATION_PLOT))
     return result
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: undefined metrics (e.g. AUC with one class) become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value

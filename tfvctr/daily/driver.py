@@ -49,20 +49,9 @@ STATE = "state.json"
 Log = Callable[[str], None]
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: undefined figures (an AUC with one class) become null."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _write_json(path: str, value: Any) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fs.write_atomic(path, json.dumps(_finite(value), indent=1, default=str) + "\n")
+    fs.write_atomic(path, json.dumps(fs.json_finite(value), indent=1, default=str) + "\n")
 
 
 def load_state(workdir: str) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob as _glob
 import json
+import math
 import os
 import shutil
 import uuid
@@ -49,6 +50,21 @@ def read_json(path: str, error: type[Exception]) -> Any:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise error(f"{path}: not valid JSON ({e})") from None
+
+
+def json_finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float (nested in dicts and lists) replaced by None.
+
+    JSON has no NaN or Infinity (`json.dumps` would write them anyway), and undefined
+    figures (an AUC over one class) are NaN: written as null, every reader can parse them.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_finite(v) for v in value]
+    return value
 
 
 def glob(pattern: str) -> list[str]:
