@@ -182,3 +182,42 @@ def test_rescore_adds_the_per_user_auc_to_a_cell_that_lacks_it_without_training(
     assert after["user_auc"] == pytest.approx(cells[0]["user_auc"], abs=1e-6)  # the saved model, scored again
     assert after["seconds"] == cells[0]["seconds"]  # not retrained
     assert "| VBPR |" in (root / "docs" / "results.md").read_text()
+
+
+def test_one_model_is_one_cell_across_tables_5_6_and_4():
+    """Table 5's no-attention row is DVBPR; Table 6's CNN-F rows are Tables 4 and 5's cells."""
+    t4, t5, t6 = (reproduce.TABLES[n] for n in ("cscnn-4", "cscnn-5", "cscnn-6"))
+
+    def key(table, row):
+        return reproduce.cell_key(table, next(r for r in table.rows if r.key == row), 1, reproduce.FULL)
+
+    assert key(t4, "dvbpr") == key(t5, "none") == key(t6, "cnnf_none")
+    assert key(t4, "cscnn") == key(t5, "cscnn") == key(t6, "cnnf_cscnn")
+    assert key(t5, "cbam") == key(t6, "cnnf_cbam")
+    inception = {key(t6, r) for r in ("inception_none", "inception_cbam", "inception_cscnn")}
+    assert len(inception) == 3 and not inception & {key(t4, r.key) for r in t4.rows}
+    # The shared rows build what their labels say, whatever the base config's backbone.
+    base = reproduce.load_base(reproduce.DEFAULT_CONFIG)
+    base["model"]["backbone"] = "resnet18"
+    configs = {r: reproduce.cell_config(base, t6, next(x for x in t6.rows if x.key == r), 0, reproduce.FULL)
+               for r in ("cnnf_none", "cnnf_cbam", "inception_cscnn")}  # fmt: skip
+    assert [(c.model.backbone, c.model.vbpr.variant, c.model.attention if c.model.vbpr.variant == "cscnn" else "none")
+            for c in configs.values()] == [("cnnf", "dvbpr", "none"), ("cnnf", "cscnn", "cbam"), ("inception_v1", "cscnn", "cscnn")]  # fmt: skip
+
+
+def test_estimate_costs_each_distinct_cell_once_from_records_or_its_rows_mean():
+    t4, t5 = reproduce.TABLES["cscnn-4"], reproduce.TABLES["cscnn-5"]
+    budget = reproduce.FULL
+    rows4 = {r.key: r for r in t4.rows}
+    done = {reproduce.cell_key(t4, rows4["cscnn"], 0, budget): {"cpu_seconds": 30.0},
+            reproduce.cell_key(t4, rows4["cscnn"], 1, budget): {"cpu_seconds": 50.0},
+            reproduce.cell_key(t4, rows4["dvbpr"], 0, budget): {"cpu_seconds": 10.0},
+            "unrelated": {"cpu_seconds": 1000.0}}  # fmt: skip
+    est = reproduce.estimate_cost([t4, t5], range(3), budget, done)
+    # 8 rows of Table 4 + 5 of Table 5's 7 (none = DVBPR, CSCNN shared) = 13 rows x 3 seeds.
+    assert (est["cells"], est["measured"], est["imputed"]) == (39, 3, 36)
+    assert est["measured_cpu_seconds"] == 90.0
+    # cscnn seed 2: its row's mean (40); dvbpr seeds 1, 2: 10 each; the other 33 the family's mean (30).
+    assert est["cpu_seconds"] == pytest.approx(90.0 + 40.0 + 2 * 10.0 + 33 * 30.0)
+    line = reproduce.budget_markdown(est, 3)
+    assert "39 distinct trainings" in line and f"≤ {(est['cpu_seconds'] + reproduce.STARTUP_CPU_SECONDS) / 60:.0f} min" in line

@@ -130,9 +130,24 @@ VBPR_CLAIMS = tuple(
 )
 
 
+def _attention_overrides(attention: str, backbone: Optional[str] = None) -> tuple[str, ...]:
+    """The VBPR model with the CNN's attention swapped (variant cscnn takes model.attention).
+
+    Written so the same model has the same overrides, hence one cell key, in every table:
+    variant cscnn without attention *is* DVBPR (`VBPRModel` gives dvbpr no attention; the
+    two trained bit-identical cells), and CNN-F is the base config's backbone. CSCNN Table 5's
+    and Table 6's CNN-F rows are then Table 4's DVBPR / CSCNN cells and Table 5's CBAM cell.
+    """
+    if attention == "none":
+        overrides: tuple[str, ...] = ("model.vbpr.variant=dvbpr",)
+    else:
+        overrides = ("model.vbpr.variant=cscnn", f"model.attention={attention}")
+    # CNN-F is the vbpr family's backbone (`family_config`): no override, so no new cell.
+    return overrides + ((f"model.backbone={backbone}",) if backbone and backbone != "cnnf" else ())
+
+
 def _attention_row(key: str, label: str) -> Row:
-    # The VBPR model with the CNN's attention swapped (variant cscnn takes model.attention).
-    return Row(key, label, ("model.vbpr.variant=cscnn", f"model.attention={key}"))
+    return Row(key, label, _attention_overrides(key))
 
 
 # The VBPR-family tables (CSCNN §4.3): Eq. 13's per-user AUC first (the paper's numbers sit
@@ -190,7 +205,7 @@ def _tables() -> dict[str, Table]:
               tuple((a, b, m) for m in ("user_auc", "cold_auc")
                     for a, b in (("se_cscnn", "se"), ("cbam_channel_cscnn", "cbam_channel"), ("cscnn", "cbam"), ("cbam", "none")))),
         Table("cscnn-6", "CSCNN Table 6: backbones CNN-F and Inception V1", "vbpr",
-              tuple(Row(f"{short}_{att}", f"{name}, {label}", ("model.vbpr.variant=cscnn", f"model.backbone={bb}", f"model.attention={att}"))
+              tuple(Row(f"{short}_{att}", f"{name}, {label}", _attention_overrides(att, bb))
                     for bb, short, name in (("cnnf", "cnnf", "CNN-F"), ("inception_v1", "inception", "Inception V1"))
                     for att, label in (("none", "no attention"), ("cbam", "CBAM"), ("cscnn", "CSCNN"))),
               VBPR_METRICS,
@@ -256,6 +271,9 @@ def family_config(base: dict, family: str) -> dict:
                 data["dataset"]["features"].insert(0, {"name": name, "source": source, "kind": "categorical",
                                                       "hash_buckets": 5000, "embedding_dim": 4})  # fmt: skip
         model["architecture"] = "vbpr"
+        # CSCNN's Amazon tables (4, 5, 9, Fig. 5) are on CNN-F, whatever the base config's
+        # backbone; Table 6 swaps it (`_attention_overrides`).
+        model["backbone"] = "cnnf"
         model.setdefault("vbpr", {}).update(factors=10, visual_factors=10, loss="pointwise")
     elif family == "deepctr":
         model["architecture"] = "deepctr"
@@ -758,13 +776,77 @@ def write_results(tables: Sequence[Table], runner_results: dict[str, dict], path
         rel = os.path.relpath(image, os.path.dirname(os.path.abspath(path)))
         sections.append(table_markdown(table, summary, commands.get(table.name, ""), rel, len({c["seed"] for c in cells})))
         overview.append(_overview_row(table, summary, cells))
-    parts += overview_markdown(overview, shown_cells) + sections
+    parts += overview_markdown(overview, shown_cells)
+    if overview:
+        parts += [budget_markdown(estimate_cost(list(TABLES.values()), range(seeds), budget, runner_results), seeds), ""]
+    parts += sections
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(parts))
     # The numbers behind the doc, one cell per line (notebooks/paper_tables.ipynb reads them).
     with open(results_data_path(path), "w") as f:
         f.writelines(json.dumps(c) + "\n" for c in shown_cells)
+
+
+# A command's own CPU time outside its cells (importing TensorFlow, reading the records,
+# writing the doc and its charts): user + sys of whole `tfvctr reproduce` runs minus their
+# cells' `cpu_seconds`, measured 7-10 s a run.
+STARTUP_CPU_SECONDS = 10.0
+
+
+def estimate_cost(tables: Sequence[Table], seeds: Sequence[int], budget: Budget, done: dict[str, dict]) -> dict[str, Any]:
+    """The CPU time `tables` cost at `seeds`, from the records of finished cells.
+
+    Each distinct training counts once (a cell shared by tables is trained once). A cell
+    costs its record's `cpu_seconds` (the process's CPU time for the cell: its training,
+    the pre-training of its tower if it was the first cell to need it, the ensemble's
+    other members, scoring); a cell without one (not run yet, or run before CPU time was
+    recorded) the mean of the same row's recorded seeds, else of its family's recorded
+    cells, else of all recorded cells.
+
+    Returns:
+        `{"cells", "measured", "imputed", "cpu_seconds", "measured_cpu_seconds"}` (`cells`:
+        distinct trainings; `imputed`: how many were costed from other cells).
+    """
+    cells: dict[str, tuple[Table, Row, int]] = {}
+    for table in tables:
+        for seed in seeds:
+            for row in table.rows:
+                cells.setdefault(cell_key(table, row, seed, budget), (table, row, seed))
+    recorded = {k: c["cpu_seconds"] for k, c in done.items() if c.get("cpu_seconds") is not None}
+    by_row: dict[str, list[float]] = {}
+    by_family: dict[str, list[float]] = {}
+    for key, (table, row, _) in cells.items():
+        if key in recorded:
+            by_row.setdefault(cell_key(table, row, -1, budget), []).append(recorded[key])
+            by_family.setdefault(table.family, []).append(recorded[key])
+    everything = [v for vs in by_family.values() for v in vs] or list(recorded.values())
+    measured = imputed = 0
+    total = measured_total = 0.0
+    for key, (table, row, _) in cells.items():
+        if key in recorded:
+            measured += 1
+            measured_total += recorded[key]
+            total += recorded[key]
+            continue
+        pool = by_row.get(cell_key(table, row, -1, budget)) or by_family.get(table.family) or everything
+        imputed += 1
+        total += float(np.mean(pool)) if pool else 0.0
+    return {"cells": len(cells), "measured": measured, "imputed": imputed, "cpu_seconds": total,
+            "measured_cpu_seconds": measured_total}  # fmt: skip
+
+
+def budget_markdown(estimate: dict[str, Any], seeds: int) -> str:
+    """The doc's line on the whole set's cost, from `estimate_cost` over every table."""
+    minutes = (estimate["cpu_seconds"] + STARTUP_CPU_SECONDS) / 60
+    return (f"Budget, the whole set (every table, {seeds} seed{'s' if seeds > 1 else ''}, `tfvctr reproduce all`): "
+            f"{estimate['cells']} distinct trainings (a row shared by tables is one cell); CPU time "
+            f"{minutes:.1f} min: {estimate['measured']} cells as recorded ({estimate['measured_cpu_seconds'] / 60:.1f} min), "
+            f"{estimate['imputed']} costed at their row's mean over the seeds that recorded it (or their family's), "
+            f"plus {STARTUP_CPU_SECONDS:.0f} s of start-up. On an idle 2-core machine the wall time is at most the CPU "
+            f"time: a cell is CPU-bound (its data are a few MB read from the page cache) and TensorFlow spreads its "
+            f"ops over both cores, so wall = CPU / p with 1 ≤ p ≤ 2: **≤ {minutes:.0f} min** against the 60 minute goal. Wall times on "
+            f"this shared machine are no measure of it (the load was 3-35 while the cells ran).")  # fmt: skip
 
 
 def _overview_row(table: Table, summary: dict, cells: list[dict]) -> list[str]:
