@@ -168,7 +168,8 @@ def test_write_only_trains_nothing_and_leaves_out_tables_without_cells(quick):
     assert (root / "work" / "results.jsonl").read_text() == lines  # nothing trained
     text = doc.read_text()
     assert "## CSCNN Table 4" in text and "## CSCNN Table 9" not in text  # Table 9 has no finished cell
-    assert "`tfvctr reproduce cscnn-4,cscnn-9 --data" in text and "--doc" not in text and "--write-only" not in text
+    # Each table shows the command that trains it alone.
+    assert "`tfvctr reproduce cscnn-4 --data" in text and "--doc" not in text and "--write-only" not in text
 
 
 def test_rescore_adds_the_per_user_auc_to_a_cell_that_lacks_it_without_training(quick):
@@ -221,3 +222,18 @@ def test_estimate_costs_each_distinct_cell_once_from_records_or_its_rows_mean():
     assert est["cpu_seconds"] == pytest.approx(90.0 + 40.0 + 2 * 10.0 + 33 * 30.0)
     line = reproduce.budget_markdown(est, 3)
     assert "39 distinct trainings" in line and f"≤ {(est['cpu_seconds'] + reproduce.STARTUP_CPU_SECONDS) / 60:.0f} min" in line
+
+
+def test_the_doc_says_which_seeds_each_row_has_and_shows_the_common_ones():
+    table = reproduce.TABLES["cscnn-8"]
+    budget = reproduce.FULL
+    done = {}
+    for row in table.rows:
+        for seed in (0, 1) if row.key != "dcn" else (0, 1, 2):
+            if (row.key, seed) != ("cscnn", 1):
+                done[reproduce.cell_key(table, row, seed, budget)] = {"seed": seed, "auc": 0.7}
+    text = reproduce.seeds_markdown(table, done, budget)
+    assert text.startswith("Seeds shown: 0 (1 per row")
+    assert "DCN (no image) (seed 1, 2)" in text and "DCN + CNN fixed (seed 1)" in text and "DCN + CSCNN (seed" not in text
+    assert reproduce.table_command("tfvctr reproduce all --seeds 3 --data d", "all", "cscnn-8") == "tfvctr reproduce cscnn-8 --seeds 3 --data d"
+    assert reproduce.table_command("tfvctr reproduce cscnn-8:dcn --data d", "cscnn-8:dcn", "cscnn-8") == "tfvctr reproduce cscnn-8:dcn --data d"

@@ -415,6 +415,27 @@ class BaselineCTR(CTRModel):
 # --------------------------------------------------------------------------- running cells
 
 
+def _run_delay() -> Optional[float]:
+    """Seconds this process's threads have spent runnable but waiting for a CPU (Linux schedstat), or None.
+
+    On a shared machine a cell's wall time is its idle-machine wall time plus the waits for
+    a CPU on its critical path: between the sum of these waits (one thread at a time) and
+    half of it (two threads busy at once). Threads that ended during the cell are not counted.
+    """
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    total = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile, or no schedstat
+    return total / 1e9
+
+
 def _log(message: str) -> None:
     print(f"[reproduce {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -540,7 +561,7 @@ class Runner:
             if self.rescore and "user_auc" not in self.done[key] and row.kind != "ensemble":
                 return self.rescore_cell(table, row, seed)
             return self.done[key]
-        start, cpu_start = time.time(), time.process_time()
+        start, cpu_start, delay_start = time.time(), time.process_time(), _run_delay()
         keras.backend.clear_session()
         if row.kind == "ensemble":
             member_row = next(r for r in table.rows if r.key == row.members_of)
@@ -557,6 +578,7 @@ class Runner:
         out = {"key": key, "table": table.name, "family": table.family, "row": row.key, "seed": seed,
                "overrides": list(row.overrides), "kind": row.kind, "cold_below": table.cold_below,
                "seconds": round(time.time() - start, 1), "cpu_seconds": round(time.process_time() - cpu_start, 1),
+               "run_delay_seconds": None if delay_start is None else round(_run_delay() - delay_start, 1),
                **figures, **metrics}  # fmt: skip
         _append(self.work, out)
         self.done[key] = out
@@ -694,10 +716,29 @@ METRIC_NAMES = {"user_auc": "AUC per user (Eq. 13)", "auc": "AUC pooled", "cold_
                 "rel_auc": "rel. AUC % (Eq. 8)", "rel_logloss": "rel. log loss %"}  # fmt: skip
 
 
-def table_markdown(table: Table, summary: dict, command: str, image: str, seeds: int) -> str:
+def seeds_markdown(table: Table, results: dict[str, dict], budget: Budget) -> str:
+    """Which seeds each row of `table` has finished, and which of them the table shows (`table_cells`)."""
+    seeds = sorted({c["seed"] for c in results.values()})
+    finished = {r.key: [s for s in seeds if cell_key(table, r, s, budget) in results] for r in table.rows}
+    shown = sorted({c["seed"] for c in table_cells(table, results, budget)})
+    extra = {k: [s for s in v if s not in shown] for k, v in finished.items()}
+    labels = {r.key: r.label for r in table.rows}
+    text = f"Seeds shown: {', '.join(map(str, shown)) or 'none'} ({len(shown)} per row, every row on the same seeds)."
+    missing = [labels[k] for k, v in finished.items() if not v]
+    if missing:
+        text += f" Not run: {', '.join(missing)}."
+    left = [f"{labels[k]} (seed {', '.join(map(str, v))})" for k, v in extra.items() if v]
+    if left:
+        text += f" Finished but left out until every row has them: {'; '.join(left)}."
+    return text
+
+
+def table_markdown(table: Table, summary: dict, command: str, image: str, seeds: int, seeds_note: str = "") -> str:
     paper = PAPER.get(table.name, {})
     metrics = list(table.metrics)
     lines = [f"## {table.title}", "", f"`{command}`", ""]
+    if seeds_note:
+        lines += [seeds_note, ""]
     head = ["model"]
     for m in metrics:
         name = METRIC_NAMES.get(m, m)
@@ -774,7 +815,8 @@ def write_results(tables: Sequence[Table], runner_results: dict[str, dict], path
         image = os.path.join(img_dir, f"results_{table.name.replace('-', '_')}.png")
         plot_table(table, summary, image)
         rel = os.path.relpath(image, os.path.dirname(os.path.abspath(path)))
-        sections.append(table_markdown(table, summary, commands.get(table.name, ""), rel, len({c["seed"] for c in cells})))
+        sections.append(table_markdown(table, summary, commands.get(table.name, ""), rel, len({c["seed"] for c in cells}),
+                                       seeds_markdown(table, runner_results, budget)))
         overview.append(_overview_row(table, summary, cells))
     parts += overview_markdown(overview, shown_cells)
     if overview:
@@ -916,6 +958,20 @@ def resolve_tables(spec: str) -> list[Table]:
     return [TABLES[n] for n in names]
 
 
+def table_command(command: str, table_spec: str, table: str) -> str:
+    """The command that trains `table` alone: `command` with a spec of whole tables (`all`, `T1,T2`) swapped for it.
+
+    A spec of some rows (`T:row1,row2`) stays as it is: the table's name alone would train more.
+    """
+    import shlex
+
+    tokens = shlex.split(command)
+    if ":" in table_spec or table_spec not in tokens:
+        return command
+    tokens[tokens.index(table_spec)] = table
+    return " ".join(shlex.quote(t) for t in tokens)
+
+
 def load_base(path: str) -> dict:
     if not fs.exists(path):
         raise ConfigError(f"{path}: config file not found")
@@ -959,7 +1015,8 @@ def reproduce(table_spec: str, data_dir: str, *, config: str = DEFAULT_CONFIG, s
         for table in tables:
             log(f"{table.name}: {len(table.rows)} rows x {len(seed_list)} seed(s)")
             out[table.name] = runner.run_table(table)
-    commands = {t.name: (command or f"tfvctr reproduce {table_spec} --data {data_dir}") for t in tables}
+    commands = {t.name: table_command(command or f"tfvctr reproduce {table_spec} --data {data_dir}", table_spec, t.name)
+                for t in tables}
     # Tables run by earlier commands on this work dir stay in the doc with their own command line.
     commands_path = os.path.join(work, "commands.json")
     known = {}
