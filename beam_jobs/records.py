@@ -44,10 +44,27 @@ def ad_from_row(row: dict, image_bytes: bytes, ds: DatasetConfig) -> tuple:
     return (str(row["ad_id"]), str(row["category"]), str(row["image"]), image_bytes, values)
 
 
+def _multi(v: Any) -> tuple:
+    return () if v is None else tuple(str(x) for x in v)
+
+
+def _number(v: Any) -> Any:
+    return None if v is None else float(v)
+
+
+def _string(v: Any) -> Any:
+    return None if v is None else str(v)
+
+
+_CONVERT = {"multi": _multi, "numeric": _number}  # any other kind: `_string` (as `_value`)
+
+
 def impression_from_row(row: dict, ds: DatasetConfig) -> tuple:
-    """A coerced impressions-table row → the impression tuple."""
-    values = tuple(_value(f.kind, row.get(f.name)) for f in ds.impression_features)
-    passthrough = tuple(None if row.get(p) is None else float(row[p]) for p in ds.passthrough)
+    """A coerced impressions-table row → the impression tuple (`_value` per feature, the
+    converters looked up once per config: this runs once per impression)."""
+    plan = _plan(ds)
+    values = tuple([convert(row.get(name)) for name, convert in plan.imp_convert])
+    passthrough = tuple([_number(row.get(p)) for p in plan.passthrough])
     return (int(row["label"]), int(row["day"]), str(row["user_id"]), values, passthrough)
 
 
@@ -105,7 +122,11 @@ def make_sequence_example(ad: tuple, impressions: Sequence[tuple], chunk_index: 
     so the same chunk gives the same bytes in any worker and any run; a test compares
     with TensorFlow's own serialisation), written by the small protobuf encoder below so
     that Beam workers never import TensorFlow (seconds and hundreds of MB per process).
+    Each impression's steps come from caches of already-encoded steps (`_Steps`): a
+    categorical value, a label or a day is encoded once per process, not once per
+    impression (the encoder was a fifth of the job's CPU, docs/beam_jobs.md).
     """
+    plan = _plan(ds)
     context = {
         "ad_id": _bytes_feature([ad[AD_ID]]),
         "image": _bytes_feature([ad[IMAGE_BYTES]]),
@@ -113,30 +134,128 @@ def make_sequence_example(ad: tuple, impressions: Sequence[tuple], chunk_index: 
         "impression_count": _int64_feature(impression_count),
         "chunk_index": _int64_feature(chunk_index),
     }
-    for f, v in zip(ds.ad_features, ad[AD_VALUES], strict=True):
-        if f.name not in context:  # `category` may be a feature too: same column, written once
-            context[f.name] = _feature(f.kind, v)
-    names = ["label", "day", "user_id"]
-    for f in ds.impression_features:
-        if f.name != "user_id":  # `user_id` may be a (hashed) feature too: written once
-            names.append(f.name)
-    lists: list[list[bytes]] = [[] for _ in names]
-    skip_user = [f.name == "user_id" for f in ds.impression_features]
+    for name, kind, v in zip(plan.ad_names, plan.ad_kinds, ad[AD_VALUES], strict=True):
+        if name not in context:  # `category` may be a feature too: same column, written once
+            context[name] = _feature(kind, v)
+    ints, strs = _STEPS.int64, _STEPS.string
+    labels, days, users = [], [], []
+    columns: list[list[bytes]] = [[] for _ in plan.imp_columns]
     for imp in impressions:
-        lists[0].append(_int64_feature(imp[LABEL]))
-        lists[1].append(_int64_feature(imp[DAY]))
-        lists[2].append(_bytes_feature([imp[USER_ID]]))
-        position = 3
-        for f, skip, v in zip(ds.impression_features, skip_user, imp[IMP_VALUES], strict=True):
-            if not skip:
-                lists[position].append(_feature(f.kind, v))
-                position += 1
-    for j, name in enumerate(ds.passthrough):
-        names.append(name)
-        lists.append([_feature("numeric", imp[PASSTHROUGH][j]) for imp in impressions])
-    feature_lists = {name: b"".join(_field(1, feature) for feature in steps) for name, steps in zip(names, lists,
-                                                                                                   strict=True)}
-    return _field(1, _map(context)) + _field(2, _map(feature_lists))
+        label, day, user = imp[LABEL], imp[DAY], imp[USER_ID]
+        labels.append(ints.get(label) or _STEPS.int64_step(label))
+        days.append(ints.get(day) or _STEPS.int64_step(day))
+        users.append(strs.get(user) or _STEPS.string_step(user))
+        values = imp[IMP_VALUES]
+        if len(values) != plan.num_imp:  # as a strict zip over the features would
+            raise ValueError(f"impression has {len(values)} feature values, the config {plan.num_imp}")
+        for steps, (index, step) in zip(columns, plan.imp_columns, strict=True):
+            steps.append(step(values[index]))
+    lists = {"label": labels, "day": days, "user_id": users}
+    for name, steps in zip(plan.imp_names, columns, strict=True):
+        lists[name] = steps
+    for j, name in enumerate(plan.passthrough):
+        lists[name] = [_numeric_step(imp[PASSTHROUGH][j]) for imp in impressions]
+    feature_lists = b"".join(_entry(plan.keys[name], b"".join(lists[name])) for name in plan.sorted_lists)
+    return _field(1, _map(context)) + _tag_len(0x12, len(feature_lists)) + feature_lists
+
+
+class _Plan:
+    """What `make_sequence_example` needs of a `DatasetConfig`, worked out once per config."""
+
+    def __init__(self, ds: DatasetConfig):
+        self.ad_names = [f.name for f in ds.ad_features]
+        self.ad_kinds = [f.kind for f in ds.ad_features]
+        # `user_id` may be a (hashed) feature too: its list is written once, from imp[USER_ID].
+        imp = [(i, f) for i, f in enumerate(ds.impression_features) if f.name != "user_id"]
+        self.imp_convert = [(f.name, _CONVERT.get(f.kind, _string)) for f in ds.impression_features]
+        self.imp_names = [f.name for _, f in imp]
+        self.num_imp = len(ds.impression_features)
+        self.imp_columns = [(i, _STEPS.step_fn(f.kind)) for i, f in imp]
+        self.passthrough = list(ds.passthrough)
+        names = ["label", "day", "user_id", *self.imp_names, *self.passthrough]
+        self.sorted_lists = sorted(names)
+        self.keys = {name: _field(1, name.encode("utf-8")) for name in names}
+
+
+_PLANS: dict[int, tuple[DatasetConfig, _Plan]] = {}
+
+
+def _plan(ds: DatasetConfig) -> _Plan:
+    # Keyed by identity (a DatasetConfig is mutable, so unhashable); the config is kept in
+    # the value so that its id cannot be reused by another object.
+    cached = _PLANS.get(id(ds))
+    if cached is None or cached[0] is not ds:
+        cached = _PLANS[id(ds)] = (ds, _Plan(ds))
+    return cached[1]
+
+
+class _Steps:
+    """Encoded feature-list steps (`_field(1, Feature)`), cached by value per process.
+
+    Categorical values, labels, days and multi values repeat across impressions; each is
+    encoded once. A cache is emptied when it reaches `LIMIT` entries (a high-cardinality
+    column such as user_id keeps memory bounded). Numbers are not cached: 0.0 and -0.0
+    (and NaNs) are equal or unequal as dict keys where their float32 bytes are not.
+    """
+
+    LIMIT = 1 << 17
+
+    def __init__(self) -> None:
+        self.int64: dict = {}
+        self.string: dict = {}
+        self.multi: dict = {}
+
+    def int64_step(self, value: int) -> bytes:
+        return self._put(self.int64, value, _field(1, _int64_feature(value)))
+
+    def string_step(self, value) -> bytes:
+        # A missing string is written as "" (docs/formats.md §2).
+        return self._put(self.string, value, _field(1, _bytes_feature(["" if value is None else value])))
+
+    def multi_step(self, value) -> bytes:
+        step = self.multi.get(value)
+        return step if step is not None else self._put(self.multi, value, _field(1, _bytes_feature(value)))
+
+    def categorical(self, value) -> bytes:
+        step = self.string.get(value)
+        return step if step is not None else self.string_step(value)
+
+    def step_fn(self, kind: str):
+        if kind == "numeric":
+            return _numeric_step
+        return self.multi_step if kind == "multi" else self.categorical
+
+    def _put(self, cache: dict, key, step: bytes) -> bytes:
+        if len(cache) >= self.LIMIT:
+            cache.clear()
+        cache[key] = step
+        return step
+
+
+_STEPS = _Steps()
+
+
+def _numeric_step(v: Any) -> bytes:
+    if v is None:
+        return _NAN_STEP
+    try:  # the step of one float: a constant prefix (set at the end of the module), then 4 bytes
+        return _NUMBER_PREFIX + _PACK_F(v)
+    except OverflowError:
+        return _field(1, _float_feature([v]))
+
+
+_PACK_F = struct.Struct("<f").pack
+
+
+def _entry(key_field: bytes, value: bytes) -> bytes:
+    """One map entry {key = 1, value = 2} as field 1 of the map's message."""
+    body_len = len(key_field) + len(value) + len(_varint(len(value))) + 1
+    return _tag_len(0x0A, body_len) + key_field + _tag_len(0x12, len(value)) + value
+
+
+def _tag_len(tag: int, n: int) -> bytes:
+    """A one-byte tag then the varint length `n` (the start of a length-delimited field)."""
+    return bytes((tag, n)) if n < 0x80 else bytes((tag,)) + _varint(n)
 
 
 # Protobuf wire format (https://protobuf.dev/programming-guides/encoding/) of tf.train.Feature
@@ -194,3 +313,7 @@ def _feature(kind: str, v: Any) -> bytes:
 def _map(entries: dict[str, bytes]) -> bytes:
     """A map<string, message> in deterministic order: entries sorted by key."""
     return b"".join(_field(1, _field(1, key.encode("utf-8")) + _field(2, entries[key])) for key in sorted(entries))
+
+
+_NAN_STEP = _field(1, _feature("numeric", None))
+_NUMBER_PREFIX = _field(1, _float_feature([0.0]))[:-4]
