@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.21,<2.22",  # `tensorboard --logdir M/tensorboard`; tensorflow-cpu does not pull it in
     "optuna>=4.0",  # `tfvctr tune`: samplers, pruners, a resumable SQLite study (docs/tuning.md)
     "aiohttp>=3.9,<4",  # `tfvctr serve`: the TF Serving REST dev server's HTTP stack (docs/serving.md)
+    "google-crc32c",  # TFRecord framing of the preprocess job's record writer (beam_jobs/transforms/write.py)
 ]
 
 setup(

@@ -1,0 +1,74 @@
+"""`WriteRecords`: records written where they are produced, cut into shards at record boundaries."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import os
+import struct
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline  # not collected by pytest
+
+from beam_jobs.transforms.write import WriteRecords, plan_shards, tfrecord_frame
+
+
+def _read(path: str) -> list[bytes]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    out, pos = [], 0
+    while pos < len(data):
+        (length,) = struct.unpack_from("<Q", data, pos)
+        out.append(data[pos + 12: pos + 12 + length])
+        pos += 16 + length
+    return out
+
+
+@pytest.mark.parametrize("num_shards, compression", [(4, "none"), (3, "gzip"), (0, "none")])
+def test_every_record_once_in_the_named_shards(tmp_path, num_shards, compression):
+    records = [f"record {i} ".encode() * (i % 7 + 1) for i in range(203)]
+    chunks = [(i % 5 + 1, i % 2, r) for i, r in enumerate(records)]
+    with BeamTestPipeline(argv=["--runner", "DirectRunner"]) as p:
+        _ = p | beam.Create(chunks) | WriteRecords(str(tmp_path), "train", num_shards, compression)
+    paths = sorted(glob.glob(str(tmp_path / "train" / "*")))
+    suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
+    if num_shards:
+        assert [os.path.basename(p) for p in paths] == [f"part-{i:05d}-of-{num_shards:05d}{suffix}"
+                                                         for i in range(num_shards)]
+        assert all(_read(path) for path in paths)  # 203 records over 4 shards: none empty
+    written = [r for path in paths for r in _read(path)]
+    assert sorted(written) == sorted(records)
+    assert sorted(os.listdir(tmp_path)) == ["train"]  # the temp files are gone
+
+
+def test_framing_is_tensorflows(tmp_path):
+    import tensorflow as tf
+
+    path = tmp_path / "x.tfrecord"
+    path.write_bytes(tfrecord_frame(b"abc") + tfrecord_frame(b""))
+    assert list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator()) == [b"abc", b""]
+
+
+def test_plan_cuts_the_stream_at_record_starts_into_balanced_shards():
+    files = [("b", 1000, [100 * i for i in range(1, 10)]), ("a", 50, [])]
+    shards = plan_shards(files, 4)
+    assert [s[:2] for s in shards] == [(i, 4) for i in range(4)]
+    ranges = [r for _, _, rs in shards for r in rs]
+    assert ranges[0] == ("a", 0, 50)  # path order
+    covered = {}
+    for path, start, end in ranges:
+        covered.setdefault(path, []).append((start, end))
+    assert covered["a"] == [(0, 50)]
+    b = covered["b"]
+    assert b[0][0] == 0 and b[-1][1] == 1000 and all(x[1] == y[0] for x, y in zip(b, b[1:], strict=False))
+    assert all(start in (0, *files[0][2]) for start, _ in b)  # only at record starts
+    sizes = [sum(e - s for _, s, e in rs) for _, _, rs in shards]
+    assert max(sizes) - min(sizes) <= 200
+
+
+def test_plan_without_files_or_shards():
+    assert plan_shards([], 2) == [(0, 2, []), (1, 2, [])]  # empty split: every shard file, empty
+    assert plan_shards([], 0) == [(0, 1, [])]
+    assert plan_shards([("x", 5, []), ("w", 7, [3])], 0) == [(0, 2, [("w", 0, 7)]), (1, 2, [("x", 0, 5)])]
