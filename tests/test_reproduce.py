@@ -4,6 +4,7 @@ doc, chart), its resume, and the summaries (Eq. 8, the paper's orderings) on fix
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -237,3 +238,27 @@ def test_the_doc_says_which_seeds_each_row_has_and_shows_the_common_ones():
     assert "DCN (no image) (seed 1, 2)" in text and "DCN + CNN fixed (seed 1)" in text and "DCN + CSCNN (seed" not in text
     assert reproduce.table_command("tfvctr reproduce all --seeds 3 --data d", "all", "cscnn-8") == "tfvctr reproduce cscnn-8 --seeds 3 --data d"
     assert reproduce.table_command("tfvctr reproduce cscnn-8:dcn --data d", "cscnn-8:dcn", "cscnn-8") == "tfvctr reproduce cscnn-8:dcn --data d"
+
+
+def test_a_base_config_unlike_the_one_the_data_was_preprocessed_with_is_refused(quick, tmp_path):
+    root, argv = quick
+    base = yaml.safe_load((root / "base.yaml").read_text())
+    numeric = next(f for f in base["dataset"]["features"] if f.get("kind") == "numeric")
+    numeric["transform"] = "normalize" if numeric.get("transform", "bucketize") == "bucketize" else "bucketize"
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(base))
+    # The data as `tfvctr preprocess` writes it: its manifest holds the config it was made with.
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    manifest = json.loads((data / "manifest.json").read_text()) if (data / "manifest.json").exists() else {}
+    manifest["config"] = yaml.safe_load((root / "base.yaml").read_text())
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    reproduce.check_base_matches_data(manifest["config"], "same.yaml", str(data))  # the same config passes
+    lines = (root / "work" / "results.jsonl").read_text()
+    i, j = argv.index("--config"), argv.index("--data")
+    run = list(argv)
+    run[i + 1], run[j + 1] = str(other), str(data)
+    assert cli.main(run) == 2  # one line, before any training
+    assert (root / "work" / "results.jsonl").read_text() == lines
+    with pytest.raises(reproduce.ConfigError, match=f"feature '{numeric['name']}' differs .*[(]transform"):
+        reproduce.check_base_matches_data(base, str(other), str(data))

@@ -972,6 +972,39 @@ def table_command(command: str, table_spec: str, table: str) -> str:
     return " ".join(shlex.quote(t) for t in tokens)
 
 
+def check_base_matches_data(base: dict, path: str, data_dir: str) -> None:
+    """Refuses a base config whose features or image size differ from those DATA was preprocessed with.
+
+    The trainer reads any record with any feature config of the same names, so a base config
+    from another revision (e.g. a feature normalised in one, bucketized in the other) would
+    train every cell on features the data was not made for, silently.
+    """
+    manifest_path = fs.join(data_dir, layout.MANIFEST)
+    if not fs.exists(manifest_path):
+        return
+    made_with = (fs.read_json(manifest_path, TfvctrError) or {}).get("config")
+    if not made_with:
+        return
+    ours = config_from_dict(json.loads(json.dumps(base)), path).dataset
+    theirs = config_from_dict(json.loads(json.dumps(made_with)), f"{manifest_path} config").dataset
+    if ours.image_size != theirs.image_size:
+        raise ConfigError(f"{path}: dataset.image_size {ours.image_size}, but {data_dir} was preprocessed at "
+                          f"{theirs.image_size}; pass the config it was preprocessed with (its manifest.json holds it)")  # fmt: skip
+    by_name = {f.name: f for f in theirs.features}
+    for f in ours.features:
+        other = by_name.get(f.name)
+        if other is not None and other != f:
+            fields = [k.name for k in dataclasses.fields(f) if getattr(f, k.name) != getattr(other, k.name)]
+            raise ConfigError(
+                f"{path}: feature {f.name!r} differs from the config {data_dir} was preprocessed with "
+                f"({', '.join(f'{k} {getattr(f, k)!r} vs {getattr(other, k)!r}' for k in fields)}); pass the config "
+                f"it was preprocessed with (its manifest.json holds it)"
+            )
+    missing = sorted({f.name for f in ours.features} - set(by_name))
+    if missing:
+        raise ConfigError(f"{path}: feature(s) {', '.join(missing)} not in the config {data_dir} was preprocessed with")
+
+
 def load_base(path: str) -> dict:
     if not fs.exists(path):
         raise ConfigError(f"{path}: config file not found")
@@ -1001,6 +1034,7 @@ def reproduce(table_spec: str, data_dir: str, *, config: str = DEFAULT_CONFIG, s
     budget = QUICK if quick else FULL
     seed_list = [0] if quick else list(range(seeds))
     base = load_base(config)
+    check_base_matches_data(base, config, data_dir)
     runner = Runner(base, data_dir, work, seed_list, budget, log, rescore=rescore)
     out = {}
     if write_only:
