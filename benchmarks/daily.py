@@ -1,7 +1,7 @@
 """Three-day rehearsal of `tfvctr daily` on demo data (docs/daily.md, README "The daily loop").
 
     nice python benchmarks/daily.py --out /tmp/daily_bench [--ads 1000 --impressions 60000 --days 4]
-        [--steps 800 --warm-steps 300 --sampling-rate 0.5]
+        [--steps 800 --warm-steps 300 --sampling-rate 0.5 --freeze-cnn]
     nice python benchmarks/daily.py --out /tmp/daily_bench --warm-vs-scratch 0,1,2 [--variants "name=k=v;k=v ..."]
     nice python benchmarks/daily.py --out /tmp/rates --compare-rates 1,0.1 --seeds 0,1,2 --steps 600
 
@@ -88,11 +88,64 @@ class Server:
         self.proc.wait(timeout=60)
 
 
-def compare_rates(raw: str, out: str, rates: list[float], steps: int, seeds: list[int]) -> None:
+def _calibration_fit(model_dir: str, data_dir: str, offset: float) -> dict:
+    """Eval-split calibration of a model: the logistic fit `P(click) = σ(a + b · logit)` of the scored CTRs.
+
+    The slope b says why an ECE is high: b < 1 is over-confidence (CTRs spread too far from the mean: the model
+    memorised its train split), a ≠ 0 at b ≈ 1 a shifted mean (a recalibration that does not fit)."""
+    import keras
+    import numpy as np
+
+    from tfvctr import data as data_lib
+    from tfvctr import evaluation, layout
+    from tfvctr.config import load_config
+    from tfvctr.features import FeatureEncoder
+
+    config = load_config(os.path.join(model_dir, layout.CONFIG))
+    files = data_lib.list_shards(data_dir, layout.EVAL)
+    dataset = data_lib.make_dataset(config, data_dir, layout.EVAL, training=False,
+                                    encoder=FeatureEncoder.from_data_dir(config.dataset, data_dir), batch_size=64,
+                                    with_meta=True, files=files)
+    model = keras.saving.load_model(os.path.join(model_dir, layout.MODEL), compile=False)
+    pred = evaluation.score(evaluation.Evaluator(model, logit_offset=offset), dataset)
+    y, q = pred["labels"].astype(np.float64), np.clip(pred["probs"].astype(np.float64), 1e-7, 1 - 1e-7)
+    z = np.log(q / (1 - q))
+    a, b = 0.0, 1.0
+    for _ in range(100):  # Newton on the two-parameter log loss
+        p = 1.0 / (1.0 + np.exp(-(a + b * z)))
+        h = p * (1 - p)
+        step = np.linalg.solve([[h.sum(), (h * z).sum()], [(h * z).sum(), (h * z * z).sum()]],
+                               [np.sum(p - y), np.sum((p - y) * z)])
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    return {"calibration_slope": round(float(b), 4), "calibration_intercept": round(float(a), 4),
+            "mean_ctr_over_observed": round(float(q.mean() / y.mean()), 4)}
+
+
+IMPORTANCE = "importance_weights"
+
+
+def _rate_spec(spec: str) -> tuple[float, list[str], bool]:
+    """`RATE[:key=value;...;importance_weights]` → (rate, config overrides, importance-weighted loss)."""
+    rate, _, rest = spec.partition(":")
+    sets = [x for x in rest.split(";") if x]
+    return float(rate), [x for x in sets if x != IMPORTANCE], IMPORTANCE in sets
+
+
+def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[int]) -> None:
     """`--compare-rates 1,0.1 [--seeds 0,1,2]`: the demo config trained at each negative sampling rate on the same
     tables (eval = the last day; one preprocess per rate, its draw seeded by `dataset.seed` 0), once per training
     seed: one JSON line per (rate, seed) with train impressions, train time, the selected step, AUC, cold AUC, ECE,
-    log loss; then per rate the mean ± std over seeds and the paired differences to the first rate."""
+    log loss and the eval calibration fit (`_calibration_fit`); then per rate the mean ± std over seeds and the
+    paired differences to the first rate.
+
+    A rate may carry training variants, `RATE:key=value;key=value` (config overrides of the training only: the
+    data is the rate's), and `importance_weights`: the loss weighs each kept non-click by 1 / w (the gradient of
+    the whole log in expectation), so the model learns the real odds and is scored without the log(w) shift.
+    Entries are separated by spaces when any holds a `:`, otherwise by commas. A model dir that finished
+    already is reused (its train time is the first run's).
+    """
     import statistics
 
     import yaml
@@ -100,11 +153,16 @@ def compare_rates(raw: str, out: str, rates: list[float], steps: int, seeds: lis
     from beam_jobs import build_tfrecords
     from tfvctr import evaluation
     from tfvctr.config import load_config
+    from tfvctr.daily import recalibration
+    from tfvctr.models.losses import pointwise_loss
     from tfvctr.training.trainer import train
 
-    results: dict[float, list[dict]] = {}
+    results: dict[str, list[dict]] = {}
     prepared = {}
-    for w in rates:
+    for spec in specs:
+        w, _, _ = _rate_spec(spec)
+        if w in prepared:
+            continue
         with open(os.path.join(REPO, "configs", "demo.yaml")) as f:
             d = yaml.safe_load(f)
         d["dataset"]["negative_sampling_rate"] = w
@@ -122,30 +180,52 @@ def compare_rates(raw: str, out: str, rates: list[float], steps: int, seeds: lis
                                      os.path.join(raw, "impressions.csv"), "--out", data, "--overwrite"], verbose=False)
         prepared[w] = (cfg, data, m)
     for seed in seeds:  # seeds outside: a cut-short run still has paired rows
-        for w in rates:
+        for spec in specs:
+            w, overrides, weighted = _rate_spec(spec)
             cfg, data, m = prepared[w]
-            model = os.path.join(out, f"model{w}-seed{seed}")
+            name = spec if spec == str(w) or ":" in spec else str(w)
+            model = os.path.join(out, "model" + name.replace(":", "_").replace(";", "_").replace("=", "") + f"-seed{seed}")
+            timing = os.path.join(model, "bench_seconds.json")
+            loss_fn = None
+            if weighted:
+                def loss_fn(labels, logits, w=w):  # each kept non-click stands for 1 / w of them
+                    return pointwise_loss(labels, logits, labels + (1.0 - labels) / w)
+            trained_before = os.path.exists(os.path.join(model, "selection.json"))
             t = time.time()
-            result = train(load_config(cfg, [f"training.seed={seed}"]), data, model, log=None)
-            seconds = time.time() - t
+            result = train(load_config(cfg, [f"training.seed={seed}", *overrides]), data, model, loss_fn=loss_fn,
+                           log=None)
+            seconds = round(time.time() - t)
+            if os.path.exists(timing):
+                with open(timing) as f:
+                    seconds = json.load(f)
+            elif trained_before:
+                seconds = None  # finished by a run that did not time it
+            else:
+                with open(timing, "w") as f:
+                    json.dump(seconds, f)
+            if weighted:  # the model predicts the real odds: evaluate and export must not shift them
+                recalibration.write_model_rate(model, 1.0, data)
             r = evaluation.evaluate(model, data, write=False)
-            row = {"w": w, "seed": seed, "train_impressions": m["splits"]["train"]["impressions"],
-                   "downsampled": m["downsampled_negatives"], "train_seconds": round(seconds),
+            fit = _calibration_fit(model, data, recalibration.logit_offset(recalibration.model_rate(model)))
+            row = {"spec": name, "w": w, "seed": seed, "train_impressions": m["splits"]["train"]["impressions"],
+                   "downsampled": m["downsampled_negatives"], "train_seconds": seconds,
                    "best_step": result.get("best_step"), "last_step": int(result["step"]),
                    "auc": r["auc"], "cold_auc": r["cold"]["auc"], "ece": r["calibration"]["ece"],
-                   "log_loss": r["log_loss"]}
-            results.setdefault(w, []).append(row)
+                   "log_loss": r["log_loss"], **fit}
+            results.setdefault(name, []).append(row)
             print(json.dumps(row), flush=True)
-    first = results[rates[0]]
+    first = results[next(iter(results))]
 
     def spread(values: list[float]) -> str:
         sd = statistics.stdev(values) if len(values) > 1 else float("nan")
         return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
-    for w, rows in results.items():
-        line = [f"w={w}:"] + [f"{k} {spread([r[k] for r in rows])}" for k in ("auc", "cold_auc", "ece", "log_loss")]
-        if w != rates[0]:
-            line += [f"paired {k} - w={rates[0]}: {spread([r[k] - f[k] for r, f in zip(rows, first, strict=True)])}"
+    for name, rows in results.items():
+        line = [f"{name}:"] + [f"{k} {spread([r[k] for r in rows])}"
+                               for k in ("auc", "cold_auc", "ece", "log_loss", "calibration_slope")]
+        if rows is not first:
+            n = min(len(rows), len(first))
+            line += [f"paired {k} - {first[0]['spec']}: {spread([r[k] - f[k] for r, f in zip(rows[:n], first[:n], strict=True)])}"
                      for k in ("auc", "ece")]
         print("  ".join(line), flush=True)
 
@@ -228,8 +308,12 @@ def main() -> None:
     p.add_argument("--warm-steps", type=int, default=300)
     p.add_argument("--sampling-rate", type=float, default=0.5, help="dataset.negative_sampling_rate")
     p.add_argument("--window", type=int, default=3)
-    p.add_argument("--compare-rates", default=None, help="e.g. 1,0.1: only compare negative sampling rates "
-                                                         "(demo config, --steps steps, eval = the last day)")
+    p.add_argument("--freeze-cnn", action="store_true",
+                   help="daily.freeze_cnn: warm days train the head only and the table is extended, not rebuilt "
+                        "(default: the CNN trains, as daily's default)")
+    p.add_argument("--compare-rates", default=None,
+                   help="e.g. 1,0.1: only compare negative sampling rates (demo config, --steps steps, eval = the last "
+                        "day); a rate may carry training variants: \"1 0.1:training.steps=270 0.1:importance_weights\"")
     p.add_argument("--seeds", default="0", help="--compare-rates: training seeds, e.g. 0,1,2")
     p.add_argument("--warm-vs-scratch", default=None, help="e.g. 0,1,2: only compare, per training seed, warm-started "
                                                            "vs from-scratch models on a finished rehearsal in --out")
@@ -258,8 +342,8 @@ def main() -> None:
                  scenario=args.scenario)
     impressions = os.path.join(raw, "impressions.csv")
     if args.compare_rates:
-        compare_rates(raw, out, [float(w) for w in args.compare_rates.split(",")], args.steps,
-                      [int(x) for x in args.seeds.split(",")])
+        specs = args.compare_rates.split() if ":" in args.compare_rates else args.compare_rates.split(",")
+        compare_rates(raw, out, specs, args.steps, [int(x) for x in args.seeds.split(",")])
         return
     with open(os.path.join(REPO, "configs", "demo.yaml")) as f:
         data = yaml.safe_load(f)
@@ -267,7 +351,8 @@ def main() -> None:
     data["dataset"]["negative_sampling_rate"] = args.sampling_rate
     data["training"].update(steps=args.steps, decay_steps=[], eval_every=100, checkpoint_every=100, patience=3)
     data["embed"]["coverage"] = 1.0
-    data["daily"] = {"window_days": args.window, "warm_steps": args.warm_steps, "freeze_cnn": True,
+    # The other daily keys keep their defaults (warm_learning_rate_factor 0.25).
+    data["daily"] = {"window_days": args.window, "warm_steps": args.warm_steps, "freeze_cnn": args.freeze_cnn,
                      "promote_metric": "auc", "promote_margin": 0.005}
     data.pop("tune", None)
     config = os.path.join(out, "daily.yaml")
