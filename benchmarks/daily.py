@@ -92,12 +92,14 @@ def _calibration_fit(model_dir: str, data_dir: str, offset: float) -> dict:
     """Eval-split calibration of a model: the logistic fit `P(click) = σ(a + b · logit)` of the scored CTRs.
 
     The slope b says why an ECE is high: b < 1 is over-confidence (CTRs spread too far from the mean: the model
-    memorised its train split), a ≠ 0 at b ≈ 1 a shifted mean (a recalibration that does not fit)."""
+    memorised its train split), a ≠ 0 at b ≈ 1 a shifted mean (a recalibration that does not fit). `ece_best_shift`
+    is the ECE after the best constant logit shift: when it stays high, no recalibration constant would help."""
     import keras
     import numpy as np
 
     from tfvctr import data as data_lib
     from tfvctr import evaluation, layout
+    from tfvctr import metrics as m
     from tfvctr.config import load_config
     from tfvctr.features import FeatureEncoder
 
@@ -119,8 +121,17 @@ def _calibration_fit(model_dir: str, data_dir: str, offset: float) -> dict:
         a, b = a - step[0], b - step[1]
         if np.abs(step).max() < 1e-10:
             break
+    shift = 0.0
+    for _ in range(100):  # the one constant logit shift that fits best: what a better log(w) could reach
+        p = 1.0 / (1.0 + np.exp(-(z + shift)))
+        step = np.sum(p - y) / np.sum(p * (1 - p))
+        shift -= step
+        if abs(step) < 1e-10:
+            break
+    shifted = 1.0 / (1.0 + np.exp(-(z + shift)))
     return {"calibration_slope": round(float(b), 4), "calibration_intercept": round(float(a), 4),
-            "mean_ctr_over_observed": round(float(q.mean() / y.mean()), 4)}
+            "mean_ctr_over_observed": round(float(q.mean() / y.mean()), 4), "best_shift": round(float(shift), 4),
+            "ece_best_shift": round(m.calibration(y, shifted)["ece"], 4)}
 
 
 IMPORTANCE = "importance_weights"
