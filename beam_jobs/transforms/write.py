@@ -175,7 +175,7 @@ class WriteRecords(beam.PTransform):
         self._out, self._split, self._num_shards, self._compression = out, split, num_shards, compression
 
     def expand(self, chunks):
-        temp_dir = join_path(self._out, f".temp-records-{self._split}")
+        temp_dir = join_path(self._out, f"beam-temp-records-{self._split}")
         suffix = ".tfrecord.gz" if self._compression == "gzip" else ".tfrecord"
         return (chunks
                 | "WriteTemp" >> beam.ParDo(_WriteTemp(temp_dir, self._split))
