@@ -154,7 +154,7 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
     A rate may carry training variants, `RATE:key=value;key=value` (config overrides of the training only: the
     data is the rate's), and `importance_weights`: the loss weighs each kept non-click by 1 / w (the gradient of
     the whole log in expectation), so the model learns the real odds and is scored without the log(w) shift.
-    Entries are separated by spaces when any holds a `:`, otherwise by commas. A model dir that finished
+    Entries are separated by spaces, or by commas when none holds a `:`. A model dir that finished
     already is reused (its train time is the first run's).
     """
     import statistics
@@ -353,7 +353,8 @@ def main() -> None:
                  scenario=args.scenario)
     impressions = os.path.join(raw, "impressions.csv")
     if args.compare_rates:
-        specs = args.compare_rates.split() if ":" in args.compare_rates else args.compare_rates.split(",")
+        # Spaces separate entries that carry variants (a variant's value may hold a comma).
+        specs = args.compare_rates.split() if ":" in args.compare_rates else args.compare_rates.replace(",", " ").split()
         compare_rates(raw, out, specs, args.steps, [int(x) for x in args.seeds.split(",")])
         return
     with open(os.path.join(REPO, "configs", "demo.yaml")) as f:
