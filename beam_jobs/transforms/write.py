@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import struct
+import uuid
 from typing import Iterable
 
 import apache_beam as beam
 import google_crc32c
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.common import FormatDeadLetter, counter, join_path
 from tfvctr import layout
@@ -38,8 +40,9 @@ class _WriteTemp(beam.DoFn):
     Runs fused with the records' producer: the record bytes never cross a shuffle (Beam's
     `WriteToTFRecord` with a fixed `num_shards` groups every record by shard key, so the
     whole split went through the runner). At the end of a bundle it emits
-    `(path, size, cut points)`: fewer than 2 × `MAX_CUTS` record starts, evenly spaced in records
-    (every record's while the file is small), where a shard may begin. Counts the split's chunks, impressions and positives once per bundle.
+    `(path, size, cut points)`: fewer than 2 × `MAX_CUTS` record starts, evenly spaced in
+    records (every record's while the file is small), where a shard may begin. Counts the
+    split's chunks, impressions and positives once per bundle.
     """
 
     def __init__(self, temp_dir: str, split: str):
@@ -52,10 +55,6 @@ class _WriteTemp(beam.DoFn):
         self._file = None
 
     def process(self, element: tuple) -> None:
-        import uuid
-
-        from apache_beam.io.filesystems import FileSystems
-
         impressions, positives, record = element
         if self._file is None:
             self._path = join_path(self._temp_dir, f"{uuid.uuid4().hex}.tfrecord")
@@ -128,8 +127,6 @@ class _WriteShard(beam.DoFn):
         self._prefix, self._suffix, self._compression = prefix, suffix, compression
 
     def process(self, shard: tuple) -> Iterable[str]:
-        from apache_beam.io.filesystems import FileSystems
-
         index, num_shards, ranges = shard
         path = f"{self._prefix}-{index:05d}-of-{num_shards:05d}{self._suffix}"
         gzip = CompressionTypes.GZIP if self._compression == "gzip" else CompressionTypes.UNCOMPRESSED
@@ -149,8 +146,6 @@ class _WriteShard(beam.DoFn):
 
 def _delete_temp(written: list, temp_dir: str) -> int:
     """Deletes the temp files once every shard is written; returns the number of shards."""
-    from apache_beam.io.filesystems import FileSystems
-
     files = [m.path for m in FileSystems.match([join_path(temp_dir, "*")])[0].metadata_list]
     if files:
         FileSystems.delete(files)
