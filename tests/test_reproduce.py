@@ -186,6 +186,19 @@ def test_rescore_adds_the_per_user_auc_to_a_cell_that_lacks_it_without_training(
     assert "| VBPR |" in (root / "docs" / "results.md").read_text()
 
 
+def test_rescore_trains_again_a_cell_whose_saved_model_is_gone(quick):
+    root, argv = quick
+    results = root / "work" / "results.jsonl"
+    cell = next(c for c in reproduce.load_results(str(root / "work")).values() if c["row"] == "bpr_mf")
+    old = {k: v for k, v in cell.items() if k not in ("user_auc", "user_auc_users")}
+    results.write_text(results.read_text() + json.dumps(old) + "\n")
+    shutil.rmtree(root / "work" / "cells" / cell["key"])
+    assert cli.main([*argv, "--write-only", "--rescore"]) == 0
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert lines[-1]["key"] == cell["key"] and 0.0 < lines[-1]["user_auc"] < 1.0
+    assert (root / "work" / "cells" / cell["key"] / "model.keras").exists()  # trained again, saved
+
+
 def test_one_model_is_one_cell_across_tables_5_6_and_4():
     """Table 5's no-attention row is DVBPR; Table 6's CNN-F rows are Tables 4 and 5's cells."""
     t4, t5, t6 = (reproduce.TABLES[n] for n in ("cscnn-4", "cscnn-5", "cscnn-6"))

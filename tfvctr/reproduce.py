@@ -578,6 +578,11 @@ class Runner:
         """A finished cell scored again from its saved model (figures added since it ran)."""
         key = cell_key(table, row, seed, self.budget)
         cell = self.done[key]
+        if not fs.exists(fs.join(os.path.join(self.work, "cells", key), layout.MODEL)):
+            # Its saved model is gone (a work dir kept without cells/): the cell is trained again.
+            self.log(f"{table.name} {row.key} seed {seed}: no saved model to rescore; training it again")
+            del self.done[key]
+            return self.run_cell(table, row, seed)
         keras.backend.clear_session()
         pre = self.pretrained(table, row, seed) if row.pretrained else None
         config = cell_config(self.base, table, row, seed, self.budget, pre)
