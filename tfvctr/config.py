@@ -262,7 +262,11 @@ class TrainingConfig:
     ads_per_batch: int = 32  # n ads per global batch, each with all its <= K impressions
     sampling: Literal["grouped", "alg1", "ungrouped"] = "grouped"
     impressions_per_ad: int = 25  # k of DeepCTR Alg. 1 (sampling: alg1)
-    optimizer: Literal["adam", "sgd", "adagrad"] = "adam"
+    optimizer: Literal["adam", "sgd", "adagrad"] = "adam"  # sgd: with momentum 0.9
+    # The CNN's optimizer; None: the same as `optimizer`. SGD suits the embedding tables and the
+    # head (a step in proportion to the gradient, so rarely seen ids move little: docs/training.md),
+    # Adam the CNN, whose gradients differ in scale from layer to layer.
+    cnn_optimizer: Optional[Literal["adam", "sgd", "adagrad"]] = None
     learning_rate: float = 0.001
     cnn_learning_rate: Optional[float] = None  # None: same as learning_rate (DeepCTR: 0.001 vs 0.1)
     decay_steps: list[int] = dataclasses.field(default_factory=list)  # step decay boundaries

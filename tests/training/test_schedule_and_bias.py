@@ -71,6 +71,15 @@ def test_make_optimizers_spans_the_cosine_over_the_steps_the_run_takes():
     assert _value(cnn._learning_rate, 500) == pytest.approx(0.1, rel=1e-5)
 
 
+def test_the_cnn_gets_its_own_optimizer_kind_and_momentum_sgd_the_rest():
+    config = _config(optimizer="sgd", cnn_optimizer="adam", learning_rate=0.5, cnn_learning_rate=0.001)
+    cnn, rest = make_optimizers(config.training)
+    assert isinstance(cnn, keras.optimizers.Adam) and _value(cnn._learning_rate, 0) == pytest.approx(0.001)
+    assert isinstance(rest, keras.optimizers.SGD) and rest.momentum == pytest.approx(0.9)
+    cnn, rest = make_optimizers(_config(optimizer="sgd").training)  # default: the CNN's is `optimizer`
+    assert isinstance(cnn, keras.optimizers.SGD) and isinstance(rest, keras.optimizers.SGD)
+
+
 @pytest.mark.parametrize(
     "training, message",
     [
@@ -78,6 +87,7 @@ def test_make_optimizers_spans_the_cosine_over_the_steps_the_run_takes():
         ({"final_lr_ratio": 1.5}, "final_lr_ratio: expected a value in [0, 1]"),
         ({"lr_schedule": "linear"}, "lr_schedule"),
         ({"output_bias": "mean"}, "output_bias"),
+        ({"cnn_optimizer": "rmsprop"}, "cnn_optimizer: expected one of 'adam', 'sgd', 'adagrad'"),
     ],
 )
 def test_bad_schedule_and_bias_settings_are_refused(training, message):

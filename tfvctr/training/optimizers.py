@@ -62,7 +62,8 @@ def make_optimizer(kind: str, learning_rate, weight_decay: float) -> keras.optim
 def make_optimizers(
     training: TrainingConfig, total_steps: int | None = None
 ) -> tuple[keras.optimizers.Optimizer, keras.optimizers.Optimizer]:
-    """(cnn_optimizer, optimizer): the CNN's at `cnn_learning_rate`, the rest at `learning_rate`.
+    """(cnn_optimizer, optimizer): the CNN's (`cnn_optimizer`, default `optimizer`) at
+    `cnn_learning_rate`, the rest (`optimizer`) at `learning_rate`.
 
     `total_steps` (default `training.steps`) is the length a `cosine` schedule spans.
     """
@@ -75,7 +76,7 @@ def make_optimizers(
             base, training.decay_steps, training.decay_factor, training.lr_schedule, total, training.final_lr_ratio
         )
 
-    cnn = make_optimizer(training.optimizer, schedule(cnn_lr), cnn_wd)
+    cnn = make_optimizer(training.cnn_optimizer or training.optimizer, schedule(cnn_lr), cnn_wd)
     rest = make_optimizer(training.optimizer, schedule(training.learning_rate), training.weight_decay)
     return cnn, rest
 
