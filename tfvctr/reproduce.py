@@ -887,14 +887,16 @@ def budget_markdown(estimate: dict[str, Any], seeds: int) -> str:
             f"**{minutes:.1f} min**: {estimate['measured']} cells as recorded ({estimate['measured_cpu_seconds'] / 60:.1f} "
             f"min), {estimate['imputed']} costed at their row's mean over the seeds that recorded it (or their "
             f"family's), plus {STARTUP_CPU_SECONDS:.0f} s of start-up. Wall times on this shared machine are no measure "
-            f"of an idle one (the load was 4-35 while the cells ran). To convert: a cell is CPU-bound (its data are a "
+            f"of an idle one (the load was 3-35 while the cells ran). To convert: a cell is CPU-bound (its data are a "
             f"few MB in the page cache) and TensorFlow runs its ops on one or both cores, so on an idle 2-core machine "
             f"wall = CPU / p with 1 ≤ p ≤ 2: **≤ {minutes:.0f} min**")  # fmt: skip
     if estimate.get("least_contended"):
         wall, cpu, row, seed = estimate["least_contended"]
-        text += (f"; the least contended cell recorded here ({row}, seed {seed}) took {wall / cpu:.2f}x its CPU time "
-                 f"in wall time, waits for the other jobs included, and even at that ratio the set takes "
-                 f"{minutes * wall / cpu:.0f} min")  # fmt: skip
+        text += f"; the least contended cell recorded here ({row}, seed {seed}) took {wall / cpu:.2f}x its CPU time in wall time"
+        if wall > cpu:
+            text += f", waits for the other jobs included, and even at that ratio the set takes {minutes * wall / cpu:.0f} min"
+        else:
+            text += " with the other jobs running"
     return text + ", against the 60 minute goal."
 
 
