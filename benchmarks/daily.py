@@ -4,6 +4,7 @@
         [--steps 800 --warm-steps 300 --sampling-rate 0.5 --freeze-cnn]
     nice python benchmarks/daily.py --out /tmp/daily_bench --warm-vs-scratch 0,1,2 [--variants "name=k=v;k=v ..."]
     nice python benchmarks/daily.py --out /tmp/rates --compare-rates 1,0.1 --seeds 0,1,2 --steps 600
+    nice python benchmarks/daily.py --out /tmp/rates --compare-rates "1 0.3 0.1:training.steps=300 0.1:importance_weights"
 
 Demo-data days arrive one at a time (the catalogue of day D holds the ads shown by day
 D + 1, so new ads arrive every day, a day before their first impression); `tfvctr daily` runs on days 0, 1, ..., days-2 with a dev
@@ -144,7 +145,7 @@ def _rate_spec(spec: str) -> tuple[float, list[str], bool]:
     return float(rate), [x for x in sets if x != IMPORTANCE], IMPORTANCE in sets
 
 
-def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[int]) -> None:
+def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[int], base_config: str) -> None:
     """`--compare-rates 1,0.1 [--seeds 0,1,2]`: the demo config trained at each negative sampling rate on the same
     tables (eval = the last day; one preprocess per rate, its draw seeded by `dataset.seed` 0), once per training
     seed: one JSON line per (rate, seed) with train impressions, train time, the selected step, AUC, cold AUC, ECE,
@@ -174,7 +175,7 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
         w, _, _ = _rate_spec(spec)
         if w in prepared:
             continue
-        with open(os.path.join(REPO, "configs", "demo.yaml")) as f:
+        with open(base_config) as f:
             d = yaml.safe_load(f)
         d["dataset"]["negative_sampling_rate"] = w
         d["training"].update(steps=steps, decay_steps=[], eval_every=100, checkpoint_every=100, patience=3)
@@ -312,6 +313,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--scenario", default="demo")
+    p.add_argument("--config", default=os.path.join(REPO, "configs", "demo.yaml"),
+                   help="the base config of the rehearsal and of --compare-rates (figures depend on it: pin it to "
+                        "reproduce a table measured with an older configs/demo.yaml)")
     p.add_argument("--ads", type=int, default=1000)
     p.add_argument("--impressions", type=int, default=60000)
     p.add_argument("--days", type=int, default=4, help="demo days; the daily loop runs days 0..days-2")
@@ -355,9 +359,9 @@ def main() -> None:
     if args.compare_rates:
         # Spaces separate entries that carry variants (a variant's value may hold a comma).
         specs = args.compare_rates.split() if ":" in args.compare_rates else args.compare_rates.replace(",", " ").split()
-        compare_rates(raw, out, specs, args.steps, [int(x) for x in args.seeds.split(",")])
+        compare_rates(raw, out, specs, args.steps, [int(x) for x in args.seeds.split(",")], args.config)
         return
-    with open(os.path.join(REPO, "configs", "demo.yaml")) as f:
+    with open(args.config) as f:
         data = yaml.safe_load(f)
     data["name"] = "daily"
     data["dataset"]["negative_sampling_rate"] = args.sampling_rate
