@@ -90,18 +90,14 @@ class Server:
 
 
 def _calibration_fit(model_dir: str, data_dir: str, offset: float) -> dict:
-    """Eval-split calibration of a model: the logistic fit `P(click) = σ(a + b · logit)` of the scored CTRs.
-
-    The slope b says why an ECE is high: b < 1 is over-confidence (CTRs spread too far from the mean: the model
-    memorised its train split), a ≠ 0 at b ≈ 1 a shifted mean (a recalibration that does not fit). `ece_best_shift`
-    is the ECE after the best constant logit shift: when it stays high, no recalibration constant would help."""
+    """Eval-split calibration of a model's scored CTRs (`tfvctr.daily.recalibration.calibration_fit`): the slope says
+    why an ECE is high (b < 1: over-confident), `ece_best_shift` whether a better recalibration constant would help."""
     import keras
-    import numpy as np
 
     from tfvctr import data as data_lib
     from tfvctr import evaluation, layout
-    from tfvctr import metrics as m
     from tfvctr.config import load_config
+    from tfvctr.daily import recalibration
     from tfvctr.features import FeatureEncoder
 
     config = load_config(os.path.join(model_dir, layout.CONFIG))
@@ -111,28 +107,8 @@ def _calibration_fit(model_dir: str, data_dir: str, offset: float) -> dict:
                                     with_meta=True, files=files)
     model = keras.saving.load_model(os.path.join(model_dir, layout.MODEL), compile=False)
     pred = evaluation.score(evaluation.Evaluator(model, logit_offset=offset), dataset)
-    y, q = pred["labels"].astype(np.float64), np.clip(pred["probs"].astype(np.float64), 1e-7, 1 - 1e-7)
-    z = np.log(q / (1 - q))
-    a, b = 0.0, 1.0
-    for _ in range(100):  # Newton on the two-parameter log loss
-        p = 1.0 / (1.0 + np.exp(-(a + b * z)))
-        h = p * (1 - p)
-        step = np.linalg.solve([[h.sum(), (h * z).sum()], [(h * z).sum(), (h * z * z).sum()]],
-                               [np.sum(p - y), np.sum((p - y) * z)])
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-10:
-            break
-    shift = 0.0
-    for _ in range(100):  # the one constant logit shift that fits best: what a better log(w) could reach
-        p = 1.0 / (1.0 + np.exp(-(z + shift)))
-        step = np.sum(p - y) / np.sum(p * (1 - p))
-        shift -= step
-        if abs(step) < 1e-10:
-            break
-    shifted = 1.0 / (1.0 + np.exp(-(z + shift)))
-    return {"calibration_slope": round(float(b), 4), "calibration_intercept": round(float(a), 4),
-            "mean_ctr_over_observed": round(float(q.mean() / y.mean()), 4), "best_shift": round(float(shift), 4),
-            "ece_best_shift": round(m.calibration(y, shifted)["ece"], 4)}
+    fit = recalibration.calibration_fit(pred["labels"], pred["probs"])
+    return {k: round(v, 4) for k, v in fit.items()}
 
 
 IMPORTANCE = "importance_weights"

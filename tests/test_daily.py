@@ -60,6 +60,28 @@ def test_promotion_rule():
     assert promotion({"log_loss": 0.33}, {"log_loss": 0.30}, "log_loss", 0.05)[0]
 
 
+def test_calibration_fit_finds_over_confidence_and_a_wrong_shift():
+    """`recalibration.calibration_fit` on CTRs whose miss is known: the click logit is a + b · logit(p)."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(-2.5, 1.0, 200_000)
+    served = 1 / (1 + np.exp(-z))
+
+    def clicks(a: float, b: float) -> np.ndarray:
+        return (rng.random(z.size) < 1 / (1 + np.exp(-(a + b * z)))).astype(np.float64)
+
+    calibrated = recalibration.calibration_fit(clicks(0.0, 1.0), served)
+    assert abs(calibrated["calibration_slope"] - 1.0) < 0.03 and abs(calibrated["calibration_intercept"]) < 0.08
+    assert abs(calibrated["best_shift"]) < 0.03 and calibrated["ece_best_shift"] < 0.005
+    # Over-confident (b = 0.7): the slope says so, and no constant shift repairs the ECE.
+    over = recalibration.calibration_fit(clicks(-0.75, 0.7), served)
+    assert abs(over["calibration_slope"] - 0.7) < 0.03 and abs(over["calibration_intercept"] + 0.75) < 0.08
+    assert over["ece_best_shift"] > 0.01
+    # Only shifted (a log w off by log 2): the best shift finds −log 2 and then the ECE is small.
+    shifted = recalibration.calibration_fit(clicks(-np.log(2.0), 1.0), served)
+    assert abs(shifted["best_shift"] + np.log(2.0)) < 0.03 and shifted["ece_best_shift"] < 0.005
+    assert shifted["mean_ctr_over_observed"] > 1.6
+
+
 def test_driver_docstring_examples_run():
     import doctest
 

@@ -66,3 +66,41 @@ def model_rate(model_dir: str) -> float:
         return 1.0
     with fs.open(path) as f:
         return float(json.load(f)[RATE_KEY])
+
+
+def calibration_fit(labels: Any, probs: Any) -> dict:
+    """How served CTRs miss: the logistic fit `P(click) = σ(a + b · logit(p))`, and the best constant shift.
+
+    `slope` b < 1 is over-confidence (CTRs spread too far from the mean: a model that memorised
+    its train split), b > 1 under-confidence; `intercept` a. `best_shift` is the one constant
+    added to every logit that fits the labels best, and `ece_best_shift` the expected
+    calibration error after it (`tfvctr.metrics.calibration`): when it stays high, no
+    recalibration constant (a better log w) would help, the spread is wrong. Used by
+    `benchmarks/daily.py --compare-rates` (docs/daily.md).
+    """
+    import numpy as np
+
+    from tfvctr import metrics
+
+    y = np.asarray(labels, dtype=np.float64)
+    q = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    z = np.log(q / (1 - q))
+    a, b = 0.0, 1.0
+    for _ in range(100):  # Newton on the two-parameter log loss (concave: converges from (0, 1))
+        p = 1.0 / (1.0 + np.exp(-(a + b * z)))
+        h = p * (1 - p)
+        step = np.linalg.solve([[h.sum(), (h * z).sum()], [(h * z).sum(), (h * z * z).sum()]],
+                               [np.sum(p - y), np.sum((p - y) * z)])
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    shift = 0.0
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(z + shift)))
+        step = np.sum(p - y) / np.sum(p * (1 - p))
+        shift -= step
+        if abs(step) < 1e-10:
+            break
+    shifted = 1.0 / (1.0 + np.exp(-(z + shift)))
+    return {"calibration_slope": float(b), "calibration_intercept": float(a), "best_shift": float(shift),
+            "ece_best_shift": metrics.calibration(y, shifted)["ece"], "mean_ctr_over_observed": float(q.mean() / y.mean())}
