@@ -831,6 +831,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         + (f" --scenarios {','.join(scenarios)}" if args.scenarios else "")
         + (f" --seeds {seeds}" if seeds != 3 and not args.quick else "")
         + (f" --steps {steps}" if args.steps else "")
+        + (f" --models {args.models}" if args.models and not args.quick else "")
     )
     spent = sum(r["seconds"] for r in plan.mine(load_results(work)) if r["scenario"] in plan.scenarios)
     spent += sum(lr[s].get("seconds", 0.0) for s in plan.scenarios)
