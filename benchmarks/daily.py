@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 import threading
 import time
 from typing import Optional
+
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -89,9 +92,25 @@ class Server:
         self.proc.wait(timeout=60)
 
 
-def _calibration_fit(model_dir: str, data_dir: str, offset: float) -> dict:
+def _eval_shards(data_dir: str) -> list[str]:
+    """The eval split's shards ordered by their content: two preprocesses of the same tables at different rates
+    write the same eval records but may name the shards differently, and paired AUC errors need one order."""
+    import hashlib
+
+    from tfvctr import data as data_lib
+    from tfvctr import layout
+
+    def digest(path: str) -> str:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    return sorted(data_lib.list_shards(data_dir, layout.EVAL), key=digest)
+
+
+def _calibration_fit(model_dir: str, data_dir: str, offset: float) -> tuple[dict, dict]:
     """Eval-split calibration of a model's scored CTRs (`tfvctr.daily.recalibration.calibration_fit`): the slope says
-    why an ECE is high (b < 1: over-confident), `ece_best_shift` whether a better recalibration constant would help."""
+    why an ECE is high (b < 1: over-confident), `ece_best_shift` whether a better recalibration constant would help.
+    Also returns the predictions (labels, probs, ads), in `_eval_shards` order."""
     import keras
 
     from tfvctr import data as data_lib
@@ -101,38 +120,96 @@ def _calibration_fit(model_dir: str, data_dir: str, offset: float) -> dict:
     from tfvctr.features import FeatureEncoder
 
     config = load_config(os.path.join(model_dir, layout.CONFIG))
-    files = data_lib.list_shards(data_dir, layout.EVAL)
     dataset = data_lib.make_dataset(config, data_dir, layout.EVAL, training=False,
                                     encoder=FeatureEncoder.from_data_dir(config.dataset, data_dir), batch_size=64,
-                                    with_meta=True, files=files)
+                                    with_meta=True, files=_eval_shards(data_dir))
     model = keras.saving.load_model(os.path.join(model_dir, layout.MODEL), compile=False)
     pred = evaluation.score(evaluation.Evaluator(model, logit_offset=offset), dataset)
     fit = recalibration.calibration_fit(pred["labels"], pred["probs"])
-    return {k: round(v, 4) for k, v in fit.items()}
+    return {k: round(v, 4) for k, v in fit.items()}, {"labels": pred["labels"], "probs": pred["probs"],
+                                                       "ads": np.asarray(pred["ads"]).astype("S")}
+
+
+def delong(labels, scores: list) -> tuple[list[float], np.ndarray]:
+    """DeLong et al. (1988), in Sun & Xu's (2014) midrank form: the AUCs of several scorings of the same examples
+    and the covariance matrix of their sampling errors. The error of one AUC is sqrt(cov[i, i]); that of a paired
+    difference sqrt(cov[i, i] + cov[j, j] - 2 cov[i, j]), much smaller when both models rank alike."""
+    from tfvctr.metrics import average_ranks
+
+    labels = np.asarray(labels) > 0.5
+    m, n = int(labels.sum()), int((~labels).sum())
+    v10, v01, aucs = [], [], []
+    for s in scores:
+        s = np.asarray(s, dtype=np.float64)
+        tz, tx, ty = average_ranks(s), average_ranks(s[labels]), average_ranks(s[~labels])
+        aucs.append(float((tz[labels].sum() - m * (m + 1) / 2) / (m * n)))
+        v10.append((tz[labels] - tx) / n)        # per click: the share of non-clicks ranked below it
+        v01.append(1.0 - (tz[~labels] - ty) / m)  # per non-click: the share of clicks ranked above it
+    cov = np.atleast_2d(np.cov(np.array(v10))) / m + np.atleast_2d(np.cov(np.array(v01))) / n
+    return aucs, cov
 
 
 IMPORTANCE = "importance_weights"
 
 
-def _rate_spec(spec: str) -> tuple[float, list[str], bool]:
-    """`RATE[:key=value;...;importance_weights]` → (rate, config overrides, importance-weighted loss)."""
+PASSES = "same_passes"
+
+
+def _rate_spec(spec: str) -> dict:
+    """`RATE[:key=value;...;importance_weights;same_passes;train_share=S]` → the rate, its config overrides, whether
+    the loss is importance-weighted, whether the step count is scaled to the first entry's passes over its data,
+    and the share of train-day impressions kept before the preprocess (1: all)."""
     rate, _, rest = spec.partition(":")
     sets = [x for x in rest.split(";") if x]
-    return float(rate), [x for x in sets if x != IMPORTANCE], IMPORTANCE in sets
+    share = [float(x.split("=", 1)[1]) for x in sets if x.startswith("train_share=")]
+    return {"w": float(rate), "overrides": [x for x in sets if x not in (IMPORTANCE, PASSES)
+                                            and not x.startswith("train_share=")],
+            "weighted": IMPORTANCE in sets, "same_passes": PASSES in sets, "share": share[-1] if share else 1.0}
+
+
+def scaled_steps(steps: int, chunks: int, first_chunks: int) -> int:
+    """The step count that makes as many passes over `chunks` train chunks as `steps` make over `first_chunks`
+    (a step reads `training.ads_per_batch` chunks whatever the rate)."""
+    return max(1, round(steps * chunks / first_chunks))
+
+
+def write_train_share(impressions: str, out: str, share: float, before_day: int, seed: int = 0) -> int:
+    """Copy `impressions` keeping a seeded share of the rows of days < `before_day` (the train days) and every
+    later row; returns how many rows were kept. The held-out ads' rows of those days (valid split) are thinned
+    too: the eval day is untouched."""
+    import csv
+    import random
+
+    from tfvctr.io.schema import parse_day
+
+    rng, kept = random.Random(seed), 0
+    with open(impressions, newline="") as f, open(out, "w", newline="") as g:
+        reader = csv.DictReader(f)
+        writer = csv.DictWriter(g, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        for row in reader:
+            if parse_day(row["day"])[0] >= before_day or rng.random() < share:
+                writer.writerow(row)
+                kept += 1
+    return kept
 
 
 def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[int], base_config: str) -> None:
     """`--compare-rates 1,0.1 [--seeds 0,1,2]`: the demo config trained at each negative sampling rate on the same
     tables (eval = the last day; one preprocess per rate, its draw seeded by `dataset.seed` 0), once per training
     seed: one JSON line per (rate, seed) with train impressions, train time, the selected step, AUC, cold AUC, ECE,
-    log loss and the eval calibration fit (`_calibration_fit`); then per rate the mean ± std over seeds and the
-    paired differences to the first rate.
+    log loss and the eval calibration fit (`_calibration_fit`); then per rate the mean ± std over seeds, the
+    paired differences to the first entry, and the eval day's AUC sampling errors (DeLong: one AUC, and a paired
+    difference on the same impressions).
 
-    A rate may carry training variants, `RATE:key=value;key=value` (config overrides of the training only: the
-    data is the rate's), and `importance_weights`: the loss weighs each kept non-click by 1 / w (the gradient of
-    the whole log in expectation), so the model learns the real odds and is scored without the log(w) shift.
-    Entries are separated by spaces, or by commas when none holds a `:`. A model dir that finished
-    already is reused (its train time is the first run's).
+    An entry may carry variants, `RATE:key=value;key=value` (config overrides of the training only: the data is
+    the rate's); `importance_weights`: the loss weighs each kept non-click by 1 / w (the gradient of the whole log
+    in expectation), so the model learns the real odds and is scored without the log(w) shift; `same_passes`: the
+    step count scaled to the first entry's passes over its train split (`scaled_steps`); `train_share=S`: a seeded
+    share S of the train days' raw impressions, clicks and non-clicks alike, kept before the preprocess
+    (`write_train_share`; the eval day untouched). Entries are separated by spaces, or by commas when none holds a
+    `:`. A model dir that finished already is reused with its figures (`bench_row.json`; the train time is the
+    first run's).
     """
     import statistics
 
@@ -146,42 +223,69 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
     from tfvctr.training.trainer import train
 
     results: dict[str, list[dict]] = {}
-    prepared = {}
-    for spec in specs:
-        w, _, _ = _rate_spec(spec)
-        if w in prepared:
+    prepared: dict[tuple[float, float], tuple] = {}
+    parsed = {spec: _rate_spec(spec) for spec in specs}
+    # Shares after whole logs: their train days are read from a whole log's manifest.
+    for spec in sorted(specs, key=lambda x: parsed[x]["share"] < 1.0):
+        w, share = parsed[spec]["w"], parsed[spec]["share"]
+        if (w, share) in prepared:
             continue
         with open(base_config) as f:
             d = yaml.safe_load(f)
         d["dataset"]["negative_sampling_rate"] = w
         d["training"].update(steps=steps, decay_steps=[], eval_every=100, checkpoint_every=100, patience=3)
         d.pop("tune", None)
-        cfg = os.path.join(out, f"rate{w}.yaml")
+        suffix = "" if share == 1.0 else f"-share{share:g}"
+        cfg = os.path.join(out, f"rate{w}{suffix}.yaml")
         with open(cfg, "w") as f:
             yaml.safe_dump(d, f)
-        data = os.path.join(out, f"data{w}")
+        data = os.path.join(out, f"data{w}{suffix}")
+        impressions = os.path.join(raw, "impressions.csv")
+        if share < 1.0:
+            whole = next(iter(prepared.values()))[2]
+            before = (whole["validation"] or {}).get("valid_from_day", whole["eval_from_day"])
+            impressions = os.path.join(out, f"impressions{suffix}.csv")
+            if not os.path.exists(impressions):
+                write_train_share(os.path.join(raw, "impressions.csv"), impressions + ".tmp", share, before)
+                os.replace(impressions + ".tmp", impressions)
         if os.path.exists(os.path.join(data, "manifest.json")):
             with open(os.path.join(data, "manifest.json")) as f:
                 m = json.load(f)
         else:
+            t = time.time()
             m = build_tfrecords.run(["--config", cfg, "--ads", os.path.join(raw, "ads.csv"), "--impressions",
-                                     os.path.join(raw, "impressions.csv"), "--out", data, "--overwrite"], verbose=False)
-        prepared[w] = (cfg, data, m)
+                                     impressions, "--out", data, "--overwrite"], verbose=False)
+            print(json.dumps({"preprocess": os.path.basename(data), "seconds": round(time.time() - t)}), flush=True)
+        prepared[(w, share)] = (cfg, data, m)
+    first_chunks = prepared[(parsed[specs[0]]["w"], parsed[specs[0]]["share"])][2]["splits"]["train"]["chunks"]
+    first_train = prepared[(parsed[specs[0]]["w"], parsed[specs[0]]["share"])][2]["splits"]["train"]["impressions"]
+    predictions: dict[tuple[str, int], dict] = {}
     for seed in seeds:  # seeds outside: a cut-short run still has paired rows
         for spec in specs:
-            w, overrides, weighted = _rate_spec(spec)
-            cfg, data, m = prepared[w]
+            p = parsed[spec]
+            w = p["w"]
+            cfg, data, m = prepared[(w, p["share"])]
             name = spec if spec == str(w) or ":" in spec else str(w)
             model = os.path.join(out, "model" + name.replace(":", "_").replace(";", "_").replace("=", "") + f"-seed{seed}")
+            n_steps = scaled_steps(steps, m["splits"]["train"]["chunks"], first_chunks) if p["same_passes"] else steps
+            cached, saved = os.path.join(model, "bench_row.json"), os.path.join(model, "bench_eval.npz")
+            if os.path.exists(cached) and os.path.exists(saved):
+                with open(cached) as f:
+                    row = json.load(f)
+                with np.load(saved) as z:
+                    predictions[(name, seed)] = dict(z)
+                results.setdefault(name, []).append(row)
+                print(json.dumps(row), flush=True)
+                continue
             timing = os.path.join(model, "bench_seconds.json")
             loss_fn = None
-            if weighted:
+            if p["weighted"]:
                 def loss_fn(labels, logits, w=w):  # each kept non-click stands for 1 / w of them
                     return pointwise_loss(labels, logits, labels + (1.0 - labels) / w)
             trained_before = os.path.exists(os.path.join(model, "selection.json"))
             t = time.time()
-            result = train(load_config(cfg, [f"training.seed={seed}", *overrides]), data, model, loss_fn=loss_fn,
-                           log=None)
+            result = train(load_config(cfg, [f"training.seed={seed}", f"training.steps={n_steps}", *p["overrides"]]),
+                           data, model, loss_fn=loss_fn, log=None)
             seconds = round(time.time() - t)
             if os.path.exists(timing):
                 with open(timing) as f:
@@ -191,30 +295,58 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
             else:
                 with open(timing, "w") as f:
                     json.dump(seconds, f)
-            if weighted:  # the model predicts the real odds: evaluate and export must not shift them
+            if p["weighted"]:  # the model predicts the real odds: evaluate and export must not shift them
                 recalibration.write_model_rate(model, 1.0, data)
             r = evaluation.evaluate(model, data, write=False)
-            fit = _calibration_fit(model, data, recalibration.logit_offset(recalibration.model_rate(model)))
-            row = {"spec": name, "w": w, "seed": seed, "train_impressions": m["splits"]["train"]["impressions"],
+            fit, pred = _calibration_fit(model, data, recalibration.logit_offset(recalibration.model_rate(model)))
+            train_imp = m["splits"]["train"]["impressions"]
+            row = {"spec": name, "w": w, "seed": seed, "steps": n_steps, "train_impressions": train_imp,
+                   "train_share_of_first": round(train_imp / first_train, 4),
+                   "train_chunks": m["splits"]["train"]["chunks"], "train_ads": m["splits"]["train"]["ads"],
+                   "train_ctr": round(m["splits"]["train"]["positives"] / train_imp, 4),
                    "downsampled": m["downsampled_negatives"], "train_seconds": seconds,
                    "best_step": result.get("best_step"), "last_step": int(result["step"]),
                    "auc": r["auc"], "cold_auc": r["cold"]["auc"], "ece": r["calibration"]["ece"],
-                   "log_loss": r["log_loss"], **fit}
+                   "log_loss": r["log_loss"], "eval_impressions": int(pred["labels"].size),
+                   "eval_clicks": int(pred["labels"].sum()), **fit}
+            np.savez(saved, labels=pred["labels"].astype(np.float32), probs=pred["probs"].astype(np.float32),
+                     ads=pred["ads"])
+            with open(cached, "w") as f:
+                json.dump(row, f)
+            predictions[(name, seed)] = pred
             results.setdefault(name, []).append(row)
             print(json.dumps(row), flush=True)
-    first = results[next(iter(results))]
+    first_name = next(iter(results))
+    first = results[first_name]
 
-    def spread(values: list[float]) -> str:
+    def spread(values: list) -> str:
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
         sd = statistics.stdev(values) if len(values) > 1 else float("nan")
         return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
     for name, rows in results.items():
-        line = [f"{name}:"] + [f"{k} {spread([r[k] for r in rows])}"
-                               for k in ("auc", "cold_auc", "ece", "log_loss", "calibration_slope")]
+        line = [f"{name}:", f"steps {rows[0]['steps']}", f"train impressions {rows[0]['train_impressions']} "
+                f"({rows[0]['train_share_of_first']:.0%} of {first_name}'s)",
+                f"train s {spread([r['train_seconds'] for r in rows])}"]
+        line += [f"{k} {spread([r[k] for r in rows])}" for k in ("auc", "cold_auc", "ece", "log_loss",
+                                                                   "calibration_slope")]
+        se = [math.sqrt(delong(predictions[(name, r["seed"])]["labels"], [predictions[(name, r["seed"])]["probs"]])[1][0, 0])
+              for r in rows]
+        line.append(f"AUC sampling error (DeLong) {statistics.mean(se):.4f}")
         if rows is not first:
-            n = min(len(rows), len(first))
-            line += [f"paired {k} - {first[0]['spec']}: {spread([r[k] - f[k] for r, f in zip(rows[:n], first[:n], strict=True)])}"
-                     for k in ("auc", "ece")]
+            pairs = [(r, f) for r in rows for f in first if f["seed"] == r["seed"]]
+            line += [f"paired {k} - {first_name}: {spread([r[k] - f[k] for r, f in pairs])}" for k in ("auc", "ece")]
+            paired_se = []
+            for r, _ in pairs:
+                a, b = predictions[(name, r["seed"])], predictions[(first_name, r["seed"])]
+                if a["labels"].size == b["labels"].size and np.array_equal(a["labels"], b["labels"]) \
+                        and np.array_equal(a["ads"], b["ads"]):  # the same impressions in the same order
+                    cov = delong(a["labels"], [a["probs"], b["probs"]])[1]
+                    paired_se.append(math.sqrt(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0)))
+            if paired_se:
+                line.append(f"paired AUC sampling error (DeLong) {statistics.mean(paired_se):.4f}")
         print("  ".join(line), flush=True)
 
 
