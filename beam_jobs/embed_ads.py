@@ -82,7 +82,8 @@ def build_pipeline(p: beam.Pipeline, config: Config, model_dir: str, data: str, 
         dead = [read[DEAD], ads[DEAD], joined[DEAD]]
     kept = joined["ads"] | "KeepCovered" >> KeepCovered(coverage)
     embedded = kept | "EmbedAds" >> EmbedAds(join_path(model_dir, layout.VISUAL_TOWER),
-                                             join_path(data, layout.VOCAB_DIR, layout.CATEGORY_VOCAB), batch_size)
+                                             join_path(data, layout.VOCAB_DIR, layout.CATEGORY_VOCAB), batch_size,
+                                             ds.image_format)
     _ = embedded["rows"] | "WriteTable" >> WriteTable(out, dtype, rows_per_shard)
     _ = ((*dead, embedded[DEAD]) | "AllDead" >> beam.Flatten() | "WriteDeadLetter" >> WriteDeadLetter(out))
 

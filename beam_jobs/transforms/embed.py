@@ -3,8 +3,12 @@
 Record layouts (NamedTuples: the CNN dominates this job's cost, so the pickling overhead
 that made build_tfrecords keep plain tuples does not matter here):
 
-    AdToEmbed   (ad_id, category, image_bytes, impressions, new)
-    EmbeddedAd  (ad_id, category, impressions, vector)
+    AdToEmbed      (ad_id, category, image_bytes, impressions, new)
+    EmbeddedBatch  (ad_ids, categories, impressions [n], vectors [n, dim]): one tower batch
+
+The tower's output stays one element per batch up to the files: the table's shuffle and
+the category means then cost one Beam element per batch, not per ad (docs/beam_jobs.md,
+fourth round).
 
 `impressions` is the ad's count in the most recent split of the data (`ad_counts.jsonl`),
 `new` says the ad is not in the data at all (newer than it): such ads are always kept.
@@ -42,13 +46,17 @@ class AdToEmbed(NamedTuple):
     new: bool  # not in ad_counts.jsonl: newer than the data
 
 
-class EmbeddedAd(NamedTuple):
-    """One row of the table."""
+class EmbeddedBatch(NamedTuple):
+    """Rows of the table, as the tower produced them (one batch, or the part of one in a shard)."""
 
-    ad_id: str
-    category: str
-    impressions: int
-    vector: np.ndarray  # float32 [dim]
+    ad_ids: tuple  # str each
+    categories: tuple  # str each
+    impressions: np.ndarray  # int64 [n]
+    vectors: np.ndarray  # float32 [n, dim]
+
+    def take(self, index: list[int]) -> "EmbeddedBatch":
+        return EmbeddedBatch(tuple(self.ad_ids[i] for i in index), tuple(self.categories[i] for i in index),
+                             self.impressions[index], self.vectors[index])
 
 
 # ----------------------------------------------------------------------------- coverage
@@ -92,15 +100,26 @@ class CoverageThreshold(beam.PTransform):
 
 
 class _Keep(beam.DoFn):
+    # Counters add up per bundle and are reported once: a Beam counter update costs more
+    # than the comparison it counts.
+    def start_bundle(self) -> None:
+        self._counts = {"total_impressions": 0, "new_ads": 0, "ads_below_coverage": 0}
+
     def process(self, ad: AdToEmbed, threshold: int) -> Iterable[AdToEmbed]:
-        counter("total_impressions").inc(ad.impressions)
+        counts = self._counts
+        counts["total_impressions"] += ad.impressions
         if ad.new:
-            counter("new_ads").inc()
+            counts["new_ads"] += 1
             yield ad
         elif ad.impressions >= threshold:
             yield ad
         else:
-            counter("ads_below_coverage").inc()
+            counts["ads_below_coverage"] += 1
+
+    def finish_bundle(self) -> None:
+        for name, value in self._counts.items():
+            if value:
+                counter(name).inc(value)
 
 
 class KeepCovered(beam.PTransform):
@@ -111,6 +130,10 @@ class KeepCovered(beam.PTransform):
         self._coverage = coverage
 
     def expand(self, ads):
+        if self._coverage >= 1.0:
+            # Every ad is kept (`coverage_threshold` is 0): no histogram, and no side input,
+            # which would make the runner hold every ad (its image included) until it is known.
+            return ads | "Keep" >> beam.ParDo(_Keep(), 0)
         threshold = (ads | "Known" >> beam.Filter(lambda ad: not ad.new)
                      | "Threshold" >> CoverageThreshold(self._coverage))
         return ads | "Keep" >> beam.ParDo(_Keep(), pvalue.AsSingleton(threshold))
@@ -204,12 +227,31 @@ class ReadDataAds(beam.PTransform):
 # ----------------------------------------------------------------------------- embedding
 
 
+def decode_batch(encoded: Any, size: int, image_format: str) -> Any:
+    """Prepared images (docs/formats.md §2, all `size`² in `image_format`) → float32 [n, size, size, 3].
+
+    The very pixels of the trainer's `tfvctr.data.decode_image` (tested equal), for less:
+    `decode_jpeg`/`decode_png` instead of `decode_image`'s format dispatch, no crop-or-pad
+    (a prepared image is `size`² by construction: `ensure_shape` fails the batch otherwise,
+    so it goes to the dead letter rather than being padded), and the conversion to floats
+    once for the batch instead of once per image. 0.04 ms an image instead of 0.08 (64 px
+    JPEG, docs/beam_jobs.md fourth round). Runs inside a `tf.function`.
+    """
+    import tensorflow as tf
+
+    decode = {"jpeg": tf.io.decode_jpeg, "png": tf.io.decode_png}[image_format]
+    pixels = tf.map_fn(lambda b: tf.ensure_shape(decode(b, channels=3), [size, size, 3]), encoded,
+                       fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
+    return tf.image.convert_image_dtype(pixels, tf.float32)
+
+
 class _EmbedBatch(beam.DoFn):
     """Runs the visual tower on a batch of `AdToEmbed`; the model loads once per worker (`setup`)."""
 
-    def __init__(self, model_path: str, category_vocab_path: str):
+    def __init__(self, model_path: str, category_vocab_path: str, image_format: str):
         self._model_path = model_path
         self._vocab_path = category_vocab_path
+        self._image_format = image_format
         self._model = None
         self._category_ids: dict[str, int] = {}
 
@@ -219,7 +261,6 @@ class _EmbedBatch(beam.DoFn):
         from apache_beam.io.filesystems import FileSystems
 
         import tfvctr.layers  # noqa: F401  (registers the custom layers the model file names)
-        from tfvctr.data import decode_image
 
         # Keras reads .keras files from local paths only: copy a remote model down once.
         path = self._model_path
@@ -231,15 +272,14 @@ class _EmbedBatch(beam.DoFn):
         import tensorflow as tf
 
         self._model = model = keras.saving.load_model(path, compile=False)
-        size = int(model.input["image"].shape[1])
+        size, image_format = int(model.input["image"].shape[1]), self._image_format
 
         # Decoding and the tower in one graph call per batch (one trace: any batch size), not
-        # one eager op chain per image and an eager Keras call: the same decoding ops, so the
-        # same pixels, and no round trip of the pixels through NumPy.
+        # one eager op chain per image and an eager Keras call, and no round trip of the
+        # pixels through NumPy.
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)])
         def embed(encoded, categories):
-            pixels = tf.map_fn(lambda b: decode_image(b, size), encoded,
-                               fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+            pixels = decode_batch(encoded, size, image_format)
             return model({"image": pixels, "category": categories}, training=False)
 
         self._embed = embed
@@ -247,15 +287,15 @@ class _EmbedBatch(beam.DoFn):
         # docs/formats.md §2 "Indexing": 0 = unknown category, 1 + line number otherwise.
         self._category_ids = {value: i + 1 for i, value in enumerate(line for line in lines if line)}
 
-    def process(self, batch: list[AdToEmbed]) -> Iterable[EmbeddedAd]:
-        # The trainer's own decoder (tf.io.decode_image), so the tower sees the very pixels
-        # it was trained on (JPEG decoders may differ by a level here and there).
+    def process(self, batch: list[AdToEmbed]) -> Iterable[EmbeddedBatch]:
+        # The same pixels as the trainer's decoder (`decode_batch`), so the tower sees the very
+        # pixels it was trained on (JPEG decoders may differ by a level here and there).
         categories = np.array([self._category_ids.get(ad.category, 0) for ad in batch], dtype=np.int32)
         vectors = np.asarray(self._embed(np.array([ad.image_bytes for ad in batch], dtype=object), categories),
                              dtype=np.float32)
         counter("embedded_batches").inc()
-        for ad, vector in zip(batch, vectors, strict=True):
-            yield EmbeddedAd(ad.ad_id, ad.category, ad.impressions, vector)
+        yield EmbeddedBatch(tuple(ad.ad_id for ad in batch), tuple(ad.category for ad in batch),
+                            np.array([ad.impressions for ad in batch], dtype=np.int64), vectors)
 
 
 def _failed_batch(failure: tuple) -> Iterable[tuple]:
@@ -267,18 +307,22 @@ def _failed_batch(failure: tuple) -> Iterable[tuple]:
 
 
 class EmbedAds(beam.PTransform):
-    """`AdToEmbed` → `EmbeddedAd` in batches of at most `batch_size`; a failed batch's ads → `"dead"`."""
+    """`AdToEmbed` → `EmbeddedBatch` of at most `batch_size` ads; a failed batch's ads → `"dead"`.
 
-    def __init__(self, model_path: str, category_vocab_path: str, batch_size: int):
+    `image_format` is `dataset.image_format`: the format every prepared image is in.
+    """
+
+    def __init__(self, model_path: str, category_vocab_path: str, batch_size: int, image_format: str = "jpeg"):
         super().__init__()
         self._model_path, self._vocab_path, self._batch_size = model_path, category_vocab_path, batch_size
+        self._image_format = image_format
 
     def expand(self, ads):
         out = (ads
                # Full batches (BatchElements would start at 1 and grow): the tower's cost per image is
                # lowest at the batch size it was measured with (benchmarks/beam_embed.py).
                | "Batch" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
-               | "Tower" >> beam.ParDo(_EmbedBatch(self._model_path, self._vocab_path))
+               | "Tower" >> beam.ParDo(_EmbedBatch(self._model_path, self._vocab_path, self._image_format))
                .with_exception_handling(dead_letter_tag="failed"))
         return {"rows": out.good, DEAD: out.failed | "FailedToDead" >> beam.FlatMap(_failed_batch)}
 
@@ -304,42 +348,62 @@ def _write_bytes(path: str, data: bytes) -> None:
         f.write(data)
 
 
+def split_by_shard(batch: EmbeddedBatch, num_shards: int) -> Iterable[tuple[int, EmbeddedBatch]]:
+    """A batch → `(shard, the batch's rows of that shard)` for each shard it touches."""
+    rows: dict[int, list[int]] = {}
+    for i, ad_id in enumerate(batch.ad_ids):
+        rows.setdefault(shard_of(ad_id, num_shards), []).append(i)
+    for shard, index in rows.items():
+        yield shard, batch.take(index)
+
+
+def category_sums(batch: EmbeddedBatch) -> Iterable[tuple[str, tuple[np.ndarray, int]]]:
+    """A batch → `(category, (sum of its vectors in float64, count))` for each category in it."""
+    rows: dict[str, list[int]] = {}
+    for i, category in enumerate(batch.categories):
+        rows.setdefault(category, []).append(i)
+    for category, index in rows.items():
+        yield category, (batch.vectors[index].astype(np.float64).sum(axis=0), len(index))
+
+
 class _WriteShard(beam.DoFn):
     def __init__(self, out: str, dtype: str):
         self._out, self._dtype = out, dtype
 
     def process(self, element: tuple) -> Iterable[str]:
-        shard, rows = element
-        rows = sorted(rows, key=lambda r: r.ad_id)
+        shard, parts = element
+        parts = list(parts)
+        ad_ids = [ad_id for part in parts for ad_id in part.ad_ids]
+        order = sorted(range(len(ad_ids)), key=ad_ids.__getitem__)  # ad_ids are unique (duplicates are dead)
+        categories = [category for part in parts for category in part.categories]
+        impressions = np.concatenate([part.impressions for part in parts])[order]
         data = _npz_bytes(
-            ad_id=np.array([r.ad_id for r in rows], dtype=str),
-            category=np.array([r.category for r in rows], dtype=str),
-            impressions=np.array([r.impressions for r in rows], dtype=np.int64),
-            vectors=np.stack([r.vector for r in rows]).astype(self._dtype),
+            ad_id=np.array([ad_ids[i] for i in order], dtype=str),
+            category=np.array([categories[i] for i in order], dtype=str),
+            impressions=impressions.astype(np.int64),
+            vectors=np.concatenate([part.vectors for part in parts])[order].astype(self._dtype),
         )
         _write_bytes(join_path(self._out, layout.table_shard(shard)), data)
-        counter("rows").inc(len(rows))
-        counter("covered_impressions").inc(sum(r.impressions for r in rows))
+        counter("rows").inc(len(ad_ids))
+        counter("covered_impressions").inc(int(impressions.sum()))
         counter("table_bytes").inc(len(data))
         yield layout.table_shard(shard)
 
 
 class _MeanFn(beam.CombineFn):
-    """Mean vector in float64 (sums of many float32 vectors lose digits)."""
+    """Mean vector from `(sum, count)` parts, in float64 (sums of many float32 vectors lose digits)."""
 
     def create_accumulator(self):
         return (None, 0)
 
-    def add_input(self, acc, vector):
-        total, n = acc
-        v = np.asarray(vector, dtype=np.float64)
-        return (v if total is None else total + v, n + 1)
+    def add_input(self, acc, part):
+        return self.merge_accumulators([acc, part])
 
     def merge_accumulators(self, accs):
         total, n = None, 0
         for t, m in accs:
             if t is not None:
-                total = t if total is None else total + t
+                total = np.array(t, dtype=np.float64) if total is None else total + t
             n += m
         return (total, n)
 
@@ -349,27 +413,28 @@ class _MeanFn(beam.CombineFn):
 
 
 class WriteTable(beam.PTransform):
-    """`EmbeddedAd` → `part-SSSSS.npz` shards + `category_means.npz` (docs/formats.md §4).
+    """`EmbeddedBatch` → `part-SSSSS.npz` shards + `category_means.npz` (docs/formats.md §4).
 
     Shards hold about `rows_per_shard` rows each, ads assigned by a stable hash of ad_id
-    and sorted by ad_id inside a shard, so the table is the same for the same inputs.
-    Returns the written shard names.
+    and sorted by ad_id inside a shard, so the table is the same for the same inputs
+    (however the ads were batched). Returns the written shard names.
     """
 
     def __init__(self, out: str, dtype: str, rows_per_shard: int):
         super().__init__()
         self._out, self._dtype, self._rows_per_shard = out, dtype, rows_per_shard
 
-    def expand(self, rows):
+    def expand(self, batches):
         per_shard = self._rows_per_shard
-        num_shards = (rows | "CountRows" >> beam.combiners.Count.Globally()
+        num_shards = (batches | "CountRows" >> beam.Map(lambda b: len(b.ad_ids))
+                      | "SumRows" >> beam.CombineGlobally(sum)
                       | "NumShards" >> beam.Map(lambda n: max(1, math.ceil(n / per_shard))))
-        shards = (rows
-                  | "Shard" >> beam.Map(lambda r, n: (shard_of(r.ad_id, n), r), pvalue.AsSingleton(num_shards))
+        shards = (batches
+                  | "Shard" >> beam.FlatMap(split_by_shard, pvalue.AsSingleton(num_shards))
                   | "GroupShard" >> beam.GroupByKey()
                   | "WriteShard" >> beam.ParDo(_WriteShard(self._out, self._dtype)))
-        _ = (rows
-             | "ByCategory" >> beam.Map(lambda r: (r.category, r.vector))
+        _ = (batches
+             | "ByCategory" >> beam.FlatMap(category_sums)
              | "Mean" >> beam.CombinePerKey(_MeanFn())
              | "AllMeans" >> beam.combiners.ToList()
              | "WriteMeans" >> beam.Map(self._write_means))
