@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from beam_jobs import embed_ads, images
 from beam_jobs.transforms.embed import coverage_threshold
@@ -165,3 +167,54 @@ def test_without_a_catalog_the_ads_preprocess_wrote_are_embedded(faulty_run, mod
     kept = sorted(a for a in VALID_ADS if counts[a]["eval_impressions"] >= threshold)
     assert sorted(_load_table(out)["ad_id"].tolist()) == kept and index["new_ads"] == 0
     assert index["ads_input"] == len(counts) == index["rows"] + index["ads_below_coverage"] + index["dead_letter_ads"]
+
+
+@pytest.mark.parametrize("image_format", ["jpeg", "png"])
+def test_the_jobs_batch_decoder_gives_the_trainers_pixels(image_format):
+    """`decode_batch` (decode_jpeg/png, one float conversion a batch) = `tfvctr.data.decode_image`, bit for bit."""
+    import tensorflow as tf
+
+    from beam_jobs.transforms.embed import decode_batch
+    from tfvctr.data import decode_image
+
+    rng = np.random.default_rng(3)
+    raw = []
+    for i in range(6):  # textured colour images of odd sizes: resizing, chroma subsampling and rounding all act
+        size = 20 + 3 * i
+        base = np.linspace(0, 255, size * size * 3).reshape(size, size, 3)
+        raw.append(Image.fromarray(np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)))
+    prepared = []
+    for img in raw:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        prepared.append(images.prepare_image(buf.getvalue(), 16, image_format))
+    batch = np.array(prepared, dtype=object)
+    job = tf.function(lambda b: decode_batch(b, 16, image_format))(batch).numpy()
+    trainer = np.stack([decode_image(tf.constant(b), 16).numpy() for b in prepared])
+    assert job.dtype == np.float32 and job.shape == (6, 16, 16, 3)
+    np.testing.assert_array_equal(job, trainer)
+    # A JPEG not at the prepared size fails the batch (its ads go to the dead letter), not padded.
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.function(lambda b: decode_batch(b, 12, image_format))(batch)
+
+
+def test_the_table_does_not_depend_on_how_ads_are_batched_or_sharded(faulty_run, model_dir, tmp_path):
+    """Batches of 1 and of 4 over 3 shards: the same rows in the same shards and order, the same means."""
+    tables = {}
+    for batch_size in (1, 4):
+        out = str(tmp_path / f"table{batch_size}")
+        embed_ads.run(["--model", model_dir, "--ads", os.path.join(faulty_run["root"], "ads.csv"), "--out", out,
+                       "--dtype", "float32", "--batch-size", str(batch_size), "--rows-per-shard", "2"], verbose=False)
+        shards = {name: np.load(os.path.join(out, name)) for name in sorted(os.listdir(out)) if name.endswith(".npz")}
+        tables[batch_size] = shards
+    assert sorted(tables[1]) == sorted(tables[4]) and len(tables[1]) == 4  # 3 shards + category_means.npz
+    for name, one in tables[1].items():
+        four = tables[4][name]
+        for key in one.files:
+            if one[key].dtype.kind == "f":
+                np.testing.assert_allclose(one[key], four[key], rtol=1e-5, atol=1e-6)
+            else:
+                np.testing.assert_array_equal(one[key], four[key])
+    ad_ids = [a for name, shard in tables[4].items() if name.startswith("part-") for a in shard["ad_id"].tolist()]
+    assert sorted(ad_ids) == VALID_ADS
+    assert all(list(s["ad_id"]) == sorted(s["ad_id"]) for n, s in tables[4].items() if n.startswith("part-"))
