@@ -23,6 +23,7 @@ tests (2e-3); with `--baseline`, the two tables are the same files' arrays, bit 
 Usage:
     python benchmarks/beam_embed.py                     # 500 ads
     python benchmarks/beam_embed.py --ads 8000 --baseline /tmp/embed_before
+    python benchmarks/beam_embed.py --ads 2000 --backbone-width 1.0   # a 16x costlier tower
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("--ads", type=int, default=500)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--backbone-width", type=float, default=None,
+                        help="override model.backbone_width (a costlier tower: how the job's per-ad cost amortises)")
     parser.add_argument("--pairs", type=int, default=3, help="quarter/whole runs of the job per source tree")
     parser.add_argument("--baseline", default=None,
                         help="an older source tree (beam_jobs/, tfvctr/) to measure in the same run")
@@ -123,6 +126,8 @@ def main() -> None:
         generate(raw, num_ads=args.ads, num_impressions=args.ads * 5, image_size=args.image_size, formats=("csv",))
         config = load_config(args.config)
         config.dataset.image_size = args.image_size
+        if args.backbone_width:
+            config.model.backbone_width = args.backbone_width
         os.makedirs(model)
         config_path = os.path.join(model, layout.CONFIG)
         save_config(config, config_path)
