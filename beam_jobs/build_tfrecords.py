@@ -41,7 +41,7 @@ from beam_jobs.common import (
     write_text_file,
 )
 from beam_jobs.flags import add_preprocess_arguments, add_runner_help
-from beam_jobs.transforms.join import ADS_MODES, EvalFromDay, JoinAndChunk
+from beam_jobs.transforms.join import ADS_MODES, DistinctDays, EvalFromDay, JoinAndChunk
 from beam_jobs.transforms.read import ReadTable
 from beam_jobs.transforms.stats import VocabAndStats
 from beam_jobs.transforms.validate import ValidateAds, ValidateImpressions
@@ -85,14 +85,16 @@ def build_pipeline(p: beam.Pipeline, config: Config, ads_path: str, impressions_
     # Grouped: the bundle's impressions of an ad cross the join's shuffle as one element.
     imps = imps_read["rows"] | "ValidateImpressions" >> ValidateImpressions(ds, grouped=True)
 
+    # The distinct days once, for the first eval day and the splits' days (one pass, not two).
+    distinct_days = imps["impressions"] | "DistinctDays" >> DistinctDays()
     if no_eval:
         eval_from_pc = p | "NoEval" >> beam.Create([None])
     elif eval_from is None:
-        eval_from_pc = imps["impressions"] | "EvalFromDay" >> EvalFromDay(ds.eval_days)
+        eval_from_pc = distinct_days | "EvalFromDay" >> EvalFromDay(ds.eval_days, from_distinct_days=True)
     else:
         eval_from_pc = p | "GivenEvalFromDay" >> beam.Create([eval_from])
     joined = {"ads": ads["ads"], "impressions": imps["impressions"], "rejected": ads["rejected"],
-              "eval_from": eval_from_pc} | "JoinAndChunk" >> JoinAndChunk(ds, seed)
+              "eval_from": eval_from_pc, "distinct_days": distinct_days} | "JoinAndChunk" >> JoinAndChunk(ds, seed)
 
     for split in layout.SPLITS:
         if split == layout.VALID and ds.validation.mode == "none":

@@ -104,23 +104,32 @@ class _BundleDays(beam.DoFn):
         self._days = set()
 
 
-class EvalFromDay(beam.PTransform):
-    """`(ad_id, impression)` → a singleton: the first eval day, from the distinct days.
-
-    The distinct days are a tiny global aggregate (one value per day), so this costs one
-    small combine, however many impressions there are.
-    """
-
-    def __init__(self, eval_days: int):
-        super().__init__()
-        self._eval_days = eval_days
+class DistinctDays(beam.PTransform):
+    """`(ad_id, impression)` (or `(ad_id, [impression, ...])`) → a singleton: the list of
+    distinct days (unordered). A tiny global aggregate (one value per day), however many
+    impressions there are; the job computes it once for `EvalFromDay` and `JoinAndChunk`."""
 
     def expand(self, impressions):
         return (impressions
                 | "Day" >> beam.ParDo(_BundleDays())
                 | "Distinct" >> beam.Distinct()
-                | "All" >> beam.combiners.ToList()
-                | "First" >> beam.Map(eval_from_day, self._eval_days))
+                | "All" >> beam.combiners.ToList())
+
+
+class EvalFromDay(beam.PTransform):
+    """`(ad_id, impression)` → a singleton: the first eval day, from the distinct days.
+
+    With `from_distinct_days=True` the input is already `DistinctDays`' singleton.
+    """
+
+    def __init__(self, eval_days: int, from_distinct_days: bool = False):
+        super().__init__()
+        self._eval_days = eval_days
+        self._from_distinct_days = from_distinct_days
+
+    def expand(self, pcoll):
+        days = pcoll if self._from_distinct_days else pcoll | "DistinctDays" >> DistinctDays()
+        return days | "First" >> beam.Map(eval_from_day, self._eval_days)
 
 
 class _Chunk(beam.DoFn):
@@ -231,7 +240,9 @@ class JoinAndChunk(beam.PTransform):
     impressions at once (`ValidateImpressions(grouped=True)`): fewer elements cross the
     shuffle; the output is the same.
 
-    Also takes `"eval_from"`, a singleton (the first eval day, None: no eval split). The
+    Also takes `"eval_from"`, a singleton (the first eval day, None: no eval split), and
+    optionally `"distinct_days"` (`DistinctDays` of the same impressions, when the job has
+    it already; else it is computed here). The
     valid split follows `ds.validation`; the held-out ads are drawn with
     `ds.validation.seed`, or `seed` when that is None.
 
@@ -248,13 +259,11 @@ class JoinAndChunk(beam.PTransform):
         self._seed = seed
 
     def expand(self, inputs: dict):
-        # The distinct days: a tiny global aggregate (one value per day), as in EvalFromDay.
-        days = (inputs["impressions"]
-                | "Day" >> beam.ParDo(_BundleDays())
-                | "DistinctDays" >> beam.Distinct()
-                | "AllDays" >> beam.combiners.ToList()
-                | "SplitDays" >> beam.Map(split_days, pvalue.AsSingleton(inputs["eval_from"]),
-                                          self._ds.validation.mode))
+        distinct = inputs.get("distinct_days")
+        if distinct is None:
+            distinct = inputs["impressions"] | "DistinctDays" >> DistinctDays()
+        days = distinct | "SplitDays" >> beam.Map(split_days, pvalue.AsSingleton(inputs["eval_from"]),
+                                                  self._ds.validation.mode)
         impressions = inputs["impressions"] | "PackGroups" >> beam.Map(_pack_group)
         grouped = ({"ads": inputs["ads"], "impressions": impressions, "rejected": inputs["rejected"]}
                    | "CoGroupByAdId" >> beam.CoGroupByKey())
