@@ -96,10 +96,9 @@ def build_pipeline(p: beam.Pipeline, config: Config, ads_path: str, impressions_
     joined = {"ads": ads["ads"], "impressions": imps["impressions"], "rejected": ads["rejected"],
               "eval_from": eval_from_pc, "distinct_days": distinct_days} | "JoinAndChunk" >> JoinAndChunk(ds, seed)
 
-    for split in layout.SPLITS:
-        if split == layout.VALID and ds.validation.mode == "none":
-            continue  # no valid folder at all: the output is what it was before validation existed
-        _ = joined[split] | f"Write_{split}" >> WriteRecords(out, split, ds.num_shards, ds.compression)
+    # No valid folder at all with validation "none": the output is what it was before validation existed.
+    splits = [s for s in layout.SPLITS if not (s == layout.VALID and ds.validation.mode == "none")]
+    _ = {s: joined[s] for s in splits} | "WriteRecords" >> WriteRecords(out, splits, ds.num_shards, ds.compression)
     _ = joined["ad_counts"] | "WriteAdCounts" >> WriteAdCounts(out)
     _ = {"train_ads": joined["train_ads"], "train_impressions": joined["train_impressions"],
          "days": joined["days"]} | "VocabAndStats" >> VocabAndStats(ds, out)

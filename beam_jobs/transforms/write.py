@@ -40,13 +40,13 @@ class _WriteTemp(beam.DoFn):
     Runs fused with the records' producer: the record bytes never cross a shuffle (Beam's
     `WriteToTFRecord` with a fixed `num_shards` groups every record by shard key, so the
     whole split went through the runner). At the end of a bundle it emits
-    `(path, size, cut points)`: fewer than 2 × `MAX_CUTS` record starts, evenly spaced in
+    `(split, path, size, cut points)`: fewer than 2 × `MAX_CUTS` record starts, evenly spaced in
     records (every record's while the file is small), where a shard may begin. Counts the
     split's chunks, impressions and positives once per bundle.
     """
 
     def __init__(self, temp_dir: str, split: str):
-        self._temp_dir, self._split = temp_dir, split
+        self._temp_dir, self._split = temp_dir, split  # the split goes with each temp file (one plan for all splits)
 
     def setup(self) -> None:
         self._counters = [counter(f"{self._split}_{what}") for what in ("chunks", "impressions", "positives")]
@@ -82,7 +82,8 @@ class _WriteTemp(beam.DoFn):
         self._file = None
         for c, n in zip(self._counters, self._counts, strict=True):
             c.inc(n)
-        yield WindowedValue((self._path, self._size, self._cuts), GlobalWindow().max_timestamp(), [GlobalWindow()])
+        yield WindowedValue((self._split, self._path, self._size, self._cuts), GlobalWindow().max_timestamp(),
+                            [GlobalWindow()])
 
 
 def plan_shards(temp_files: list, num_shards: int) -> list[tuple[int, int, list]]:
@@ -118,17 +119,27 @@ def plan_shards(temp_files: list, num_shards: int) -> list[tuple[int, int, list]
     return [(i, num_shards, ranges) for i, ranges in enumerate(shards)]
 
 
+def plan_splits(temp_files: list, splits: list[str], num_shards: int) -> list[tuple]:
+    """`(split, path, size, cut points)` of several splits → `(split, shard, num_shards, ranges)`,
+    `plan_shards` split by split (a split without temp files still gets its shard files)."""
+    out = []
+    for split in splits:
+        files = [(path, size, cuts) for s, path, size, cuts in temp_files if s == split]
+        out.extend((split, *shard) for shard in plan_shards(files, num_shards))
+    return out
+
+
 class _WriteShard(beam.DoFn):
-    """`(shard, num_shards, [(temp path, start, end)])` → `PREFIX-SSSSS-of-NNNNN.tfrecord[.gz]`
+    """`(split, shard, num_shards, [(temp path, start, end)])` → `OUT/<split>/part-SSSSS-of-NNNNN.tfrecord[.gz]`
     (the names Beam's `WriteToTFRecord` gives), the byte ranges copied in order; compressed
     here when `dataset.compression` is gzip. Emits the path written."""
 
-    def __init__(self, prefix: str, suffix: str, compression: str):
-        self._prefix, self._suffix, self._compression = prefix, suffix, compression
+    def __init__(self, out: str, suffix: str, compression: str):
+        self._out, self._suffix, self._compression = out, suffix, compression
 
     def process(self, shard: tuple) -> Iterable[str]:
-        index, num_shards, ranges = shard
-        path = f"{self._prefix}-{index:05d}-of-{num_shards:05d}{self._suffix}"
+        split, index, num_shards, ranges = shard
+        path = f"{join_path(self._out, split, 'part')}-{index:05d}-of-{num_shards:05d}{self._suffix}"
         gzip = CompressionTypes.GZIP if self._compression == "gzip" else CompressionTypes.UNCOMPRESSED
         with FileSystems.create(path, compression_type=gzip) as out:
             for source, start, end in ranges:
@@ -144,13 +155,14 @@ class _WriteShard(beam.DoFn):
         yield path
 
 
-def _delete_temp(written: list, temp_dir: str) -> int:
+def _delete_temp(written: list, temp_dirs: list[str]) -> int:
     """Deletes the temp files once every shard is written; returns the number of shards."""
-    files = [m.path for m in FileSystems.match([join_path(temp_dir, "*")])[0].metadata_list]
-    if files:
-        FileSystems.delete(files)
-    if FileSystems.exists(temp_dir):  # a local folder (object stores have none)
-        FileSystems.delete([temp_dir])
+    for temp_dir in temp_dirs:
+        files = [m.path for m in FileSystems.match([join_path(temp_dir, "*")])[0].metadata_list]
+        if files:
+            FileSystems.delete(files)
+        if FileSystems.exists(temp_dir):  # a local folder (object stores have none)
+            FileSystems.delete([temp_dir])
     return len(written)
 
 
@@ -163,24 +175,31 @@ class WriteRecords(beam.PTransform):
     the temp files are deleted. Only file names and sizes cross a shuffle, never the
     records (docs/beam_jobs.md, speed). Counts `<split>_chunks`, `_impressions` and
     `_positives` of the records written.
+
+    `split` is one split's name (the input is its PCollection) or a list of names (the
+    input is a dict split → PCollection): the splits then share one plan, one copy step
+    and one clean-up, a third of the transforms and stages of one `WriteRecords` per split
+    (each costs every worker a little, whatever the data: docs/beam_jobs.md).
     """
 
-    def __init__(self, out: str, split: str, num_shards: int = 0, compression: str = "none"):
+    def __init__(self, out: str, split, num_shards: int = 0, compression: str = "none"):
         super().__init__()
         self._out, self._split, self._num_shards, self._compression = out, split, num_shards, compression
 
     def expand(self, chunks):
-        temp_dir = join_path(self._out, f"beam-temp-records-{self._split}")
+        single = isinstance(self._split, str)
+        splits = [self._split] if single else list(self._split)
+        inputs = {self._split: chunks} if single else chunks
+        temp_dirs = {s: join_path(self._out, f"beam-temp-records-{s}") for s in splits}
         suffix = ".tfrecord.gz" if self._compression == "gzip" else ".tfrecord"
-        return (chunks
-                | "WriteTemp" >> beam.ParDo(_WriteTemp(temp_dir, self._split))
+        temp = [inputs[s] | f"WriteTemp_{s}" >> beam.ParDo(_WriteTemp(temp_dirs[s], s)) for s in splits]
+        return ((temp[0] if single else temp | "AllTempFiles" >> beam.Flatten())
                 | "TempFiles" >> beam.combiners.ToList()
-                | "Plan" >> beam.FlatMap(plan_shards, self._num_shards)
+                | "Plan" >> beam.FlatMap(plan_splits, splits, self._num_shards)
                 | "SpreadShards" >> beam.Reshuffle()
-                | "WriteShard" >> beam.ParDo(_WriteShard(join_path(self._out, self._split, "part"), suffix,
-                                                         self._compression))
+                | "WriteShard" >> beam.ParDo(_WriteShard(self._out, suffix, self._compression))
                 | "Written" >> beam.combiners.ToList()
-                | "DeleteTemp" >> beam.Map(_delete_temp, temp_dir))
+                | "DeleteTemp" >> beam.Map(_delete_temp, list(temp_dirs.values())))
 
 
 class _FormatAdCount(beam.DoFn):

@@ -72,3 +72,17 @@ def test_plan_without_files_or_shards():
     assert plan_shards([], 2) == [(0, 2, []), (1, 2, [])]  # empty split: every shard file, empty
     assert plan_shards([], 0) == [(0, 1, [])]
     assert plan_shards([("x", 5, []), ("w", 7, [3])], 0) == [(0, 2, [("w", 0, 7)]), (1, 2, [("x", 0, 5)])]
+
+
+def test_several_splits_share_one_writer_and_keep_their_own_folders(tmp_path):
+    train = [(1, 0, f"train {i}".encode()) for i in range(30)]
+    valid = [(2, 1, f"valid {i}".encode()) for i in range(7)]
+    with BeamTestPipeline(argv=["--runner", "DirectRunner"]) as p:
+        inputs = {"train": p | "T" >> beam.Create(train), "valid": p | "V" >> beam.Create(valid),
+                  "eval": p | "E" >> beam.Create([])}
+        _ = inputs | WriteRecords(str(tmp_path), ["train", "valid", "eval"], 2)
+    for split, chunks in (("train", train), ("valid", valid), ("eval", [])):
+        paths = sorted(glob.glob(str(tmp_path / split / "*")))
+        assert [os.path.basename(p) for p in paths] == ["part-00000-of-00002.tfrecord", "part-00001-of-00002.tfrecord"]
+        assert sorted(r for path in paths for r in _read(path)) == sorted(c[2] for c in chunks)
+    assert sorted(os.listdir(tmp_path)) == ["eval", "train", "valid"]  # the temp files are gone
