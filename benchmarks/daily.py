@@ -5,6 +5,9 @@
     nice python benchmarks/daily.py --out /tmp/daily_bench --warm-vs-scratch 0,1,2 [--variants "name=k=v;k=v ..."]
     nice python benchmarks/daily.py --out /tmp/rates --compare-rates 1,0.1 --seeds 0,1,2 --steps 600
     nice python benchmarks/daily.py --out /tmp/rates --compare-rates "1 0.3 0.1:training.steps=300 0.1:importance_weights"
+    nice python benchmarks/daily.py --out /tmp/low --scenario large --ads 2000 --impressions 400000 \
+        --compare-rates "1 0.1 0.1:same_passes" --eval-every 200     # CTR 1 %
+    nice python benchmarks/daily.py --out /tmp/share --compare-rates "1 0.1 1:train_share=0.57"
 
 Demo-data days arrive one at a time (the catalogue of day D holds the ads shown by day
 D + 1, so new ads arrive every day, a day before their first impression); `tfvctr daily` runs on days 0, 1, ..., days-2 with a dev
@@ -126,8 +129,24 @@ def _calibration_fit(model_dir: str, data_dir: str, offset: float) -> tuple[dict
     model = keras.saving.load_model(os.path.join(model_dir, layout.MODEL), compile=False)
     pred = evaluation.score(evaluation.Evaluator(model, logit_offset=offset), dataset)
     fit = recalibration.calibration_fit(pred["labels"], pred["probs"])
-    return {k: round(v, 4) for k, v in fit.items()}, {"labels": pred["labels"], "probs": pred["probs"],
-                                                       "ads": np.asarray(pred["ads"]).astype("S")}
+    keys = {"ads": np.asarray(pred["ads"]).astype("S"), "users": np.asarray(pred["users"]).astype("S")}
+    if "true_ctr" in pred:
+        keys["true_ctr"] = np.asarray(pred["true_ctr"], np.float32)
+    return {k: round(v, 4) for k, v in fit.items()}, {"labels": pred["labels"], "probs": pred["probs"], **keys}
+
+
+def _aligned(a: dict, b: dict) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """Index arrays that put two scorings of the same eval impressions in one order, or None. The eval records of
+    two preprocesses hold the same impressions but not always in the same order (their chunks differ), so the
+    impressions are matched by (ad, user, simulated true CTR) when both carry them, else by ad alone (stable)."""
+    if a["labels"].size != b["labels"].size:
+        return None
+    names = [k for k in ("true_ctr", "users", "ads") if k in a and k in b]
+    ia, ib = (np.lexsort([x[k] for k in names]) for x in (a, b))
+    if not all(np.array_equal(a[k][ia], b[k][ib]) for k in names) or not np.array_equal(a["labels"][ia],
+                                                                                         b["labels"][ib]):
+        return None
+    return ia, ib
 
 
 def delong(labels, scores: list) -> tuple[list[float], np.ndarray]:
@@ -194,7 +213,8 @@ def write_train_share(impressions: str, out: str, share: float, before_day: int,
     return kept
 
 
-def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[int], base_config: str) -> None:
+def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[int], base_config: str,
+                  eval_every: int = 100) -> None:
     """`--compare-rates 1,0.1 [--seeds 0,1,2]`: the demo config trained at each negative sampling rate on the same
     tables (eval = the last day; one preprocess per rate, its draw seeded by `dataset.seed` 0), once per training
     seed: one JSON line per (rate, seed) with train impressions, train time, the selected step, AUC, cold AUC, ECE,
@@ -233,7 +253,8 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
         with open(base_config) as f:
             d = yaml.safe_load(f)
         d["dataset"]["negative_sampling_rate"] = w
-        d["training"].update(steps=steps, decay_steps=[], eval_every=100, checkpoint_every=100, patience=3)
+        d["training"].update(steps=steps, decay_steps=[], eval_every=eval_every, checkpoint_every=eval_every,
+                             patience=3)
         d.pop("tune", None)
         suffix = "" if share == 1.0 else f"-share{share:g}"
         cfg = os.path.join(out, f"rate{w}{suffix}.yaml")
@@ -309,8 +330,7 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
                    "auc": r["auc"], "cold_auc": r["cold"]["auc"], "ece": r["calibration"]["ece"],
                    "log_loss": r["log_loss"], "eval_impressions": int(pred["labels"].size),
                    "eval_clicks": int(pred["labels"].sum()), **fit}
-            np.savez(saved, labels=pred["labels"].astype(np.float32), probs=pred["probs"].astype(np.float32),
-                     ads=pred["ads"])
+            np.savez(saved, **{k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in pred.items()})
             with open(cached, "w") as f:
                 json.dump(row, f)
             predictions[(name, seed)] = pred
@@ -341,9 +361,9 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
             paired_se = []
             for r, _ in pairs:
                 a, b = predictions[(name, r["seed"])], predictions[(first_name, r["seed"])]
-                if a["labels"].size == b["labels"].size and np.array_equal(a["labels"], b["labels"]) \
-                        and np.array_equal(a["ads"], b["ads"]):  # the same impressions in the same order
-                    cov = delong(a["labels"], [a["probs"], b["probs"]])[1]
+                order = _aligned(a, b)
+                if order is not None:
+                    cov = delong(a["labels"][order[0]], [a["probs"][order[0]], b["probs"][order[1]]])[1]
                     paired_se.append(math.sqrt(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0)))
             if paired_se:
                 line.append(f"paired AUC sampling error (DeLong) {statistics.mean(paired_se):.4f}")
@@ -436,8 +456,11 @@ def main() -> None:
                         "(default: the CNN trains, as daily's default)")
     p.add_argument("--compare-rates", default=None,
                    help="e.g. 1,0.1: only compare negative sampling rates (demo config, --steps steps, eval = the last "
-                        "day); a rate may carry training variants: \"1 0.1:training.steps=270 0.1:importance_weights\"")
+                        "day); a rate may carry variants: \"1 0.1:training.steps=270 0.1:importance_weights "
+                        "0.1:same_passes 1:train_share=0.57\" (compare_rates' docstring)")
     p.add_argument("--seeds", default="0", help="--compare-rates: training seeds, e.g. 0,1,2")
+    p.add_argument("--eval-every", type=int, default=100,
+                   help="--compare-rates: training.eval_every (and checkpoint_every); patience stays 3 evaluations")
     p.add_argument("--warm-vs-scratch", default=None, help="e.g. 0,1,2: only compare, per training seed, warm-started "
                                                            "vs from-scratch models on a finished rehearsal in --out")
     p.add_argument("--variants", default="frozen=", help="warm-start variants for --warm-vs-scratch, separated "
@@ -467,7 +490,8 @@ def main() -> None:
     if args.compare_rates:
         # Spaces separate entries that carry variants (a variant's value may hold a comma).
         specs = args.compare_rates.split() if ":" in args.compare_rates else args.compare_rates.replace(",", " ").split()
-        compare_rates(raw, out, specs, args.steps, [int(x) for x in args.seeds.split(",")], args.config)
+        compare_rates(raw, out, specs, args.steps, [int(x) for x in args.seeds.split(",")], args.config,
+                      args.eval_every)
         return
     with open(args.config) as f:
         data = yaml.safe_load(f)

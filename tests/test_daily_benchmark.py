@@ -68,3 +68,18 @@ def test_train_share_thins_train_days_only(tmp_path):
     assert 0.26 < (days < 2).sum() / 2000 < 0.34
     daily.write_train_share(str(src), str(tmp_path / "again.csv"), 0.3, before_day=2)
     assert (tmp_path / "again.csv").read_bytes() == dst.read_bytes()  # seeded
+
+
+def test_aligned_matches_impressions_across_orders():
+    rng = np.random.default_rng(1)
+    n = 50
+    a = {"labels": (rng.random(n) < 0.3).astype(float), "probs": rng.random(n),
+         "ads": np.array([f"ad{i % 5}" for i in range(n)], "S"), "users": np.array([f"u{i}" for i in range(n)], "S"),
+         "true_ctr": rng.random(n).astype(np.float32)}
+    perm = rng.permutation(n)
+    b = {k: v[perm] for k, v in a.items()}
+    ia, ib = daily._aligned(a, b)
+    assert np.array_equal(a["probs"][ia], b["probs"][ib])
+    b["labels"] = b["labels"].copy()
+    b["labels"][0] = 1 - b["labels"][0]
+    assert daily._aligned(a, b) is None  # not the same impressions
