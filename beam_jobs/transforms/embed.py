@@ -8,7 +8,7 @@ Record layouts (NamedTuples, pickled when they cross a stage boundary; at `cover
 
 The tower's output stays one element per batch up to the files: the table's shuffle and
 the category means then cost one Beam element per batch, not per ad. With a tower this
-cheap (0.2 ms an image for the demo's), each per-ad element that crossed a shuffle cost
+cheap (0.2 ms an image for the demo's), the per-ad elements that crossed shuffles cost, together,
 about as much as the tower (docs/beam_jobs.md, fourth round).
 
 `impressions` is the ad's count in the most recent split of the data (`ad_counts.jsonl`),
