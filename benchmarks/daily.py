@@ -127,7 +127,8 @@ def _calibration_fit(model_dir: str, data_dir: str, offset: float) -> tuple[dict
                                     encoder=FeatureEncoder.from_data_dir(config.dataset, data_dir), batch_size=64,
                                     with_meta=True, files=_eval_shards(data_dir))
     model = keras.saving.load_model(os.path.join(model_dir, layout.MODEL), compile=False)
-    pred = evaluation.score(evaluation.Evaluator(model, logit_offset=offset), dataset)
+    # The passthrough columns (the demo's true_ctr) tell apart a user's two impressions of one ad.
+    pred = evaluation.score(evaluation.Evaluator(model, tuple(config.dataset.passthrough), logit_offset=offset), dataset)
     fit = recalibration.calibration_fit(pred["labels"], pred["probs"])
     keys = {"ads": np.asarray(pred["ads"]).astype("S"), "users": np.asarray(pred["users"]).astype("S")}
     if "true_ctr" in pred:
