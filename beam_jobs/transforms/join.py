@@ -83,7 +83,7 @@ def eval_from_day(days: list[int], eval_days: int) -> Optional[int]:
 
 class _BundleDays(beam.DoFn):
     """`(ad_id, impression)` → the distinct days of the bundle, emitted at its end: a few
-    elements per bundle for the `Distinct` after it, not one per impression."""
+    elements per bundle for the aggregate after it, not one per impression."""
 
     def start_bundle(self) -> None:
         self._days: set = set()
@@ -105,14 +105,14 @@ class _BundleDays(beam.DoFn):
 
 
 class DistinctDays(beam.PTransform):
-    """`(ad_id, impression)` (or `(ad_id, [impression, ...])`) → a singleton: the list of
-    distinct days (unordered). A tiny global aggregate (one value per day), however many
-    impressions there are; the job computes it once for `EvalFromDay` and `JoinAndChunk`."""
+    """`(ad_id, impression)` (or `(ad_id, [impression, ...])`) → a singleton: the days seen,
+    unordered, each once per bundle (so a few times in all; `eval_from_day` and `split_days`
+    take each day once). A tiny global aggregate, however many impressions there are; the
+    job computes it once for `EvalFromDay` and `JoinAndChunk`."""
 
     def expand(self, impressions):
         return (impressions
                 | "Day" >> beam.ParDo(_BundleDays())
-                | "Distinct" >> beam.Distinct()
                 | "All" >> beam.combiners.ToList())
 
 
