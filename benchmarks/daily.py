@@ -136,6 +136,16 @@ def _calibration_fit(model_dir: str, data_dir: str, offset: float) -> tuple[dict
     return {k: round(v, 4) for k, v in fit.items()}, {"labels": pred["labels"], "probs": pred["probs"], **keys}
 
 
+def ece_floor(probs: np.ndarray, draws: int = 50, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated model would show on this eval day: the mean ECE over `draws` sets of labels
+    drawn from the model's own CTRs (the binning's sampling noise alone)."""
+    from tfvctr import metrics
+
+    rng = np.random.default_rng(seed)
+    probs = np.asarray(probs, np.float64)
+    return float(np.mean([metrics.calibration(rng.random(probs.size) < probs, probs)["ece"] for _ in range(draws)]))
+
+
 def _aligned(a: dict, b: dict) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """Index arrays that put two scorings of the same eval impressions in one order, or None. The eval records of
     two preprocesses hold the same impressions but not always in the same order (their chunks differ), so the
@@ -356,6 +366,8 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
         se = [math.sqrt(delong(predictions[(name, r["seed"])]["labels"], [predictions[(name, r["seed"])]["probs"]])[1][0, 0])
               for r in rows]
         line.append(f"AUC sampling error (DeLong) {statistics.mean(se):.4f}")
+        floor = [ece_floor(predictions[(name, r["seed"])]["probs"]) for r in rows]
+        line.append(f"ECE floor {statistics.mean(floor):.4f}")
         if rows is not first:
             pairs = [(r, f) for r in rows for f in first if f["seed"] == r["seed"]]
             line += [f"paired {k} - {first_name}: {spread([r[k] - f[k] for r, f in pairs])}" for k in ("auc", "ece")]

@@ -83,3 +83,13 @@ def test_aligned_matches_impressions_across_orders():
     b["labels"] = b["labels"].copy()
     b["labels"][0] = 1 - b["labels"][0]
     assert daily._aligned(a, b) is None  # not the same impressions
+
+
+def test_ece_floor_is_the_binning_noise_of_calibrated_ctrs():
+    rng = np.random.default_rng(2)
+    probs = rng.uniform(0.0, 0.05, 20000)
+    floor = daily.ece_floor(probs, draws=20)
+    calibrated = metrics.calibration(rng.random(probs.size) < probs, probs)["ece"]
+    doubled = metrics.calibration(rng.random(probs.size) < probs, np.minimum(2 * probs, 1.0))["ece"]
+    assert 0.3 * floor < calibrated < 3 * floor
+    assert doubled > 5 * floor  # a real miscalibration (CTRs doubled: ECE = the mean CTR) stands far above it
