@@ -316,8 +316,9 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
                     return pointwise_loss(labels, logits, labels + (1.0 - labels) / w)
             trained_before = os.path.exists(os.path.join(model, "selection.json"))
             t = time.time()
-            result = train(load_config(cfg, [f"training.seed={seed}", f"training.steps={n_steps}", *p["overrides"]]),
-                           data, model, loss_fn=loss_fn, log=None)
+            config = load_config(cfg, [f"training.seed={seed}", f"training.steps={n_steps}", *p["overrides"]])
+            n_steps = config.training.steps  # a variant's own training.steps wins
+            result = train(config, data, model, loss_fn=loss_fn, log=None)
             seconds = round(time.time() - t)
             if os.path.exists(timing):
                 with open(timing) as f:
