@@ -7,6 +7,7 @@
     nice python benchmarks/daily.py --out /tmp/rates --compare-rates "1 0.3 0.1:training.steps=300 0.1:importance_weights"
     nice python benchmarks/daily.py --out /tmp/low --scenario large --ads 2000 --impressions 400000 \
         --compare-rates "1 0.1 0.1:same_passes" --eval-every 200     # CTR 1 %
+    nice python benchmarks/daily.py --out /tmp/cal --compare-rates 1,0.1 --seeds 0,1,2 --calibration platt
     nice python benchmarks/daily.py --out /tmp/share --compare-rates "1 0.1 1:train_share=0.57"
 
 Demo-data days arrive one at a time (the catalogue of day D holds the ads shown by day
@@ -225,7 +226,7 @@ def write_train_share(impressions: str, out: str, share: float, before_day: int,
 
 
 def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[int], base_config: str,
-                  eval_every: int = 100) -> None:
+                  eval_every: int = 100, calibration: str = "none") -> None:
     """`--compare-rates 1,0.1 [--seeds 0,1,2]`: the demo config trained at each negative sampling rate on the same
     tables (eval = the last day; one preprocess per rate, its draw seeded by `dataset.seed` 0), once per training
     seed: one JSON line per (rate, seed) with train impressions, train time, the selected step, AUC, cold AUC, ECE,
@@ -241,13 +242,19 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
     (`write_train_share`; the eval day untouched). Entries are separated by spaces, or by commas when none holds a
     `:`. A model dir that finished already is reused with its figures (`bench_row.json`; the train time is the
     first run's).
+
+    `calibration="platt"` (`--calibration platt`) trains every entry with `training.calibration: platt`: `ece` is
+    then the served (Platt-calibrated) CTRs' ECE as `tfvctr evaluate` scores it, and `ece_uncalibrated` that of the
+    same model's CTRs with log(w) alone, so one training gives both, paired; `platt_slope` and `platt_intercept`
+    are the fitted a and b, `calibration_slope_served` the eval day's slope of the served CTRs.
     """
     import statistics
 
     import yaml
 
     from beam_jobs import build_tfrecords
-    from tfvctr import evaluation
+    from tfvctr import calibration as calibration_lib
+    from tfvctr import evaluation, metrics
     from tfvctr.config import load_config
     from tfvctr.daily import recalibration
     from tfvctr.models.losses import pointwise_loss
@@ -316,7 +323,8 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
                     return pointwise_loss(labels, logits, labels + (1.0 - labels) / w)
             trained_before = os.path.exists(os.path.join(model, "selection.json"))
             t = time.time()
-            config = load_config(cfg, [f"training.seed={seed}", f"training.steps={n_steps}", *p["overrides"]])
+            config = load_config(cfg, [f"training.seed={seed}", f"training.steps={n_steps}",
+                                       f"training.calibration={calibration}", *p["overrides"]])
             n_steps = config.training.steps  # a variant's own training.steps wins
             result = train(config, data, model, loss_fn=loss_fn, log=None)
             seconds = round(time.time() - t)
@@ -332,6 +340,15 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
                 recalibration.write_model_rate(model, 1.0, data)
             r = evaluation.evaluate(model, data, write=False)
             fit, pred = _calibration_fit(model, data, recalibration.logit_offset(recalibration.model_rate(model)))
+            # `pred` holds the CTRs with log(w) alone; `r` those served (with Platt's a and b when fitted).
+            platt = calibration_lib.read_calibration(model) or {}
+            served_fit = {}
+            if r.get("platt"):
+                a, b = r["platt"]["slope"], r["platt"]["intercept"]
+                q = np.clip(pred["probs"].astype(np.float64), 1e-7, 1 - 1e-7)
+                served = 1.0 / (1.0 + np.exp(-(a * np.log(q / (1 - q)) + b)))
+                served_fit = {"calibration_slope_served": round(
+                    recalibration.calibration_fit(pred["labels"], served)["calibration_slope"], 4)}
             train_imp = m["splits"]["train"]["impressions"]
             row = {"spec": name, "w": w, "seed": seed, "steps": n_steps, "train_impressions": train_imp,
                    "train_share_of_first": round(train_imp / first_train, 4),
@@ -341,7 +358,10 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
                    "best_step": result.get("best_step"), "last_step": int(result["step"]),
                    "auc": r["auc"], "cold_auc": r["cold"]["auc"], "ece": r["calibration"]["ece"],
                    "log_loss": r["log_loss"], "eval_impressions": int(pred["labels"].size),
-                   "eval_clicks": int(pred["labels"].sum()), **fit}
+                   "eval_clicks": int(pred["labels"].sum()), **fit,
+                   "ece_uncalibrated": metrics.calibration(pred["labels"], pred["probs"])["ece"],
+                   "platt_method": platt.get("method", "none"), "platt_slope": platt.get("slope"),
+                   "platt_intercept": platt.get("intercept"), **served_fit}
             np.savez(saved, **{k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in pred.items()})
             with open(cached, "w") as f:
                 json.dump(row, f)
@@ -362,8 +382,9 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
         line = [f"{name}:", f"steps {rows[0]['steps']}", f"train impressions {rows[0]['train_impressions']} "
                 f"({rows[0]['train_share_of_first']:.0%} of {first_name}'s)",
                 f"train s {spread([r['train_seconds'] for r in rows])}"]
-        line += [f"{k} {spread([r[k] for r in rows])}" for k in ("auc", "cold_auc", "ece", "log_loss",
-                                                                   "calibration_slope")]
+        line += [f"{k} {spread([r.get(k) for r in rows])}" for k in (
+            "auc", "cold_auc", "ece", "ece_uncalibrated", "log_loss", "calibration_slope", "calibration_slope_served",
+            "platt_slope", "platt_intercept")]
         se = [math.sqrt(delong(predictions[(name, r["seed"])]["labels"], [predictions[(name, r["seed"])]["probs"]])[1][0, 0])
               for r in rows]
         line.append(f"AUC sampling error (DeLong) {statistics.mean(se):.4f}")
@@ -372,6 +393,11 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
         if rows is not first:
             pairs = [(r, f) for r in rows for f in first if f["seed"] == r["seed"]]
             line += [f"paired {k} - {first_name}: {spread([r[k] - f[k] for r, f in pairs])}" for k in ("auc", "ece")]
+            if all(f.get("ece_uncalibrated") is not None for _, f in pairs):
+                line += [f"paired ece_uncalibrated - {first_name}: "
+                         f"{spread([r['ece_uncalibrated'] - f['ece_uncalibrated'] for r, f in pairs])}",
+                         f"paired ece - {first_name}'s ece_uncalibrated: "
+                         f"{spread([r['ece'] - f['ece_uncalibrated'] for r, f in pairs])}"]
             paired_se = []
             for r, _ in pairs:
                 a, b = predictions[(name, r["seed"])], predictions[(first_name, r["seed"])]
@@ -473,6 +499,9 @@ def main() -> None:
                         "day); a rate may carry variants: \"1 0.1:training.steps=270 0.1:importance_weights "
                         "0.1:same_passes 1:train_share=0.57\" (compare_rates' docstring)")
     p.add_argument("--seeds", default="0", help="--compare-rates: training seeds, e.g. 0,1,2")
+    p.add_argument("--calibration", default="none", choices=["none", "platt"],
+                   help="--compare-rates: training.calibration of every entry (platt: each row has the ECE with "
+                        "and without Platt's map, from one training)")
     p.add_argument("--eval-every", type=int, default=100,
                    help="--compare-rates: training.eval_every (and checkpoint_every); patience stays 3 evaluations")
     p.add_argument("--warm-vs-scratch", default=None, help="e.g. 0,1,2: only compare, per training seed, warm-started "
@@ -505,7 +534,7 @@ def main() -> None:
         # Spaces separate entries that carry variants (a variant's value may hold a comma).
         specs = args.compare_rates.split() if ":" in args.compare_rates else args.compare_rates.replace(",", " ").split()
         compare_rates(raw, out, specs, args.steps, [int(x) for x in args.seeds.split(",")], args.config,
-                      args.eval_every)
+                      args.eval_every, args.calibration)
         return
     with open(args.config) as f:
         data = yaml.safe_load(f)

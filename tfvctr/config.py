@@ -306,6 +306,14 @@ class TrainingConfig:
     # 0 (a 50 % CTR): otherwise the first few hundred steps of a short run are spent moving
     # the bias from 0.5 to a CTR of a few percent (docs/training.md). "zero": Keras' default.
     output_bias: Literal["base_rate", "zero"] = "base_rate"
+    # Post-hoc calibration of the served CTR (tfvctr.calibration, docs/daily.md): "platt" fits
+    # ctr = sigmoid(a * (logit + log w) + b) on the valid split (never downsampled) at the chosen
+    # step, after model selection; evaluate and the export apply it. It corrects the spread of
+    # the CTRs (a model over-confident after many passes over downsampled non-clicks), which
+    # He et al.'s log w cannot. Below calibration_min_clicks clicks (or non-clicks) in the
+    # valid split the fit is skipped with a warning and the CTRs stay uncalibrated.
+    calibration: Literal["none", "platt"] = "none"
+    calibration_min_clicks: int = 100
     # Op determinism (tf.config.experimental.enable_op_determinism, for the whole process):
     # two runs with the same seed and data give identical weights on CPU (docs/bad_input.md).
     deterministic: bool = False
@@ -320,6 +328,7 @@ class TrainingConfig:
             raise ConfigError(f"{where}.peer_timeout_seconds: expected a number of seconds >= 1, "
                               f"received {self.peer_timeout_seconds}")
         _positive(self.eval_every, f"{where}.eval_every")
+        _positive(self.calibration_min_clicks, f"{where}.calibration_min_clicks")
         if self.patience < 0:
             raise ConfigError(f"{where}.patience: expected an integer >= 0, received {self.patience}")
         if self.min_delta < 0:

@@ -61,16 +61,28 @@ def read_cold_ads(data_dir: str, below: int = 1) -> Optional[set[str]]:
 class Evaluator:
     """Accumulates predictions of `model` over batches `(inputs, labels, meta)`."""
 
-    def __init__(self, model: Any, passthrough: tuple[str, ...] = (), logit_offset: float = 0.0):
+    def __init__(self, model: Any, passthrough: tuple[str, ...] = (), logit_offset: float = 0.0,
+                 logit_scale: float = 1.0, output: str = "ctr"):
         self.model = model
         self.passthrough = tuple(passthrough)
         # log(w) of negative downsampling (tfvctr.daily.recalibration): the CTRs scored are the
         # recalibrated ones the export serves, so log loss and calibration are those of serving.
-        offset = float(logit_offset)
+        # With `training.calibration: platt` (tfvctr.calibration.transform) the served logit is
+        # scale · logit + offset; scale 1.0 skips the multiplication (bit-identical without it).
+        offset, scale = float(logit_offset), float(logit_scale)
+        if output not in ("ctr", "logit"):
+            raise ValueError(f"Evaluator: expected output 'ctr' or 'logit', received {output!r}")
+
+        def predict(inputs):
+            logit = tf.cast(model(inputs, training=False), tf.float32)
+            if scale != 1.0:
+                logit = logit * scale
+            logit = logit + offset
+            # "logit": the served logit itself, under the key "probs" (tfvctr.calibration fits on it).
+            return logit if output == "logit" else tf.sigmoid(logit)
+
         # Batches differ in impression count: trace once for generalised shapes, not per batch.
-        self._predict = tf.function(
-            lambda inputs: tf.sigmoid(tf.cast(model(inputs, training=False), tf.float32) + offset), reduce_retracing=True
-        )
+        self._predict = tf.function(predict, reduce_retracing=True)
 
     def eval_begin(self) -> dict:
         return {"labels": [], "probs": [], "users": [], "ads": [], **{p: [] for p in self.passthrough}}
@@ -273,16 +285,21 @@ def evaluate(
     dataset = data_lib.make_dataset(
         config, data_dir, split, training=False, encoder=encoder, batch_size=batch_size, with_meta=True, files=files
     )
+    from tfvctr import calibration
     from tfvctr.daily import recalibration
 
-    offset = recalibration.logit_offset(recalibration.model_rate(model_dir))
+    # He et al.'s log(w) and, with training.calibration: platt, the valid split's a and b: the export's map.
+    scale, offset = calibration.transform(model_dir)
     with data_lib.data_errors(files):
-        pred = score(Evaluator(model, passthrough, logit_offset=offset), dataset)
+        pred = score(Evaluator(model, passthrough, logit_offset=offset, logit_scale=scale), dataset)
     if pred["labels"].size == 0:
         raise DataError(f"{fs.join(data_dir, split)}: no impressions to evaluate")
     result = compute_metrics(pred, read_cold_ads(data_dir, cold_below), load_baseline(baseline) if baseline else None)
     result.update(split=split, data_dir=data_dir, model_dir=model_dir, name=config.name)
     result["negative_sampling_rate"] = recalibration.model_rate(model_dir)  # CTRs recalibrated by this rate
+    fit = calibration.slope_intercept(calibration.read_calibration(model_dir))
+    if fit is not None:  # CTRs calibrated: sigmoid(slope · (logit + log w) + intercept)
+        result["platt"] = {"slope": fit[0], "intercept": fit[1]}
     # Which step's weights model.keras holds: the best one by the valid split, or None when
     # training had no valid split (then it is the last step).
     selection = read_selection(model_dir)

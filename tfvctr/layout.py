@@ -34,6 +34,7 @@ CALIBRATION_PLOT = "calibration.png"
 FINGERPRINT = "fingerprint.json"  # what the model was trained on (features, vocabularies, image size, architecture)
 SELECTION = "selection.json"  # the validation history and the chosen (best) step
 NEGATIVE_SAMPLING = "negative_sampling.json"  # the train split's negative sampling rate (tfvctr.daily.recalibration)
+CALIBRATION = "calibration.json"  # Platt slope and intercept fitted on the valid split (tfvctr.calibration)
 
 # --------------------------------------------------------------- embedding table (embed)
 TABLE_INDEX = "index.json"

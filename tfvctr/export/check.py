@@ -86,10 +86,12 @@ def run_in_fresh_process(export_dir: str) -> list[dict[str, np.ndarray]]:
 
 
 def reference(model: Any, encoder: Any, table: Any, config: Any, signature: str,
-              inputs: Mapping[str, np.ndarray], logit_offset: float = 0.0) -> dict[str, np.ndarray]:
+              inputs: Mapping[str, np.ndarray], logit_offset: float = 0.0,
+              logit_scale: float = 1.0) -> dict[str, np.ndarray]:
     """The same request computed in memory with Keras (FeatureEncoder + head; NumPy table lookup).
 
-    `logit_offset`: log(w) of negative downsampling, added to the logit as the export does.
+    `logit_offset`: log(w) of negative downsampling, added to the logit as the export does;
+    `logit_scale`: Platt's slope, applied first (`tfvctr.calibration.transform`).
     """
     import tensorflow as tf
 
@@ -110,6 +112,7 @@ def reference(model: Any, encoder: Any, table: Any, config: Any, signature: str,
         x_v = np.asarray(model.visual_tower({"image": tf.stack(images), "category": encoded[CATEGORY]},
                                             training=False), np.float32)
     logit = np.asarray(model.head({"features": features, "x_v": tf.constant(x_v)}, training=False), np.float32)
+    logit = logit * np.float32(logit_scale) if logit_scale != 1.0 else logit
     logit = logit + np.float32(logit_offset) if logit_offset else logit
     return {"ctr": 1.0 / (1.0 + np.exp(-logit.astype(np.float64))), "logit": logit, "in_table": in_table}
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from typing import Any, Callable, Optional
 
-from tfvctr import layout
+from tfvctr import calibration, layout
 from tfvctr.config import Config, load_config
 from tfvctr.daily import recalibration
 from tfvctr.errors import DataError, TfvctrError
@@ -79,11 +79,11 @@ def _info_path(export_dir: str) -> str:
 
 
 def run_check(export_dir: str, config: Config, model: Any, encoder: Any, table: Table,
-              logit_offset: float = 0.0) -> dict[str, Any]:
+              logit_offset: float = 0.0, logit_scale: float = 1.0) -> dict[str, Any]:
     """Fresh-process TF1 outputs vs the Keras reference on every warmup request (see `check`)."""
     requests = warmup_lib.read_warmup(export_dir)
     served = check_lib.run_in_fresh_process(export_dir)
-    expected = [check_lib.reference(model, encoder, table, config, sig, inputs, logit_offset)
+    expected = [check_lib.reference(model, encoder, table, config, sig, inputs, logit_offset, logit_scale)
                 for sig, inputs in requests]
     return check_lib.compare(expected, served, [sig for sig, _ in requests])
 
@@ -124,20 +124,23 @@ def export_model(model_dir: str, table_path: str, out: str, version: Optional[in
         write_ad_ids(table, ad_ids_path)
         # Negative downsampling (M/negative_sampling.json): served CTRs recalibrated in the graph.
         rate = recalibration.model_rate(model_dir)
-        offset = recalibration.logit_offset(rate)
-        module = ServingModule(config, model, encoder, table, ad_ids_path, logit_offset=offset)
+        # With training.calibration: platt also Platt's a and b (M/calibration.json): one affine map.
+        platt = calibration.read_calibration(model_dir)
+        scale, offset = calibration.affine(rate, platt)
+        module = ServingModule(config, model, encoder, table, ad_ids_path, logit_offset=offset, logit_scale=scale)
         module.write(staging)
         shutil.rmtree(asset_dir, ignore_errors=True)
         warmup_lib.write_warmup(staging, config.name, warmup_lib.warmup_requests(config, rows))
         if log:
             log(f"export: wrote {table.rows} ads x {table.dim} ({table.dtype}); checking through the TF1 loader in a "
                 f"fresh process ...")
-        result = run_check(staging, config, model, encoder, table, offset)
+        result = run_check(staging, config, model, encoder, table, offset, scale)
         info = {
             "name": config.name, "version": version, "model_dir": os.path.abspath(model_dir),
             "table": os.path.abspath(table_path), "vocab_dir": vocab_dir, "rows": table.rows, "dim": table.dim,
             "dtype": table.dtype, "fallback_rows": int(table.fallback.shape[0]),
             "fused_path": module.fused is not None, "negative_sampling_rate": rate,
+            **({"calibration": platt} if calibration.slope_intercept(platt) else {}),
             "saved_model_pb_bytes": os.path.getsize(os.path.join(staging, "saved_model.pb")),
             "check": result,
         }
@@ -164,5 +167,5 @@ def check_export(export_dir: str, log: Log = None) -> dict[str, Any]:
     table = load_table(info["table"], encoder.vocabularies["category"], _visual_dim(model))
     if log:
         log(f"export --check: {export_dir} through the TF1 loader in a fresh process ...")
-    offset = recalibration.logit_offset(float(info.get("negative_sampling_rate", 1.0)))
-    return run_check(export_dir, config, model, encoder, table, offset)
+    scale, offset = calibration.affine(float(info.get("negative_sampling_rate", 1.0)), info.get("calibration"))
+    return run_check(export_dir, config, model, encoder, table, offset, scale)

@@ -69,11 +69,15 @@ class ServingModule:
     """
 
     def __init__(self, config: Config, model: Any, encoder: Any, table: Table, ad_ids_path: str,
-                 fused: bool = True, jit: bool = False, logit_offset: float = 0.0, bf16: bool = False) -> None:
+                 fused: bool = True, jit: bool = False, logit_offset: float = 0.0, bf16: bool = False,
+                 logit_scale: float = 1.0) -> None:
         self._config = config
         # log(w) of negative downsampling (tfvctr.daily.recalibration): logit(q) = logit(p) + log(w)
         # is He et al. 2014's q = p / (p + (1 - p) / w), so `logit` and `ctr` both come out calibrated.
         self._logit_offset = float(logit_offset)
+        # Platt's slope (training.calibration: platt, tfvctr.calibration.transform): the served logit
+        # is scale · logit + offset with offset = a · log(w) + b; 1.0 leaves the graph as before.
+        self._logit_scale = float(logit_scale)
         self.model = model
         self.encoder = encoder
         # The one-gather path for all-hashed DCN heads (tfvctr.export.fused), when it applies.
@@ -129,8 +133,10 @@ class ServingModule:
     # ------------------------------------------------------------------ signatures
 
     def _outputs(self, logit: tf.Tensor, in_table: tf.Tensor) -> dict[str, tf.Tensor]:
+        if self._logit_scale != 1.0:
+            logit = logit * self._logit_scale  # Platt's slope (post-hoc calibration on the valid split)
         if self._logit_offset:
-            logit = logit + self._logit_offset  # recalibrated (negative downsampling)
+            logit = logit + self._logit_offset  # recalibrated (negative downsampling; + Platt's intercept)
         return {"ctr": tf.sigmoid(logit), "logit": logit, "in_table": in_table}
 
     def _serve(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -124,6 +124,42 @@ def _validator(config: Config, data_dir: str, model: Any, encoder: Any, files: l
     )
 
 
+def _fit_calibration(config: Config, data_dir: str, model: Any, encoder: Any, files: Optional[list[str]],
+                     step: Optional[int], log: Optional[Callable[[str], None]]) -> dict:
+    """`training.calibration: platt`: the valid split scored at the chosen step, Platt's a and b fitted on it.
+
+    The logits fitted are the He-recalibrated ones (logit + log w), so `ctr = sigmoid(a · (logit +
+    log w) + b)` (tfvctr.calibration). Falls back to no calibration, with a warning, when the
+    split is missing or too small.
+    """
+    import numpy as np
+
+    from tfvctr import calibration, evaluation
+    from tfvctr.daily import recalibration
+
+    min_clicks = config.training.calibration_min_clicks
+    if files is None:
+        record = {"method": "none", "requested": "platt", "step": step, "min_clicks": min_clicks,
+                  "reason": f"{fs.join(data_dir, layout.VALID)}: no valid split to fit on"}
+    else:
+        dataset = data_lib.make_dataset(
+            config, data_dir, layout.VALID, training=False, encoder=encoder, batch_size=config.training.ads_per_batch,
+            with_meta=True, files=files,
+        )
+        offset = recalibration.logit_offset(recalibration.data_rate(data_dir))
+        with data_lib.data_errors(files):
+            pred = evaluation.score(evaluation.Evaluator(model, logit_offset=offset, output="logit"), dataset)
+        record = calibration.fit_record(pred["labels"], np.asarray(pred["probs"], np.float64), min_clicks, step)
+    if log:
+        if record["method"] == "platt":
+            log(f"calibration (platt, valid split at step {step}): ctr = sigmoid({record['slope']:.4f} * logit "
+                f"{record['intercept']:+.4f}); valid log loss {record['valid_logloss_before']:.5f} -> "
+                f"{record['valid_logloss_after']:.5f}")
+        else:
+            log(f"WARNING: training.calibration: platt skipped, CTRs stay uncalibrated: {record['reason']}")
+    return record
+
+
 @exit_on_lost_peer()  # several workers: a dead peer ends this one with one line, not a hang
 def _run(
     config: Config,
@@ -241,6 +277,7 @@ def _run(
             figures = controller.run(start)
         figures["history"] = controller.history
     last_step = int(figures["step"])
+    calibration_record = None
     if selection is not None:
         if selection.best_step is not None and selection.best_step != last_step:
             # Every worker loads the best weights; the barrier makes sure the chief has finished
@@ -251,6 +288,10 @@ def _run(
                 log(f"model.keras holds the best step {selection.best_step} by {selection.metric} "
                     f"({selection.best[selection.metric]:.4f}), not the last step {last_step}")
         summary = selection.summary(last_step)
+        if info.is_chief and tr.calibration == "platt":
+            # After the best weights are back: the calibration is that of the step model.keras holds.
+            calibration_record = _fit_calibration(config, data_dir, model, encoder, validation, selection.best_step, log)
+            summary["calibration"] = calibration_record
         if info.is_chief:
             with fs.open(fs.join(model_dir, layout.SELECTION), "w") as f:
                 json.dump(summary, f, indent=2)
@@ -259,6 +300,16 @@ def _run(
         figures.update({k: v for k, v in summary.items() if k != "history"})
         figures["valid_history"] = summary["history"]
         figures["selection"] = summary
+    if info.is_chief and select and tr.calibration == "platt":
+        from tfvctr import calibration
+
+        if calibration_record is None:  # no valid split: no selection either
+            calibration_record = _fit_calibration(config, data_dir, model, encoder, None, last_step, log)
+        calibration.write_calibration(model_dir, calibration_record)
+        figures["calibration"] = calibration_record
+    elif info.is_chief and select and fs.exists(fs.join(model_dir, layout.CALIBRATION)):
+        # A run with calibration off must not serve the map of an earlier run in the same dir.
+        tf.io.gfile.remove(fs.join(model_dir, layout.CALIBRATION))
     if info.is_chief:
         _write_model_dir(config, data_dir, model_dir, model)
     figures["batches_consumed"] = int(trainer.batches_consumed.numpy())
