@@ -573,6 +573,8 @@ def run_day(config_path: str, workdir: str, day: str, ads: str, impressions: str
     report["train"] = {"steps": int(result["step"]), "warm_start": warm, "freeze_cnn": cfg.training.freeze_cnn,
                        "learning_rate": cfg.training.learning_rate,
                        "best_step": result.get("best_step")}
+    if result.get("calibration"):  # training.calibration: platt (M/calibration.json; the export applies it)
+        report["train"]["calibration"] = result["calibration"]
 
     # 4. promote?
     start = time.time()
