@@ -263,6 +263,10 @@ def compare_rates(raw: str, out: str, specs: list[str], steps: int, seeds: list[
     results: dict[str, list[dict]] = {}
     prepared: dict[tuple[float, float], tuple] = {}
     parsed = {spec: _rate_spec(spec) for spec in specs}
+    if calibration != "none" and any(p["weighted"] for p in parsed.values()):
+        # The trainer fits a and b on logits shifted by log(w); importance weights drop that shift afterwards.
+        raise SystemExit("--calibration platt: not with importance_weights (the map would be fitted on the shifted "
+                         "logits); run those entries without --calibration")
     # Shares after whole logs: their train days are read from a whole log's manifest.
     for spec in sorted(specs, key=lambda x: parsed[x]["share"] < 1.0):
         w, share = parsed[spec]["w"], parsed[spec]["share"]
