@@ -119,29 +119,62 @@ def plan_shards(temp_files: list, num_shards: int) -> list[tuple[int, int, list]
     return [(i, num_shards, ranges) for i, ranges in enumerate(shards)]
 
 
-def plan_splits(temp_files: list, splits: list[str], num_shards: int) -> list[tuple]:
-    """`(split, path, size, cut points)` of several splits → `(split, shard, num_shards, ranges)`,
-    `plan_shards` split by split (a split without temp files still gets its shard files)."""
+def plan_outputs(temp_files: list, outputs: list[tuple]) -> list[tuple]:
+    """`(name, path, size, cut points)` of several outputs → `(file path, gzip, ranges)`, one per file.
+
+    `outputs`: `(name, prefix, suffix, num_shards, gzip, single)`; each output's files are
+    `plan_shards` of its temp files, named `{prefix}-SSSSS-of-NNNNN{suffix}` (Beam's
+    default shard template) or, with `single` (and one shard), `{prefix}{suffix}`.
+    """
     out = []
-    for split in splits:
-        files = [(path, size, cuts) for s, path, size, cuts in temp_files if s == split]
-        out.extend((split, *shard) for shard in plan_shards(files, num_shards))
+    for name, prefix, suffix, num_shards, gzip, single in outputs:
+        files = [(path, size, cuts) for n, path, size, cuts in temp_files if n == name]
+        for index, count, ranges in plan_shards(files, num_shards):
+            path = f"{prefix}{suffix}" if single else f"{prefix}-{index:05d}-of-{count:05d}{suffix}"
+            out.append((path, gzip, ranges))
     return out
 
 
-class _WriteShard(beam.DoFn):
-    """`(split, shard, num_shards, [(temp path, start, end)])` → `OUT/<split>/part-SSSSS-of-NNNNN.tfrecord[.gz]`
-    (the names Beam's `WriteToTFRecord` gives), the byte ranges copied in order; compressed
-    here when `dataset.compression` is gzip. Emits the path written."""
+class _WriteTempText(beam.DoFn):
+    """Text lines → the bundle's lines (UTF-8, `\\n` after each, as `WriteToText` writes
+    them) in one temp file; emits `(name, path, size, [])` at the end of the bundle, the
+    shape of `_WriteTemp`'s, so one plan copies both into place."""
 
-    def __init__(self, out: str, suffix: str, compression: str):
-        self._out, self._suffix, self._compression = out, suffix, compression
+    def __init__(self, temp_dir: str, name: str):
+        self._temp_dir, self._name = temp_dir, name
+
+    def start_bundle(self) -> None:
+        self._file = None
+
+    def process(self, line: str) -> None:
+        if self._file is None:
+            self._path = join_path(self._temp_dir, f"{uuid.uuid4().hex}.txt")
+            self._file = FileSystems.create(self._path)
+            self._size = 0
+        data = line.encode("utf-8") + b"\n"
+        self._file.write(data)
+        self._size += len(data)
+
+    def finish_bundle(self) -> Iterable:
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        yield WindowedValue((self._name, self._path, self._size, []), GlobalWindow().max_timestamp(),
+                            [GlobalWindow()])
+
+
+class _WriteShard(beam.DoFn):
+    """`(file path, gzip, [(temp path, start, end)])` → the file, the byte ranges copied in
+    order (gzipped here when `gzip`: `dataset.compression`). Emits the path written."""
 
     def process(self, shard: tuple) -> Iterable[str]:
-        split, index, num_shards, ranges = shard
-        path = f"{join_path(self._out, split, 'part')}-{index:05d}-of-{num_shards:05d}{self._suffix}"
-        gzip = CompressionTypes.GZIP if self._compression == "gzip" else CompressionTypes.UNCOMPRESSED
-        with FileSystems.create(path, compression_type=gzip) as out:
+        path, gzip, ranges = shard
+        compression = CompressionTypes.GZIP if gzip else CompressionTypes.UNCOMPRESSED
+        with FileSystems.create(path, compression_type=compression) as out:
             for source, start, end in ranges:
                 with FileSystems.open(source, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                     f.seek(start)
@@ -166,6 +199,15 @@ def _delete_temp(written: list, temp_dirs: list[str]) -> int:
     return len(written)
 
 
+# Text outputs `WriteRecords(text=...)` writes beside the records: name → (path under OUT, suffix, single file).
+AD_COUNTS_TEXT = "ad_counts"
+DEAD_LETTER_TEXT = "dead_letter"
+TEXT_OUTPUTS = {
+    AD_COUNTS_TEXT: (layout.AD_COUNTS.removesuffix(".jsonl"), ".jsonl", True),  # OUT/ad_counts.jsonl
+    DEAD_LETTER_TEXT: (f"{layout.DEAD_LETTER_DIR}/part", ".jsonl", False),  # OUT/dead_letter/part-SSSSS-of-NNNNN.jsonl
+}
+
+
 class WriteRecords(beam.PTransform):
     """`(impressions, positives, record)` → `OUT/<split>/part-SSSSS-of-NNNNN.tfrecord[.gz]`.
 
@@ -180,11 +222,19 @@ class WriteRecords(beam.PTransform):
     input is a dict split → PCollection): the splits then share one plan, one copy step
     and one clean-up, a third of the transforms and stages of one `WriteRecords` per split
     (each costs every worker a little, whatever the data: docs/beam_jobs.md).
+
+    `text`: names of `TEXT_OUTPUTS` whose lines (str) are in the input dict under the same
+    name, written the same way in the same plan: `ad_counts` as one file
+    `OUT/ad_counts.jsonl`, `dead_letter` as `OUT/dead_letter/part-SSSSS-of-NNNNN.jsonl`, one
+    file per bundle that had lines, or one empty file (the files, names and bytes
+    `WriteToText` wrote, its 12 transforms and 4 stages per output saved: docs/beam_jobs.md,
+    fifth round).
     """
 
-    def __init__(self, out: str, split, num_shards: int = 0, compression: str = "none"):
+    def __init__(self, out: str, split, num_shards: int = 0, compression: str = "none", text: tuple = ()):
         super().__init__()
         self._out, self._split, self._num_shards, self._compression = out, split, num_shards, compression
+        self._text = tuple(text)
 
     def expand(self, chunks):
         single = isinstance(self._split, str)
@@ -192,12 +242,20 @@ class WriteRecords(beam.PTransform):
         inputs = {self._split: chunks} if single else chunks
         temp_dirs = {s: join_path(self._out, f"beam-temp-records-{s}") for s in splits}
         suffix = ".tfrecord.gz" if self._compression == "gzip" else ".tfrecord"
+        gzip = self._compression == "gzip"
+        outputs = [(s, join_path(self._out, s, "part"), suffix, self._num_shards, gzip, False) for s in splits]
         temp = [inputs[s] | f"WriteTemp_{s}" >> beam.ParDo(_WriteTemp(temp_dirs[s], s)) for s in splits]
-        return ((temp[0] if single else temp | "AllTempFiles" >> beam.Flatten())
+        for name in self._text:
+            where, text_suffix, one_file = TEXT_OUTPUTS[name]
+            temp_dirs[name] = join_path(self._out, f"beam-temp-text-{name}")
+            outputs.append((name, join_path(self._out, *where.split("/")), text_suffix, 1 if one_file else 0,
+                            False, one_file))
+            temp.append(inputs[name] | f"WriteTemp_{name}" >> beam.ParDo(_WriteTempText(temp_dirs[name], name)))
+        return ((temp[0] if len(temp) == 1 else temp | "AllTempFiles" >> beam.Flatten())
                 | "TempFiles" >> beam.combiners.ToList()
-                | "Plan" >> beam.FlatMap(plan_splits, splits, self._num_shards)
+                | "Plan" >> beam.FlatMap(plan_outputs, outputs)
                 | "SpreadShards" >> beam.Reshuffle()
-                | "WriteShard" >> beam.ParDo(_WriteShard(self._out, suffix, self._compression))
+                | "WriteShard" >> beam.ParDo(_WriteShard())
                 | "Written" >> beam.combiners.ToList()
                 | "DeleteTemp" >> beam.Map(_delete_temp, list(temp_dirs.values())))
 
@@ -222,17 +280,24 @@ class _FormatAdCount(beam.DoFn):
         yield json.dumps(row, sort_keys=True)
 
 
+class FormatAdCounts(beam.PTransform):
+    """Per-ad rows → the lines of `ad_counts.jsonl`, counted (`ads_written`, `<split>_ads`, ...)."""
+
+    def expand(self, rows):
+        return rows | "Format" >> beam.ParDo(_FormatAdCount())
+
+
 class WriteAdCounts(beam.PTransform):
-    """Per-ad rows → `OUT/ad_counts.jsonl` (one file: one short line per ad)."""
+    """Per-ad rows → `OUT/ad_counts.jsonl` (one file: one short line per ad). The preprocess job
+    writes it inside its `WriteRecords(text=...)` instead (one plan for every output)."""
 
     def __init__(self, out: str):
         super().__init__()
         self._out = out
 
     def expand(self, rows):
-        return (rows | "Format" >> beam.ParDo(_FormatAdCount())
-                | "Write" >> beam.io.WriteToText(join_path(self._out, layout.AD_COUNTS.removesuffix(".jsonl")), file_name_suffix=".jsonl",
-                                                 shard_name_template=""))
+        lines = rows | "Format" >> FormatAdCounts()
+        return {AD_COUNTS_TEXT: lines} | "Write" >> WriteRecords(self._out, [], text=(AD_COUNTS_TEXT,))
 
 
 class WriteDeadLetter(beam.PTransform):
@@ -243,5 +308,5 @@ class WriteDeadLetter(beam.PTransform):
         self._out = out
 
     def expand(self, dead):
-        return (dead | "Format" >> beam.ParDo(FormatDeadLetter())
-                | "Write" >> beam.io.WriteToText(join_path(self._out, layout.DEAD_LETTER_DIR, "part"), file_name_suffix=".jsonl"))
+        lines = dead | "Format" >> beam.ParDo(FormatDeadLetter())
+        return {DEAD_LETTER_TEXT: lines} | "Write" >> WriteRecords(self._out, [], text=(DEAD_LETTER_TEXT,))

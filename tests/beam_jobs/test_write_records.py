@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import json
 import os
 import struct
 
@@ -86,3 +87,44 @@ def test_several_splits_share_one_writer_and_keep_their_own_folders(tmp_path):
         assert [os.path.basename(p) for p in paths] == ["part-00000-of-00002.tfrecord", "part-00001-of-00002.tfrecord"]
         assert sorted(r for path in paths for r in _read(path)) == sorted(c[2] for c in chunks)
     assert sorted(os.listdir(tmp_path)) == ["eval", "train", "valid"]  # the temp files are gone
+
+
+@pytest.mark.parametrize("lines", [[f'{{"n": {i}, "text": "caf\\u00e9 {i}"}}' for i in range(57)], []])
+def test_text_outputs_beside_the_records_have_writetotexts_names_and_bytes(tmp_path, lines):
+    """`ad_counts` as one file, `dead_letter` as `part-SSSSS-of-NNNNN.jsonl` (an empty one when
+    there is nothing), each line UTF-8 and newline-terminated, as `WriteToText` wrote them."""
+    from beam_jobs.transforms.write import AD_COUNTS_TEXT, DEAD_LETTER_TEXT
+
+    counts = [f"ad {i} é" for i in range(9)]
+    with BeamTestPipeline(argv=["--runner", "DirectRunner"]) as p:
+        inputs = {"train": p | "T" >> beam.Create([(1, 0, b"r")]), DEAD_LETTER_TEXT: p | "D" >> beam.Create(lines),
+                  AD_COUNTS_TEXT: p | "A" >> beam.Create(counts)}
+        _ = inputs | WriteRecords(str(tmp_path), ["train"], 1, text=(AD_COUNTS_TEXT, DEAD_LETTER_TEXT))
+    assert sorted(os.listdir(tmp_path)) == ["ad_counts.jsonl", "dead_letter", "train"]  # no temp folders left
+    with open(tmp_path / "ad_counts.jsonl", "rb") as f:
+        assert sorted(f.read().decode("utf-8").splitlines(keepends=True)) == sorted(c + "\n" for c in counts)
+    names = sorted(os.listdir(tmp_path / "dead_letter"))
+    assert names == [f"part-{i:05d}-of-{len(names):05d}.jsonl" for i in range(len(names))]
+    written = []
+    for name in names:
+        data = (tmp_path / "dead_letter" / name).read_bytes()
+        assert not data or data.endswith(b"\n")
+        written.extend(data.decode("utf-8").splitlines())
+    assert sorted(written) == sorted(lines)
+    if not lines:
+        assert names == ["part-00000-of-00001.jsonl"]
+
+
+def test_dead_letter_and_ad_counts_writers_alone(tmp_path):
+    from beam_jobs.transforms.write import WriteAdCounts, WriteDeadLetter
+
+    row = {"ad_id": "a1", "category": "c", "image": "i.png", "train_impressions": 2, "valid_impressions": 0,
+           "eval_impressions": 1, "held_out": False, "downsampled_negatives": 0}
+    with BeamTestPipeline(argv=["--runner", "DirectRunner"]) as p:
+        _ = p | "D" >> beam.Create([("impressions", {"x": 1}, "bad_field", "why")]) | WriteDeadLetter(str(tmp_path))
+        _ = p | "A" >> beam.Create([(row, {"train": 1}, 10)]) | WriteAdCounts(str(tmp_path))
+    assert (tmp_path / "ad_counts.jsonl").read_text() == json.dumps(row, sort_keys=True) + "\n"
+    [name] = os.listdir(tmp_path / "dead_letter")
+    assert name == "part-00000-of-00001.jsonl"
+    assert json.loads((tmp_path / "dead_letter" / name).read_text()) == {"table": "impressions", "row": {"x": 1},
+                                                                        "reason": "why"}
