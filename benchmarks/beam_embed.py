@@ -10,8 +10,15 @@ size, called as the job calls it (one `tf.function` call a batch).
 The job runs in a child process with the source tree on `PYTHONPATH` first: the current
 tree, and with `--baseline DIR` (e.g. `git archive <commit> beam_jobs tfvctr | tar -x -C
 DIR`) an older one too, in the same run, so a before/after is measured under the same
-load. Figures are CPU ms per image (the child's CPU time, every thread: steadier than wall
-time on a shared machine); wall-clock images/s are printed too. The per-image steps of
+load. Figures are CPU ms per image (the child's CPU time, every thread, plus that of the
+DirectRunner's worker processes under `--direct_num_workers N`: steadier than wall time on a
+shared machine) and wall-clock images/s (the issue's measure), each as a ratio to the tower
+alone, with the cores each kept busy (CPU seconds per wall second: the tower alone runs on
+TensorFlow's intra-op threads, the job's Python work on one thread per worker process).
+`--job-args '--direct_num_workers 2'` runs the job with two worker processes, each loading
+the tower once; `--baseline-job-args ''` then measures the same tree in one process in the
+same run. `--tower-config tfvctr/configs/jd_cscnn_dcn.yaml` takes the production tower
+(ResNet18 + CSCNN, x_v 150) over the demo's data. The per-image steps of
 the job beyond the tower are timed alone: preparing the catalogue image
 (`beam_jobs.images`), decoding it as the trainer does (`tfvctr.data.decode_image`) and as
 the job does (`beam_jobs.transforms.embed.decode_batch`).
@@ -24,6 +31,8 @@ Usage:
     python benchmarks/beam_embed.py                     # 500 ads
     python benchmarks/beam_embed.py --ads 8000 --baseline /tmp/embed_before
     python benchmarks/beam_embed.py --ads 2000 --backbone-width 1.0   # a 16x costlier tower
+    python benchmarks/beam_embed.py --ads 384 --image-size 224 --tower-config tfvctr/configs/jd_cscnn_dcn.yaml
+    python benchmarks/beam_embed.py --ads 2000 --baseline-job-args '' --job-args '--direct_num_workers 2'
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -45,12 +56,19 @@ def _child(spec: dict) -> None:
     """`--child SPEC`: the job's runs (a warm-up quarter, then `pairs` × (quarter, whole)); JSON on stdout."""
     from beam_jobs import embed_ads
 
+    def cpu_time() -> float:
+        # This process's threads plus its finished children (the DirectRunner's worker processes
+        # under `--direct_num_workers N`, reaped at the end of each run).
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
     def run(ads_csv: str, out: str) -> dict:
         shutil.rmtree(out, ignore_errors=True)
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu = time.perf_counter(), cpu_time()
         index = embed_ads.run(["--model", spec["model"], "--data", spec["data"], "--ads", ads_csv, "--out", out,
-                               "--coverage", "1", "--batch-size", str(spec["batch_size"])], verbose=False)
-        return {"rows": index["rows"], "seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu,
+                               "--coverage", "1", "--batch-size", str(spec["batch_size"]), *spec["job_args"]],
+                              verbose=False)
+        return {"rows": index["rows"], "seconds": time.perf_counter() - start, "cpu": cpu_time() - cpu,
                 "index": index}
 
     # The first run pays TensorFlow's and Keras' imports: a warm-up, not measured.
@@ -77,8 +95,13 @@ def measure_job(source: str, spec: dict) -> dict:
             "index": whole[-1]["index"],
             "whole_cpu_s": [round(r["cpu"], 2) for r in whole], "quarter_cpu_s": [round(r["cpu"], 2) for r in quarter],
             "whole_s": [round(r["seconds"], 2) for r in whole],
+            "job_args": spec["job_args"],
+            # What a user waits for: the whole run, start-up (imports, model load, trace, workers) included.
+            "whole_images_per_s": round(whole[0]["rows"] / statistics.median(r["seconds"] for r in whole), 1),
             "marginal_ms_cpu_per_image": round(1e3 * cpu / images, 3) if cpu > 0 else None,
-            "marginal_images_per_s": round(images / wall, 1) if wall > 0 else None}
+            "marginal_images_per_s": round(images / wall, 1) if wall > 0 else None,
+            # CPU seconds per wall second over the marginal images: the cores the job kept busy.
+            "marginal_cores": round(cpu / wall, 2) if cpu > 0 and wall > 0 else None}
 
 
 def same_tables(a: str, b: str) -> bool:
@@ -101,9 +124,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--backbone-width", type=float, default=None,
                         help="override model.backbone_width (a costlier tower: how the job's per-ad cost amortises)")
+    parser.add_argument("--tower-config", default=None,
+                        help="take the visual tower (model.backbone, backbone_width, attention*, *prior*, reduction, "
+                             "visual_dim) from this config, e.g. tfvctr/configs/jd_cscnn_dcn.yaml (ResNet18 + CSCNN, "
+                             "x_v 150); the data stay the demo's. --backbone-width applies after it")
     parser.add_argument("--pairs", type=int, default=3, help="quarter/whole runs of the job per source tree")
     parser.add_argument("--baseline", default=None,
                         help="an older source tree (beam_jobs/, tfvctr/) to measure in the same run")
+    parser.add_argument("--job-args", default="",
+                        help="extra flags for the job (current tree), e.g. '--direct_num_workers 2'")
+    parser.add_argument("--baseline-job-args", default=None,
+                        help="extra flags for the baseline's runs (default: --job-args); without --baseline, the "
+                             "current tree is measured twice in the same run, with these flags and with --job-args")
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "demo.yaml"))
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -116,6 +148,8 @@ def main() -> None:
     import numpy as np
 
     from beam_jobs import build_tfrecords
+
+    load_start = os.getloadavg()[0]
     from tfvctr import layout
     from tfvctr.config import load_config, save_config
     from tfvctr.demo_data.generate import generate
@@ -126,6 +160,11 @@ def main() -> None:
         generate(raw, num_ads=args.ads, num_impressions=args.ads * 5, image_size=args.image_size, formats=("csv",))
         config = load_config(args.config)
         config.dataset.image_size = args.image_size
+        if args.tower_config:
+            tower_config = load_config(args.tower_config).model
+            for field in ("backbone", "backbone_width", "attention", "attention_layers", "channel_prior_dim",
+                          "spatial_prior_size", "reduction", "visual_dim"):
+                setattr(config.model, field, getattr(tower_config, field))
         if args.backbone_width:
             config.model.backbone_width = args.backbone_width
         os.makedirs(model)
@@ -154,9 +193,11 @@ def main() -> None:
         spec = {"model": model, "data": data, "whole_csv": os.path.join(raw, "ads.csv"), "quarter_csv": small_csv,
                 "batch_size": args.batch_size, "pairs": args.pairs}
         jobs = {}
-        if args.baseline:
-            jobs["baseline"] = measure_job(os.path.abspath(args.baseline), {**spec, "out": table + "_baseline"})
-        jobs["current"] = measure_job(ROOT, {**spec, "out": table})
+        baseline_args = args.job_args if args.baseline_job_args is None else args.baseline_job_args
+        if args.baseline or args.baseline_job_args is not None:
+            jobs["baseline"] = measure_job(os.path.abspath(args.baseline or ROOT),
+                                           {**spec, "out": table + "_baseline", "job_args": shlex.split(baseline_args)})
+        jobs["current"] = measure_job(ROOT, {**spec, "out": table, "job_args": shlex.split(args.job_args)})
         index = jobs["current"]["index"]
 
         import tensorflow as tf
@@ -225,32 +266,39 @@ def main() -> None:
                   "job_marginal_images_per_s": job["marginal_images_per_s"],
                   "tower_images_per_s": round(batches * args.batch_size / tower_seconds, 1),
                   "tower_ms_cpu_per_image": round(1e3 * tower_cpu / (batches * args.batch_size), 3),
+                  "tower_cores": round(tower_cpu / tower_seconds, 2),
+                  "load_average": os.getloadavg(),
                   "prepare_ms_cpu_per_image": round(1e3 * prepare_cpu, 3),
                   "trainer_decode_ms_cpu_per_image": round(1e3 * decode_cpu["trainer"], 3),
                   "job_decode_ms_cpu_per_image": round(1e3 * decode_cpu["job"], 3),
                   "table_matches_trainer_tower": matches, "reference_sample": len(sample),
                   "table_bytes": index["size_bytes"]}
-        if args.baseline:
+        if "baseline" in jobs:
             result["same_table_as_baseline"] = same_tables(table + "_baseline", table)
         r = result
-        print(f"embed on DirectRunner: {r['ads']} ads, {args.image_size} px, tower {r['backbone']} "
+        print(f"embed on DirectRunner: {r['ads']} ads, {args.image_size} px, batches of {args.batch_size}, tower "
+              f"{r['backbone']} "
               f"attention {r['attention']}, x_v {r['dim']} ({r['dtype']}), {os.cpu_count()} CPUs, "
-              f"{args.pairs} quarter/whole pairs per source, load {os.getloadavg()[0]:.1f}")
+              f"{args.pairs} quarter/whole pairs per source, load {os.getloadavg()[0]:.1f} at the end "
+              f"({load_start:.1f} at the start)")
         tower_ms = r["tower_ms_cpu_per_image"]
         for name, j in jobs.items():
             ms = j["marginal_ms_cpu_per_image"] or float("nan")
-            print(f"  job ({name}, {j['source']}): marginal {ms} CPU ms per image = tower / job "
-                  f"{tower_ms / ms:.2f}; wall {j['marginal_images_per_s']} images/s; whole runs CPU s "
-                  f"{j['whole_cpu_s']}, quarter runs {j['quarter_cpu_s']}")
-        print(f"  tower alone {tower_ms} CPU ms per image, {r['tower_images_per_s']:.0f} images/s wall "
-              f"(batches of {args.batch_size})")
+            wall = j["marginal_images_per_s"] or float("nan")
+            print(f"  job ({name}, {j['source']} {' '.join(j['job_args'])}): marginal {ms} CPU ms per image = "
+                  f"tower / job {tower_ms / ms:.2f} in CPU; {wall} images/s = job / tower "
+                  f"{wall / r['tower_images_per_s']:.2f} in wall clock, on {j['marginal_cores']} cores; whole runs "
+                  f"(start-up included) {j['whole_images_per_s']} images/s; "
+                  f"whole runs CPU s {j['whole_cpu_s']}, wall s {j['whole_s']}, quarter runs CPU s {j['quarter_cpu_s']}")
+        print(f"  tower alone {tower_ms} CPU ms per image, {r['tower_images_per_s']:.1f} images/s wall "
+              f"on {r['tower_cores']} cores (batches of {args.batch_size})")
         print(f"  timed alone: preparing the image {r['prepare_ms_cpu_per_image']}, decoding it as the trainer "
               f"does {r['trainer_decode_ms_cpu_per_image']}, as the job does {r['job_decode_ms_cpu_per_image']}")
         floor = r["prepare_ms_cpu_per_image"] + r["job_decode_ms_cpu_per_image"] + tower_ms
         print(f"  the three steps alone {floor:.3f} ms: the job's marginal beyond them "
               f"{(job['marginal_ms_cpu_per_image'] or float('nan')) - floor:.3f} ms per image (Beam's per-ad work)")
         print(f"  table = trainer-side tower on the same pixels ({r['reference_sample']} ads, 2e-3): {matches}"
-              + (f"; same table as the baseline: {r['same_table_as_baseline']}" if args.baseline else ""))
+              + (f"; same table as the baseline: {r['same_table_as_baseline']}" if "baseline" in jobs else ""))
         print(f"  table       {r['table_bytes']} bytes")
         if args.json:
             with open(args.json, "w") as f:
