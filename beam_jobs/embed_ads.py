@@ -21,6 +21,11 @@ are all kept.
 
 Counters (namespace `tfvctr`) become `index.json`; catalog rows = table rows + ads below
 the coverage cut + dead-letter ads, or the job fails.
+
+Locally, one DirectRunner process runs the tower on every core but the per-image Python
+work (reading, validation, image preparation, Beam's elements) on one, stage after stage;
+`--direct_num_workers 2` overlaps the two (each worker loads the tower once, in `setup`):
+faster past its start-up on large catalogues (docs/beam_jobs.md, embed fifth round).
 """
 
 from __future__ import annotations
