@@ -218,3 +218,22 @@ def test_the_table_does_not_depend_on_how_ads_are_batched_or_sharded(faulty_run,
     ad_ids = [a for name, shard in tables[4].items() if name.startswith("part-") for a in shard["ad_id"].tolist()]
     assert sorted(ad_ids) == VALID_ADS
     assert all(list(s["ad_id"]) == sorted(s["ad_id"]) for n, s in tables[4].items() if n.startswith("part-"))
+
+
+def test_two_worker_processes_give_the_same_table_and_dead_letter(faulty_run, model_dir, tmp_path):
+    """`--direct_num_workers 2` (docs/beam_jobs.md, embed fifth round: both cores busy): each worker loads the
+    tower in `setup`; the table is the one-process table bit for bit, and every bad ad is still dead-lettered."""
+    outs = {}
+    for name, flags in (("one", []), ("two", ["--direct_num_workers", "2"])):
+        outs[name] = str(tmp_path / name)
+        index = embed_ads.run(["--model", model_dir, "--ads", os.path.join(faulty_run["root"], "ads.csv"),
+                               "--out", outs[name], "--dtype", "float16", "--batch-size", "4", *flags], verbose=False)
+        assert index["rows"] == 6 and index["dead_letter_ads"] == 3  # the counts of both modes add up
+    names = sorted(n for n in os.listdir(outs["one"]) if n.endswith(".npz"))
+    assert names == sorted(n for n in os.listdir(outs["two"]) if n.endswith(".npz")) and len(names) >= 2
+    for name in names:
+        one, two = np.load(os.path.join(outs["one"], name)), np.load(os.path.join(outs["two"], name))
+        assert sorted(one.files) == sorted(two.files)
+        for key in one.files:
+            np.testing.assert_array_equal(one[key], two[key])
+    assert sorted(d["row"]["ad_id"] for d in _dead_letters(outs["two"])) == ["ad05", "ad06", "big"]
