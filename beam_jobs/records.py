@@ -15,10 +15,13 @@ a missing number as NaN, so every step of a feature list has exactly one value.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import pickle
 import struct
-from typing import Any, Iterable, Sequence
+import threading
+from typing import Any, Iterable, Iterator, Sequence
 
 from tfvctr.config import DatasetConfig
 
@@ -102,6 +105,36 @@ def pack(value: Any) -> bytes:
 def unpack(data: bytes) -> Any:
     """The inverse of `pack`."""
     return pickle.loads(data)  # written by `pack` in this same job, never outside input
+
+
+_GC_LOCK = threading.Lock()
+_gc_pauses = [0, False]  # holders, whether the collector was enabled before the first
+
+
+@contextlib.contextmanager
+def no_cycle_collection() -> Iterator[None]:
+    """Pauses Python's cyclic garbage collector while the hot loops build impression tuples.
+
+    The tuples (and the lists, strings and floats in them) form no reference cycles, so
+    reference counting frees every one of them; the cyclic collector would only walk them
+    again and again while a worker holds its validation buffer (`GROUP_BUFFER`) and an
+    ad's impressions: ≈ 3 CPU s of each 2-process worker's ≈ 23 at 1M impressions
+    (docs/beam_jobs.md, fifth round). Nested and concurrent uses (a worker runs bundles in
+    threads) share one pause; the collector is re-enabled, if it was enabled, when the
+    last one ends, and then finds any cycle made meanwhile.
+    """
+    with _GC_LOCK:
+        if _gc_pauses[0] == 0:
+            _gc_pauses[1] = gc.isenabled()
+            gc.disable()
+        _gc_pauses[0] += 1
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _gc_pauses[0] -= 1
+            if _gc_pauses[0] == 0 and _gc_pauses[1]:
+                gc.enable()
 
 
 def shuffle_key(seed: int, imp: tuple) -> bytes:

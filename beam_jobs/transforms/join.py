@@ -142,6 +142,10 @@ class _Chunk(beam.DoFn):
         self._negative_rate = ds.negative_sampling_rate
 
     def process(self, element: tuple, days: dict) -> Iterable:
+        with records.no_cycle_collection():  # an ad's impression tuples make no cycles
+            yield from self._process(element, days)
+
+    def _process(self, element: tuple, days: dict) -> Iterable:
         ad_id, groups = element
         ads = list(groups["ads"])
         impressions = _flat(groups["impressions"])

@@ -128,14 +128,15 @@ class _ValidateImpression(beam.DoFn):
         # an unexpected error is dead-lettered for its row only, as `with_exception_handling`
         # does for an element.
         name = element[0]
-        for line, row in rows_of_batch(element):
-            try:
-                out = self._one(row, None, name, line)
-            except Exception as e:
-                row = {**row, SOURCE_KEY: f"{name} line {line}"}
-                out = pvalue.TaggedOutput(DEAD, _unexpected("impressions")((row, (type(e), repr(e), None))))
-            if out is not None:
-                yield out
+        with records.no_cycle_collection():  # the batch's tuples make no cycles (records.no_cycle_collection)
+            for line, row in rows_of_batch(element):
+                try:
+                    out = self._one(row, None, name, line)
+                except Exception as e:
+                    row = {**row, SOURCE_KEY: f"{name} line {line}"}
+                    out = pvalue.TaggedOutput(DEAD, _unexpected("impressions")((row, (type(e), repr(e), None))))
+                if out is not None:
+                    yield out
         self._count_formats()  # once per batch: a Beam counter costs more than the row's own count
         if self._held >= GROUP_BUFFER:
             yield from self._flush(windowed=False)

@@ -211,3 +211,47 @@ def test_hand_written_encoder_gives_tensorflows_deterministic_bytes():
                          (f"u{i}", None if i == 1 else "ios", interests, position), (None if i == 3 else 0.1,)))
         count, index = int(rng.integers(1, 10**12)), trial
         assert records.make_sequence_example(ad, imps, index, count, ds) == _tf_reference(ad, imps, index, count, ds)
+
+
+def test_no_cycle_collection_pauses_the_collector_once_for_nested_and_threaded_uses():
+    import gc
+    import threading
+
+    from beam_jobs import records
+
+    assert gc.isenabled()
+    inside = threading.Event()
+    release = threading.Event()
+    seen = []
+
+    def other() -> None:
+        with records.no_cycle_collection():
+            inside.set()
+            release.wait(5)
+            seen.append(gc.isenabled())
+
+    t = threading.Thread(target=other)
+    with records.no_cycle_collection():
+        assert not gc.isenabled()
+        with records.no_cycle_collection():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer pause still holds
+        t.start()
+        inside.wait(5)
+    assert not gc.isenabled()  # the other thread's pause still holds
+    release.set()
+    t.join()
+    assert seen == [False] and gc.isenabled()
+    try:
+        with records.no_cycle_collection():
+            raise ValueError("a failing bundle")
+    except ValueError:
+        pass
+    assert gc.isenabled()
+    gc.disable()  # a collector that was off stays off
+    try:
+        with records.no_cycle_collection():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
