@@ -25,7 +25,6 @@ from typing import IO, Iterable, Iterator, Optional
 import apache_beam as beam
 from apache_beam import pvalue
 
-from beam_jobs import records
 from beam_jobs.common import counter, dead_letter
 
 DEAD = "dead"
@@ -250,15 +249,6 @@ class _ReadFile(beam.DoFn):
         self._count = counter(f"input_{self._table}")
 
     def process(self, element) -> Iterable:
-        if not self._batch_rows:
-            yield from self._process(element)
-            return
-        # The parsed rows (and the validation fused after them) make no reference cycles: the
-        # cyclic collector is paused for the range (records.no_cycle_collection).
-        with records.no_cycle_collection():
-            yield from self._process(element)
-
-    def _process(self, element) -> Iterable:
         from tfvctr.io import fs
 
         path = element if isinstance(element, str) else element[0]
