@@ -124,11 +124,7 @@ def write_calibration(model_dir: str, record: dict) -> None:
 
 def read_calibration(model_dir: str) -> Optional[dict]:
     """`M/calibration.json`, or None when the model was trained with `training.calibration: none`."""
-    path = fs.join(model_dir, layout.CALIBRATION)
-    if not fs.exists(path):
-        return None
-    with fs.open(path) as f:
-        return json.load(f)
+    return fs.read_json_if_exists(fs.join(model_dir, layout.CALIBRATION))
 
 
 def slope_intercept(record: Optional[dict]) -> Optional[tuple[float, float]]:

@@ -145,11 +145,7 @@ def selection_metrics(pred: dict[str, np.ndarray], cold_ads: Optional[set[str]])
 
 def read_selection(model_dir: str) -> Optional[dict]:
     """`M/selection.json` (the chosen step of model selection), or None if training had no valid split."""
-    path = fs.join(model_dir, layout.SELECTION)
-    if not fs.exists(path):
-        return None
-    with fs.open(path) as f:
-        return json.load(f)
+    return fs.read_json_if_exists(fs.join(model_dir, layout.SELECTION))
 
 
 def compute_metrics(pred: dict[str, np.ndarray], cold_ads: Optional[set[str]] = None, baseline: Optional[dict] = None) -> dict:

@@ -52,6 +52,14 @@ def read_json(path: str, error: type[Exception]) -> Any:
             raise error(f"{path}: not valid JSON ({e})") from None
 
 
+def read_json_if_exists(path: str) -> Any:
+    """The JSON document at `path`, or None when there is no such file (an optional record of a stage)."""
+    if not exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def json_finite(value: Any) -> Any:
     """`value` with every NaN or infinite float (nested in dicts and lists) replaced by None.
 
