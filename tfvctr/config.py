@@ -281,6 +281,11 @@ class TrainingConfig:
     weight_decay: float = 0.0
     cnn_weight_decay: Optional[float] = None  # None: same as weight_decay
     clip_norm: Optional[float] = None
+    # An exponential moving average of the trained weights (tfvctr.training.averaging): what model
+    # selection scores and model.keras holds, with this decay per step (0: off, the last weights).
+    # Rarely seen ids jump from batch to batch under SGD; the average keeps their trend
+    # (docs/generalisation_experiments.md, "Sixth pass").
+    ema_decay: float = 0.0
     mixed_precision: bool = False  # float16 compute on GPU only
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
@@ -350,6 +355,8 @@ class TrainingConfig:
                 f"{where}.decay_steps: a cosine lr_schedule decays over the whole run; expected no decay_steps, "
                 f"received {self.decay_steps}"
             )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"{where}.ema_decay: expected a value in [0, 1) (0: no averaging), received {self.ema_decay}")
         if not 0.0 <= self.final_lr_ratio <= 1.0:
             raise ConfigError(f"{where}.final_lr_ratio: expected a value in [0, 1], received {self.final_lr_ratio}")
         if sorted(self.decay_steps) != self.decay_steps:

@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Optional
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from tfvctr.training.averaging import WeightAverage
 from tfvctr.training.checkpoints import BestCheckpoint, CheckpointSet
 from tfvctr.training.loop import Trainer
 from tfvctr.training.optimizers import current_learning_rate
@@ -62,6 +63,8 @@ class Controller:
         best: where the best weights go (with `validator`).
         selection_state: the string variable of the model checkpoint that holds the
             selection state (with `validator`).
+        average: a `WeightAverage`: the averaged weights are scored and saved as the best,
+            the trained ones go on training.
     """
 
     def __init__(
@@ -77,11 +80,13 @@ class Controller:
         validator: Optional[Validator] = None,
         best: Optional[BestCheckpoint] = None,
         selection_state: Optional[tf.Variable] = None,
+        average: Optional[WeightAverage] = None,
     ):
         self.trainer = trainer
         self.validator = validator
         self.best = best
         self.selection_state = selection_state
+        self.average = average
         self.iterator = iterator
         self.checkpoints = checkpoints
         self.total_steps = total_steps
@@ -110,6 +115,8 @@ class Controller:
             figures.update(step=step, cnn_learning_rate=cnn_lr, learning_rate=lr)
             record = None
             if self.validator and self.validator.due(step, self.total_steps):
+                if self.average is not None:
+                    self.average.swap()  # back after the best weights are saved, below
                 record = self.validator.validate(step)
                 figures["valid"] = record
             self.history.append(figures)
@@ -141,6 +148,8 @@ class Controller:
                 # bests go (see BestCheckpoint): a kill anywhere leaves a consistent pair.
                 if record["improved"]:
                     self.best.save(step)
+                if self.average is not None:
+                    self.average.swap()  # the checkpoint holds the trained weights and the average as they are
                 self.selection_state.assign(self.validator.selection.state())
                 self.checkpoints.save(step)
                 if record["improved"]:

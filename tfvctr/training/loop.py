@@ -23,6 +23,7 @@ from tfvctr.models.losses import (
     sampled_negative_pairs,
     with_negative_impressions,
 )
+from tfvctr.training.averaging import WeightAverage
 
 AUC_BINS = 1000  # histogram resolution of the streaming train AUC
 
@@ -160,6 +161,8 @@ class Trainer:
         local_replicas: replicas on this worker; each step pulls that many batches.
         clip_norm: clip the global gradient norm (after the all-reduce).
         freeze_visual: leave the visual tower's weights unchanged.
+        variables: (cnn variables, the rest) to train; default: the model's split.
+        average: a `WeightAverage` of the trained variables, updated after every step.
     """
 
     def __init__(
@@ -174,6 +177,7 @@ class Trainer:
         clip_norm: Optional[float] = None,
         freeze_visual: bool = False,
         variables: Optional[tuple[list, list]] = None,
+        average: Optional[WeightAverage] = None,
     ):
         self.strategy = strategy
         self.model = model
@@ -186,6 +190,7 @@ class Trainer:
             variables = (list(model.visual_variables), list(model.non_visual_variables))
         self.cnn_variables = [] if freeze_visual else variables[0]
         self.variables = variables[1]
+        self.average = average
         # Batches this worker has pulled from its iterator; saved with the data checkpoint so a
         # test (and a user) can check that a resumed run consumed each batch exactly once.
         with tf.init_scope():
@@ -271,6 +276,8 @@ class Trainer:
         if state is not None:
             for v, mean in zip(self._synced_state, state, strict=True):
                 v.assign(mean)
+        if self.average is not None:
+            self.average.update()
         return out
 
     # ------------------------------------------------------------------ inner loop

@@ -18,6 +18,7 @@ from tfvctr.config import Config, save_config
 from tfvctr.errors import ConfigError, DataError, TfvctrError
 from tfvctr.fingerprint import check_training_dir
 from tfvctr.io import fs
+from tfvctr.training.averaging import WeightAverage
 from tfvctr.training.checkpoints import BestCheckpoint, CheckpointSet
 from tfvctr.training.controller import Controller, print_line
 from tfvctr.training.loop import (
@@ -217,6 +218,8 @@ def _run(
         cnn_vars, other_vars = variables_of(model)
         cnn_optimizer.build(cnn_vars)
         optimizer.build(other_vars)
+        trained = (other_vars if freeze_visual else cnn_vars + other_vars)
+        average = WeightAverage(trained, tr.ema_decay) if tr.ema_decay else None
     if freeze_visual and getattr(model, "visual_tower", None) is not None:
         # Frozen means inference mode too: batch-norm statistics stay as pre-trained.
         model.visual_tower.trainable = False
@@ -235,9 +238,11 @@ def _run(
     trainer = Trainer(
         strategy, model, cnn_optimizer, optimizer, objective, dataset.element_spec,
         local_replicas=info.local_replicas, clip_norm=tr.clip_norm, freeze_visual=freeze_visual,
-        variables=(cnn_vars, other_vars),
+        variables=(cnn_vars, other_vars), average=average,
     )
     model_objects = {"model": model, "cnn_optimizer": cnn_optimizer, "optimizer": optimizer}
+    if average is not None:
+        model_objects["weight_average"] = average.checkpoint()
     if selection_state is not None:
         model_objects["selection"] = selection_state
     checkpoints = CheckpointSet(
@@ -248,6 +253,8 @@ def _run(
     start = checkpoints.restore()
     if start == 0:
         init_model(model)
+        if average is not None:
+            average.reset()  # after init_model: the average starts at the weights training starts from
     elif log:
         log(f"resumed from {checkpoints.latest()} at step {start}")
     validator = best = None
@@ -271,13 +278,16 @@ def _run(
         controller = Controller(
             trainer, iterator, checkpoints, total, tr.checkpoint_every, tr.log_every,
             summary_dir=fs.join(model_dir, layout.TENSORBOARD_DIR, summary_name) if info.is_chief else None, log=log,
-            validator=validator, best=best, selection_state=selection_state,
+            validator=validator, best=best, selection_state=selection_state, average=average,
         )
         with data_lib.data_errors(files):
             figures = controller.run(start)
         figures["history"] = controller.history
     last_step = int(figures["step"])
     calibration_record = None
+    if average is not None:
+        # model.keras holds the average: of the best step below when selection chose an earlier one.
+        average.copy_to_weights()
     if selection is not None:
         if selection.best_step is not None and selection.best_step != last_step:
             # Every worker loads the best weights; the barrier makes sure the chief has finished
