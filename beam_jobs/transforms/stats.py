@@ -6,9 +6,10 @@ impression features once per train impression. Only the train split: the valid s
 found only there is out of vocabulary, as it would be for a new ad in production.
 Vocabularies keep values seen at least `min_frequency` times, most frequent first, ties
 broken by value. Numeric features get count, missing, mean, std (population), min, max
-and `num_buckets - 1` quantile boundaries from Beam's `ApproximateQuantiles`, which is
-exact while a feature's values fit its buffers (any demo-sized data) and a bounded-error
-sketch beyond, so the job scales without sorting a column on one worker.
+(from exact sums: the same digits however the work was split) and `num_buckets - 1`
+quantile boundaries from Beam's `ApproximateQuantiles`, which is exact while a feature's
+values fit its buffers (any demo-sized data) and a bounded-error sketch beyond, so the
+job scales without sorting a column on one worker.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import collections
 import itertools
 import json
 import math
+from fractions import Fraction
 from typing import Iterable
 
 import apache_beam as beam
@@ -39,32 +41,76 @@ def _category_vocab_feature(ds: DatasetConfig) -> FeatureConfig:
     return FeatureConfig(name="category", source="ad", kind="categorical", vocabulary="auto")
 
 
+SQUARE_LIMIT = 2.0**480  # |x| up to this: x² and its sums stay far from float overflow (else exact fractions)
+
+
+def exact_parts(values) -> list[float]:
+    """A few floats whose exact sum is exactly the sum of `values` (finite floats).
+
+    `math.fsum` rounds the exact sum once; the remainder (exact sum minus the parts so far)
+    is summed again until nothing is left: usually two or three passes in C. The parts
+    carry the exact sum across bundles, so the total does not depend on how the runner
+    split the values (a float sum does, in its last digits).
+    """
+    parts: list[float] = []
+    while True:
+        rest = math.fsum(itertools.chain(values, (-p for p in parts)))
+        if rest == 0.0:  # an exact sum of floats is a multiple of 2⁻¹⁰⁷⁴: never rounded to 0
+            return parts
+        parts.append(rest)
+
+
+def exact_moments(values: list) -> tuple:
+    """`values` (finite floats) → `(n, Σx, Σx², min, max)`, the sums exact (`Fraction`s)."""
+    import numpy as np
+
+    total = sum(map(Fraction, exact_parts(values)), Fraction(0))
+    lo, hi = min(values), max(values)
+    if max(-lo, hi) <= SQUARE_LIMIT:
+        # x² exactly as square + error (Dekker's product with Veltkamp's split), summed exactly.
+        a = np.asarray(values, dtype=np.float64)
+        square = a * a
+        c = a * 134217729.0  # 2²⁷ + 1
+        a_hi = c - (c - a)
+        a_lo = a - a_hi
+        error = ((a_hi * a_hi - square) + 2.0 * a_hi * a_lo) + a_lo * a_lo
+        terms = square.tolist() + error.tolist() if error.any() else square.tolist()  # small integers: no error
+        squares = sum(map(Fraction, exact_parts(terms)), Fraction(0))
+    else:
+        squares = sum(Fraction(x) ** 2 for x in values)
+    return (len(values), total, squares, lo, hi)
+
+
 class MomentsFn(beam.CombineFn):
-    """count, mean, population std, min, max; Chan et al.'s parallel update keeps it stable."""
+    """count, mean, population std, min, max, from exact sums of x and x² (`Fraction`s).
+
+    Exact sums merge in any order to the same result, so the statistics are the same bytes
+    whichever bundles the runner made (a float accumulator's last digits followed the
+    merge order); the mean and variance are rounded once, at the end. An accumulator is
+    `(n, Σx, Σx², min, max)`; `exact_moments` makes one from a bundle's values.
+    """
 
     def create_accumulator(self):
-        return (0, 0.0, 0.0, math.inf, -math.inf)
+        return (0, Fraction(0), Fraction(0), math.inf, -math.inf)
 
     def add_input(self, acc, x):
-        return self.merge_accumulators([acc, (1, float(x), 0.0, float(x), float(x))])
+        x = float(x)
+        return self.merge_accumulators([acc, (1, Fraction(x), Fraction(x) ** 2, x, x)])
 
     def merge_accumulators(self, accs):
-        n, mean, m2, lo, hi = 0, 0.0, 0.0, math.inf, -math.inf
-        for nb, mb, m2b, lob, hib in accs:
+        n, total, squares, lo, hi = 0, Fraction(0), Fraction(0), math.inf, -math.inf
+        for nb, tb, sb, lob, hib in accs:
             if nb == 0:
                 continue
-            delta = mb - mean
-            total = n + nb
-            mean += delta * nb / total
-            m2 += m2b + delta * delta * n * nb / total
-            n, lo, hi = total, min(lo, lob), max(hi, hib)
-        return (n, mean, m2, lo, hi)
+            n, total, squares, lo, hi = n + nb, total + tb, squares + sb, min(lo, lob), max(hi, hib)
+        return (n, total, squares, lo, hi)
 
     def extract_output(self, acc):
-        n, mean, m2, lo, hi = acc
+        n, total, squares, lo, hi = acc
         if n == 0:
             return {}
-        return {"mean": mean, "std": math.sqrt(m2 / n), "min": lo, "max": hi}
+        variance = max((squares - total * total / n) / n, Fraction(0))
+        return {"mean": float(total / n), "std": math.sqrt(float(variance)), "min": lo, "max": hi}
 
 
 class _MergeOnly(beam.CombineFn):
@@ -258,10 +304,7 @@ class _TrainSummary(beam.DoFn):
         for name, (count, missing) in self._presence.items():
             yield out(PRESENCE, (name, (count, missing)))
         for name, values in self._numbers.items():
-            n = len(values)
-            mean = math.fsum(values) / n
-            m2 = math.fsum((x - mean) ** 2 for x in values)
-            yield out(MOMENTS, (name, (n, mean, m2, min(values), max(values))))
+            yield out(MOMENTS, (name, exact_moments(values)))
             # Sorted: the quantile sketch is approximate and depends on the order of its input,
             # which follows the order ads reach the bundle (a Reshuffle's random keys decide).
             yield out(NUMBERS, (name, sorted(values)))

@@ -2,10 +2,16 @@
 
 Counting at the sinks (not where rows are produced) counts every row exactly once, even
 when `with_exception_handling` discards the partial outputs of a failed element.
+
+The files' bytes do not depend on how the runner cut the work into bundles (with 2
+processes it cuts it differently each run): with `num_shards` N > 0 a record's shard and
+its place in the shard come from a hash of its own bytes, and text lines are sorted
+(docs/beam_jobs.md, determinism with 2 processes).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import uuid
@@ -34,19 +40,32 @@ def _masked_crc(data: bytes) -> bytes:
     return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
 
 
+def record_key(record: bytes) -> int:
+    """A record's place in the output: a 128-bit hash of its bytes (the same in every process
+    and run, unlike `hash()`). Its shard is `key % num_shards`, and a shard holds its
+    records in key order, so the files depend only on which records there are, not on
+    which bundle wrote them; two records with one key are (but for a 2⁻¹²⁸ chance) the
+    same bytes, whose order does not matter."""
+    return int.from_bytes(hashlib.blake2b(record, digest_size=16).digest(), "big")
+
+
 class _WriteTemp(beam.DoFn):
     """`(impressions, positives, record)` → the bundle's records in one temp TFRecord file.
 
     Runs fused with the records' producer: the record bytes never cross a shuffle (Beam's
     `WriteToTFRecord` with a fixed `num_shards` groups every record by shard key, so the
     whole split went through the runner). At the end of a bundle it emits
-    `(split, path, size, cut points)`: fewer than 2 × `MAX_CUTS` record starts, evenly spaced in
-    records (every record's while the file is small), where a shard may begin. Counts the
-    split's chunks, impressions and positives once per bundle.
+    `(split, path, size, cut points, pointers)`. With `num_shards` N > 0 the pointers say
+    where each record is: `{shard: [(record_key, start, end), ...]}` (about 60 bytes a
+    record, not the record), and there are no cut points. With 0 (one shard per temp file)
+    the pointers are None and the cut points are fewer than 2 × `MAX_CUTS` record starts,
+    evenly spaced in records, where a shard may begin. Counts the split's chunks,
+    impressions and positives once per bundle.
     """
 
-    def __init__(self, temp_dir: str, split: str):
+    def __init__(self, temp_dir: str, split: str, num_shards: int = 0):
         self._temp_dir, self._split = temp_dir, split  # the split goes with each temp file (one plan for all splits)
+        self._num_shards = num_shards
 
     def setup(self) -> None:
         self._counters = [counter(f"{self._split}_{what}") for what in ("chunks", "impressions", "positives")]
@@ -60,11 +79,18 @@ class _WriteTemp(beam.DoFn):
             self._path = join_path(self._temp_dir, f"{uuid.uuid4().hex}.tfrecord")
             self._file = FileSystems.create(self._path)
             self._size, self._cuts, self._stride, self._counts = 0, [], 1, [0, 0, 0]
-        if self._counts[0] and self._counts[0] % self._stride == 0:
+            self._pointers: dict = {}
+        framed = tfrecord_frame(record)
+        if self._num_shards > 0:
+            key = record_key(record)
+            shard = self._pointers.get(key % self._num_shards)
+            if shard is None:
+                shard = self._pointers[key % self._num_shards] = []
+            shard.append((key, self._size, self._size + len(framed)))
+        elif self._counts[0] and self._counts[0] % self._stride == 0:
             self._cuts.append(self._size)
             if len(self._cuts) == 2 * MAX_CUTS:  # keep every other one: the starts of records 2s, 4s, ...
                 self._cuts, self._stride = self._cuts[1::2], 2 * self._stride
-        framed = tfrecord_frame(record)
         self._file.write(framed)
         self._size += len(framed)
         counts = self._counts
@@ -82,8 +108,9 @@ class _WriteTemp(beam.DoFn):
         self._file = None
         for c, n in zip(self._counters, self._counts, strict=True):
             c.inc(n)
-        yield WindowedValue((self._split, self._path, self._size, self._cuts), GlobalWindow().max_timestamp(),
-                            [GlobalWindow()])
+        pointers = self._pointers if self._num_shards > 0 else None
+        yield WindowedValue((self._split, self._path, self._size, self._cuts, pointers),
+                            GlobalWindow().max_timestamp(), [GlobalWindow()])
 
 
 def plan_shards(temp_files: list, num_shards: int) -> list[tuple[int, int, list]]:
@@ -119,17 +146,46 @@ def plan_shards(temp_files: list, num_shards: int) -> list[tuple[int, int, list]
     return [(i, num_shards, ranges) for i, ranges in enumerate(shards)]
 
 
+def plan_sorted(temp_files: list, num_shards: int) -> list[tuple[int, int, list]]:
+    """Temp files `(path, pointers)` → `(shard, num_shards, [(path, start, end)])`, each
+    shard's records in key order, wherever they are (`_WriteTemp`'s pointers, N > 0).
+
+    Every shard is listed, an empty one too (its file is still written). Ranges that follow
+    each other in one temp file are one range.
+    """
+    shards: list[list] = [[] for _ in range(num_shards)]
+    for path, pointers in temp_files:
+        for shard, entries in pointers.items():
+            shards[shard].extend((key, path, start, end) for key, start, end in entries)
+    out = []
+    for index, entries in enumerate(shards):
+        entries.sort()
+        ranges: list = []
+        for _, path, start, end in entries:
+            if ranges and ranges[-1][0] == path and ranges[-1][2] == start:
+                ranges[-1] = (path, ranges[-1][1], end)
+            else:
+                ranges.append((path, start, end))
+        out.append((index, num_shards, ranges))
+    return out
+
+
 def plan_outputs(temp_files: list, outputs: list[tuple]) -> list[tuple]:
-    """`(name, path, size, cut points)` of several outputs → `(file path, gzip, ranges)`, one per file.
+    """`(name, path, size, cut points, pointers)` of several outputs → `(file path, gzip, ranges)`, one per file.
 
     `outputs`: `(name, prefix, suffix, num_shards, gzip, single)`; each output's files are
-    `plan_shards` of its temp files, named `{prefix}-SSSSS-of-NNNNN{suffix}` (Beam's
-    default shard template) or, with `single` (and one shard), `{prefix}{suffix}`.
+    `plan_sorted` of its temp files' pointers when they have them, else `plan_shards` of
+    the temp files, named `{prefix}-SSSSS-of-NNNNN{suffix}` (Beam's default shard
+    template) or, with `single` (and one shard), `{prefix}{suffix}`.
     """
     out = []
     for name, prefix, suffix, num_shards, gzip, single in outputs:
-        files = [(path, size, cuts) for n, path, size, cuts in temp_files if n == name]
-        for index, count, ranges in plan_shards(files, num_shards):
+        mine = [t for t in temp_files if t[0] == name]
+        if num_shards > 0 and all(t[4] is not None for t in mine):
+            plan = plan_sorted([(path, pointers) for _, path, _, _, pointers in mine], num_shards)
+        else:
+            plan = plan_shards([(path, size, cuts) for _, path, size, cuts, _ in mine], num_shards)
+        for index, count, ranges in plan:
             path = f"{prefix}{suffix}" if single else f"{prefix}-{index:05d}-of-{count:05d}{suffix}"
             out.append((path, gzip, ranges))
     return out
@@ -137,8 +193,9 @@ def plan_outputs(temp_files: list, outputs: list[tuple]) -> list[tuple]:
 
 class _WriteTempText(beam.DoFn):
     """Text lines → the bundle's lines (UTF-8, `\\n` after each, as `WriteToText` writes
-    them) in one temp file; emits `(name, path, size, [])` at the end of the bundle, the
-    shape of `_WriteTemp`'s, so one plan copies both into place."""
+    them) in one temp file; emits `(name, path, size, [], {0: [(line, start, end), ...]})`
+    at the end of the bundle, the shape of `_WriteTemp`'s, so one plan copies both into
+    place: one file per text output, its lines sorted (the line is its own key)."""
 
     def __init__(self, temp_dir: str, name: str):
         self._temp_dir, self._name = temp_dir, name
@@ -150,9 +207,10 @@ class _WriteTempText(beam.DoFn):
         if self._file is None:
             self._path = join_path(self._temp_dir, f"{uuid.uuid4().hex}.txt")
             self._file = FileSystems.create(self._path)
-            self._size = 0
+            self._size, self._lines = 0, []
         data = line.encode("utf-8") + b"\n"
         self._file.write(data)
+        self._lines.append((data, self._size, self._size + len(data)))
         self._size += len(data)
 
     def finish_bundle(self) -> Iterable:
@@ -163,28 +221,45 @@ class _WriteTempText(beam.DoFn):
             return
         self._file.close()
         self._file = None
-        yield WindowedValue((self._name, self._path, self._size, []), GlobalWindow().max_timestamp(),
-                            [GlobalWindow()])
+        yield WindowedValue((self._name, self._path, self._size, [], {0: self._lines}),
+                            GlobalWindow().max_timestamp(), [GlobalWindow()])
 
 
 class _WriteShard(beam.DoFn):
     """`(file path, gzip, [(temp path, start, end)])` → the file, the byte ranges copied in
-    order (gzipped here when `gzip`: `dataset.compression`). Emits the path written."""
+    order (gzipped here when `gzip`: `dataset.compression`). Emits the path written.
+
+    A sorted shard has one range per record, from any temp file: the sources stay open and
+    the output is written in blocks of `COPY_BYTES`."""
 
     def process(self, shard: tuple) -> Iterable[str]:
         path, gzip, ranges = shard
         compression = CompressionTypes.GZIP if gzip else CompressionTypes.UNCOMPRESSED
-        with FileSystems.create(path, compression_type=compression) as out:
-            for source, start, end in ranges:
-                with FileSystems.open(source, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        sources: dict = {}
+        try:
+            with FileSystems.create(path, compression_type=compression) as out:
+                pending, pending_size = [], 0
+                for source, start, end in ranges:
+                    f = sources.get(source)
+                    if f is None:
+                        f = sources[source] = FileSystems.open(source, compression_type=CompressionTypes.UNCOMPRESSED)
                     f.seek(start)
                     left = end - start
                     while left:
                         data = f.read(min(left, COPY_BYTES))
                         if not data:
                             raise OSError(f"{source}: ends before byte {end}")
-                        out.write(data)
+                        pending.append(data)
+                        pending_size += len(data)
                         left -= len(data)
+                        if pending_size >= COPY_BYTES:
+                            out.write(b"".join(pending))
+                            pending, pending_size = [], 0
+                if pending:
+                    out.write(b"".join(pending))
+        finally:
+            for f in sources.values():
+                f.close()
         yield path
 
 
@@ -212,11 +287,14 @@ class WriteRecords(beam.PTransform):
     """`(impressions, positives, record)` → `OUT/<split>/part-SSSSS-of-NNNNN.tfrecord[.gz]`.
 
     Each bundle writes its records to a temp file where they are produced (`_WriteTemp`);
-    a small plan (`plan_shards`) cuts the temp files into `num_shards` shards (0: one per
-    temp file) at record boundaries, each shard is copied (and gzipped) by one task, and
-    the temp files are deleted. Only file names and sizes cross a shuffle, never the
-    records (docs/beam_jobs.md, speed). Counts `<split>_chunks`, `_impressions` and
-    `_positives` of the records written.
+    a small plan puts each record in shard `record_key % num_shards`, in key order
+    (`plan_sorted`: the same bytes however the runner bundled the work), each shard is
+    copied (and gzipped) by one task, and the temp files are deleted. Only file names,
+    sizes and each record's key and place cross a shuffle, never the records
+    (docs/beam_jobs.md, speed and determinism). With `num_shards` 0 each temp file is one
+    shard (`plan_shards`): the runner's bundles decide the files, as Beam's own sinks do,
+    and the bytes are not the same run to run with several processes. Counts
+    `<split>_chunks`, `_impressions` and `_positives` of the records written.
 
     `split` is one split's name (the input is its PCollection) or a list of names (the
     input is a dict split → PCollection): the splits then share one plan, one copy step
@@ -225,10 +303,10 @@ class WriteRecords(beam.PTransform):
 
     `text`: names of `TEXT_OUTPUTS` whose lines (str) are in the input dict under the same
     name, written the same way in the same plan: `ad_counts` as one file
-    `OUT/ad_counts.jsonl`, `dead_letter` as `OUT/dead_letter/part-SSSSS-of-NNNNN.jsonl`, one
-    file per bundle that had lines, or one empty file (the files, names and bytes
-    `WriteToText` wrote, its 12 transforms and 4 stages per output saved: docs/beam_jobs.md,
-    fifth round).
+    `OUT/ad_counts.jsonl`, `dead_letter` as `OUT/dead_letter/part-00000-of-00001.jsonl`
+    (empty when there is nothing), each with its lines sorted (UTF-8, `\\n`-terminated, as
+    `WriteToText` wrote them; its 12 transforms and 4 stages per output saved:
+    docs/beam_jobs.md, fifth round).
     """
 
     def __init__(self, out: str, split, num_shards: int = 0, compression: str = "none", text: tuple = ()):
@@ -244,12 +322,13 @@ class WriteRecords(beam.PTransform):
         suffix = ".tfrecord.gz" if self._compression == "gzip" else ".tfrecord"
         gzip = self._compression == "gzip"
         outputs = [(s, join_path(self._out, s, "part"), suffix, self._num_shards, gzip, False) for s in splits]
-        temp = [inputs[s] | f"WriteTemp_{s}" >> beam.ParDo(_WriteTemp(temp_dirs[s], s)) for s in splits]
+        temp = [inputs[s] | f"WriteTemp_{s}" >> beam.ParDo(_WriteTemp(temp_dirs[s], s, self._num_shards))
+                for s in splits]
         for name in self._text:
             where, text_suffix, one_file = TEXT_OUTPUTS[name]
             temp_dirs[name] = join_path(self._out, f"beam-temp-text-{name}")
-            outputs.append((name, join_path(self._out, *where.split("/")), text_suffix, 1 if one_file else 0,
-                            False, one_file))
+            # One file each, its lines sorted: the dead letter was one file per bundle with lines.
+            outputs.append((name, join_path(self._out, *where.split("/")), text_suffix, 1, False, one_file))
             temp.append(inputs[name] | f"WriteTemp_{name}" >> beam.ParDo(_WriteTempText(temp_dirs[name], name)))
         return ((temp[0] if len(temp) == 1 else temp | "AllTempFiles" >> beam.Flatten())
                 | "TempFiles" >> beam.combiners.ToList()
