@@ -41,7 +41,9 @@ def _category_vocab_feature(ds: DatasetConfig) -> FeatureConfig:
     return FeatureConfig(name="category", source="ad", kind="categorical", vocabulary="auto")
 
 
-SQUARE_LIMIT = 2.0**480  # |x| up to this: x² and its sums stay far from float overflow (else exact fractions)
+# x² is summed exactly in floats for 2⁻⁴⁰⁰ ≤ |x| ≤ 2⁴⁸⁰ (or x = 0): far from overflow and from
+# underflow of the product's error; a bundle with any other value is summed in fractions.
+SQUARE_LIMIT, SQUARE_FLOOR = 2.0**480, 2.0**-400
 
 
 def exact_parts(values) -> list[float]:
@@ -65,10 +67,10 @@ def exact_moments(values: list) -> tuple:
     import numpy as np
 
     total = sum(map(Fraction, exact_parts(values)), Fraction(0))
-    lo, hi = min(values), max(values)
-    if max(-lo, hi) <= SQUARE_LIMIT:
+    a = np.asarray(values, dtype=np.float64)
+    size = np.abs(a)
+    if size.max() <= SQUARE_LIMIT and not np.any((size < SQUARE_FLOOR) & (a != 0)):
         # x² exactly as square + error (Dekker's product with Veltkamp's split), summed exactly.
-        a = np.asarray(values, dtype=np.float64)
         square = a * a
         c = a * 134217729.0  # 2²⁷ + 1
         a_hi = c - (c - a)
@@ -76,9 +78,9 @@ def exact_moments(values: list) -> tuple:
         error = ((a_hi * a_hi - square) + 2.0 * a_hi * a_lo) + a_lo * a_lo
         terms = square.tolist() + error.tolist() if error.any() else square.tolist()  # small integers: no error
         squares = sum(map(Fraction, exact_parts(terms)), Fraction(0))
-    else:
+    else:  # x² would overflow or its error underflow: exact fractions (slow, and never met in practice)
         squares = sum(Fraction(x) ** 2 for x in values)
-    return (len(values), total, squares, lo, hi)
+    return (len(values), total, squares, min(values), max(values))
 
 
 class MomentsFn(beam.CombineFn):
@@ -110,7 +112,16 @@ class MomentsFn(beam.CombineFn):
         if n == 0:
             return {}
         variance = max((squares - total * total / n) / n, Fraction(0))
-        return {"mean": float(total / n), "std": math.sqrt(float(variance)), "min": lo, "max": hi}
+        return {"mean": float(total / n), "std": _sqrt(variance), "min": lo, "max": hi}
+
+
+def _sqrt(x: Fraction) -> float:
+    """√x for an exact x ≥ 0, also when x itself is beyond a float (values near 1e200)."""
+    try:
+        return math.sqrt(float(x))
+    except OverflowError:
+        half = (x.numerator.bit_length() - x.denominator.bit_length()) // 2
+        return math.ldexp(math.sqrt(float(x / 4**half)), half)
 
 
 class _MergeOnly(beam.CombineFn):

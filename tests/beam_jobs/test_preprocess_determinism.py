@@ -101,3 +101,59 @@ def test_two_process_runs_write_the_same_bytes_as_each_other_and_as_in_memory(ru
     for name in sorted(a):
         assert a[name] == b[name], f"{name}: two runs with 2 processes wrote other bytes"
         assert a[name] == one[name], f"{name}: 2 processes and in_memory wrote other bytes"
+
+
+def _write_in_bundles(temp_dir: str, out: str, records: list[bytes], bundles: list[list[int]]) -> dict[str, bytes]:
+    """The writer's steps by hand, the records cut into the given bundles (lists of indices)."""
+    from beam_jobs.transforms import write
+
+    temp = []
+    for bundle in bundles:
+        fn = write._WriteTemp(temp_dir, "train", 3)
+        fn.setup()
+        fn.start_bundle()
+        for i in bundle:
+            fn.process((1, 0, records[i]))
+        temp += [wv.value for wv in fn.finish_bundle()]
+    for shard in write.plan_outputs(temp, [("train", os.path.join(out, "part"), ".tfrecord", 3, False, False)]):
+        list(write._WriteShard().process(shard))
+    return _files(out)
+
+
+def test_the_shards_do_not_depend_on_the_bundles(tmp_path):
+    import random
+
+    records = [f"record {i} ".encode() * (i % 7 + 1) for i in range(200)] + [b"twice", b"twice"]
+    order = list(range(len(records)))
+    one = _write_in_bundles(str(tmp_path / "t1"), str(tmp_path / "o1"), records, [order])
+    random.Random(1).shuffle(order)
+    many = _write_in_bundles(str(tmp_path / "t2"), str(tmp_path / "o2"), records,
+                             [order[i:i + 17] for i in range(0, len(order), 17)])
+    assert sorted(one) == [f"part-{i:05d}-of-00003.tfrecord" for i in range(3)]
+    assert one == many
+    assert all(len(data) > 1000 for data in one.values())  # ~200 records spread over the 3 shards
+
+
+def test_moments_are_the_same_digits_whichever_way_the_values_are_split_and_merged():
+    import math
+    import random
+    from fractions import Fraction
+
+    from beam_jobs.transforms.stats import MomentsFn, exact_moments
+
+    rng = random.Random(0)
+    values = [rng.lognormvariate(2, 2) * rng.choice((1, -1)) for _ in range(3000)] + [1e150, -1e150, 1e-300]
+    fn = MomentsFn()
+    outputs = []
+    for size in (1, 7, 250, len(values)):
+        parts = [exact_moments(values[i:i + size]) for i in range(0, len(values), size)]
+        rng.shuffle(parts)
+        outputs.append(fn.extract_output(fn.merge_accumulators(parts)))
+    assert all(out == outputs[0] for out in outputs)
+    exact_mean = sum(map(Fraction, values)) / len(values)
+    assert outputs[0]["mean"] == float(exact_mean)  # rounded once, from the exact sum
+    variance = sum((Fraction(x) - exact_mean) ** 2 for x in values) / len(values)
+    assert outputs[0]["std"] == math.sqrt(float(variance))
+    assert (outputs[0]["min"], outputs[0]["max"]) == (-1e150, 1e150)
+    huge = fn.extract_output(exact_moments([1e200, -1e200]))  # the variance is beyond a float, the std is not
+    assert huge["mean"] == 0.0 and huge["std"] == pytest.approx(1e200, rel=1e-15)
