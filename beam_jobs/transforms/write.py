@@ -191,14 +191,25 @@ def plan_outputs(temp_files: list, outputs: list[tuple]) -> list[tuple]:
     return out
 
 
+def _dead_letter_key(line: bytes) -> tuple:
+    """The dead letter's order: by table (`ads` first: a rejected ad explains its impressions'
+    rejections, and the job's summary prints the first lines), then reason, then the line."""
+    letter = json.loads(line)
+    return (str(letter.get("table")), str(letter.get("reason")), line)
+
+
 class _WriteTempText(beam.DoFn):
     """Text lines → the bundle's lines (UTF-8, `\\n` after each, as `WriteToText` writes
-    them) in one temp file; emits `(name, path, size, [], {0: [(line, start, end), ...]})`
+    them) in one temp file; emits `(name, path, size, [], {0: [(key, start, end), ...]})`
     at the end of the bundle, the shape of `_WriteTemp`'s, so one plan copies both into
-    place: one file per text output, its lines sorted (the line is its own key)."""
+    place: one file per text output, its lines in key order (the line itself, or
+    `TEXT_KEYS[name]` of it)."""
 
     def __init__(self, temp_dir: str, name: str):
         self._temp_dir, self._name = temp_dir, name
+
+    def setup(self) -> None:
+        self._key = TEXT_KEYS.get(self._name)
 
     def start_bundle(self) -> None:
         self._file = None
@@ -210,7 +221,7 @@ class _WriteTempText(beam.DoFn):
             self._size, self._lines = 0, []
         data = line.encode("utf-8") + b"\n"
         self._file.write(data)
-        self._lines.append((data, self._size, self._size + len(data)))
+        self._lines.append((data if self._key is None else self._key(data), self._size, self._size + len(data)))
         self._size += len(data)
 
     def finish_bundle(self) -> Iterable:
@@ -279,8 +290,9 @@ AD_COUNTS_TEXT = "ad_counts"
 DEAD_LETTER_TEXT = "dead_letter"
 TEXT_OUTPUTS = {
     AD_COUNTS_TEXT: (layout.AD_COUNTS.removesuffix(".jsonl"), ".jsonl", True),  # OUT/ad_counts.jsonl
-    DEAD_LETTER_TEXT: (f"{layout.DEAD_LETTER_DIR}/part", ".jsonl", False),  # OUT/dead_letter/part-SSSSS-of-NNNNN.jsonl
+    DEAD_LETTER_TEXT: (f"{layout.DEAD_LETTER_DIR}/part", ".jsonl", False),  # OUT/dead_letter/part-00000-of-00001.jsonl
 }
+TEXT_KEYS = {DEAD_LETTER_TEXT: _dead_letter_key}  # a text output's line order, when not the lines' own
 
 
 class WriteRecords(beam.PTransform):
@@ -304,9 +316,9 @@ class WriteRecords(beam.PTransform):
     `text`: names of `TEXT_OUTPUTS` whose lines (str) are in the input dict under the same
     name, written the same way in the same plan: `ad_counts` as one file
     `OUT/ad_counts.jsonl`, `dead_letter` as `OUT/dead_letter/part-00000-of-00001.jsonl`
-    (empty when there is nothing), each with its lines sorted (UTF-8, `\\n`-terminated, as
-    `WriteToText` wrote them; its 12 transforms and 4 stages per output saved:
-    docs/beam_jobs.md, fifth round).
+    (empty when there is nothing; ads first, then by reason), each with its lines sorted
+    (UTF-8, `\\n`-terminated, as `WriteToText` wrote them; its 12 transforms and 4 stages
+    per output saved: docs/beam_jobs.md, fifth round).
     """
 
     def __init__(self, out: str, split, num_shards: int = 0, compression: str = "none", text: tuple = ()):
