@@ -113,11 +113,8 @@ def test_the_valid_figures_are_those_of_the_average(averaged, data_dir):
     assert scored["log_loss"] == pytest.approx(result["best"]["valid_logloss"], rel=1e-4)
 
 
-def test_averaging_changes_the_model_and_a_resumed_run_continues_the_same_average(averaged, data_dir, tmp_path):
+def test_a_resumed_run_continues_the_same_average(averaged, data_dir, tmp_path):
     _, reference = averaged
-    plain = train(_config(**SETTINGS), data_dir, str(tmp_path / "plain"), log=None)
-    assert not all(np.allclose(a, b) for a, b in
-                   zip(plain["model"].get_weights(), reference["model"].get_weights(), strict=True))
     resumed_dir = str(tmp_path / "resumed")
     config = _config(ema_decay=0.9, **SETTINGS)
     train(config, data_dir, resumed_dir, steps=3, log=None)  # killed right after step 3's checkpoint
