@@ -138,8 +138,12 @@ def run_one(config, data: dict, pixels: np.ndarray, backbone: str, steps: int, s
     rows, start = [], time.time()
 
     def score(rows_index: np.ndarray) -> tuple[float, float]:
-        prediction = model.predict({"image": pixels[rows_index], "category": data["category"][rows_index]},
-                                   batch_size=256, verbose=0).reshape(-1)
+        # Eager calls, not model.predict: predict traces a function per input size (train and
+        # cold ads differ), which cost more than the scoring itself on small runs.
+        prediction = np.concatenate([
+            np.asarray(model({"image": pixels[part], "category": data["category"][part]}, training=False)).reshape(-1)
+            for part in np.array_split(rows_index, max(1, -(-len(rows_index) // 256)))
+        ])
         return correlations(prediction, data["target"][rows_index], data["category"][rows_index])
 
     for s in range(1, steps + 1):
