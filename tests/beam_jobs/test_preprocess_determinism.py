@@ -11,6 +11,7 @@ be byte-identical between the three runs (docs/beam_jobs.md, determinism with 2 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -30,6 +31,15 @@ def _files(out: str) -> dict[str, bytes]:
     return files
 
 
+def _benchmark():
+    """benchmarks/beam_preprocess.py (not a package: loaded from its path)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "beam_preprocess.py")
+    spec = importlib.util.spec_from_file_location("beam_preprocess", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     from beam_jobs import build_tfrecords
@@ -39,21 +49,8 @@ def runs(tmp_path_factory) -> dict:
     raw = str(tmp_path_factory.mktemp("determinism_raw"))
     generate(raw, num_ads=60, num_impressions=3000, image_size=16, formats=("csv",))
     impressions = os.path.join(raw, "impressions.csv")
-    with open(impressions) as f:
-        header = f.readline().rstrip("\n").split(",")
-        good = f.readline().rstrip("\n").split(",")
-    bad = []
-    for i in range(BAD_ROWS):  # three kinds in turn: a bad label, an unknown ad, too few fields
-        row = list(good)
-        if i % 3 == 0:
-            row[header.index("label")] = "yes"
-        elif i % 3 == 1:
-            row[header.index("ad_id")] = f"no_such_ad{i}"
-        else:
-            row = row[:3]
-        bad.append(",".join(row) + "\n")
-    with open(impressions, "a") as f:
-        f.writelines(bad)
+    # The benchmark's bad rows, three kinds in turn: a bad label, an unknown ad, too few fields.
+    assert _benchmark().add_bad_rows(impressions, BAD_ROWS / 3000) == BAD_ROWS
     config = os.path.join(raw, "demo16.yaml")
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo.yaml")) as f:
         text = f.read().replace("image_size: 64", "image_size: 16")

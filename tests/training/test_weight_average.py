@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from tests import recordio_fixtures as rf
-from tests.training.test_selection import add_valid_split
+from tests.training import test_selection
 from tfvctr.config import config_from_dict
 from tfvctr.errors import ConfigError
 from tfvctr.training import averaging, train
@@ -61,18 +61,10 @@ def test_a_decay_outside_0_1_is_refused(decay):
         averaging.WeightAverage([tf.Variable(0.0)], decay)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("grouped"))
-    rf.write_dataset(root, num_ads=16, num_shards=2)
-    add_valid_split(root)
-    return root
-
-
-def _config(**training):
-    d = rf.tiny_config_dict(**training)
-    d["model"]["architecture"] = "dcn"  # no CNN: the averaging is what is tested here
-    return config_from_dict(d)
+# The selection tests' data (16 ads, a valid split with cold ads) and their DCN config: no
+# CNN, the averaging is what is tested here.
+data_dir = test_selection.data_dir
+_config = test_selection._config
 
 
 SETTINGS = dict(steps=6, eval_every=3, patience=0, checkpoint_every=100, log_every=100, keep_checkpoints=1,
