@@ -99,13 +99,13 @@ def pack(value: Any) -> bytes:
     Beam's local runners decode every shuffled value into Python objects and encode it again
     (the FnApiRunner's grouping buffer), and its default coder walks a tuple field by
     field; one bytes value per batch costs one C-level pickle pass each way and sits in the
-    runner's memory as ~30 bytes an impression rather than an object graph
+    runner's memory as bytes (≈ 77 an impression pickled) rather than an object graph
     (docs/beam_jobs.md, speed). Only this job's own DoFns `unpack` it: no outside input
     is ever unpickled.
 
     Compressed (zlib level `PACK_LEVEL`): the local runners hold the whole join input
     four times over (the Flatten's buffer, the grouping table, its re-encoded output, the
-    copy sent to the worker), so its size per impression is most of the job's memory
+    copy sent to the worker), so its size per impression is most of the in_memory job's
     growth with the number of impressions. 77 → 25 bytes an impression for ≈ 1 µs of CPU
     (docs/beam_jobs.md, memory with the number of impressions).
     """
