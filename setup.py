@@ -31,6 +31,6 @@ setup(
     # tfvctr/configs is a link to configs/ in the checkout; a built wheel holds copies of the YAMLs.
     package_data={"tfvctr": ["configs/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": ["pytest>=8", "pytest-timeout", "scikit-learn", "ruff"]},
+    extras_require={"dev": ["pytest>=8", "pytest-timeout", "pytest-xdist", "scikit-learn", "ruff"]},
     entry_points={"console_scripts": ["tfvctr=tfvctr.cli:main"]},
 )
