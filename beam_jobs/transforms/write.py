@@ -6,7 +6,9 @@ when `with_exception_handling` discards the partial outputs of a failed element.
 The files' bytes do not depend on how the runner cut the work into bundles (with 2
 processes it cuts it differently each run): with `num_shards` N > 0 a record's shard and
 its place in the shard come from a hash of its own bytes, and text lines are sorted
-(docs/beam_jobs.md, determinism with 2 processes).
+(docs/beam_jobs.md, determinism with 2 processes). Each shard is planned where its own
+pointers are grouped: no worker holds more than one shard's (docs/beam_jobs.md, a plan
+per shard).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from tfvctr import layout
 
 MAX_CUTS = 256  # record starts kept per temp file where a shard may begin (evenly spaced in records)
 COPY_BYTES = 8 << 20  # read/write size when temp files are copied into the shards
+# A record's pointer into its temp file: the key's 16 bytes (big-endian, so bytes order is
+# key order), start, end. 32 bytes packed, where a tuple with a 128-bit int was ~150 and
+# Beam's coder pickled each such int on its own.
+POINTER = struct.Struct(">16sQQ")
+WHOLE = -1  # the "shard" of an output keyed as a whole: `num_shards` 0, its files cut by the runner's bundles
 
 
 def tfrecord_frame(data: bytes) -> bytes:
@@ -46,7 +53,12 @@ def record_key(record: bytes) -> int:
     records in key order, so the files depend only on which records there are, not on
     which bundle wrote them; two records with one key are (but for a 2⁻¹²⁸ chance) the
     same bytes, whose order does not matter."""
-    return int.from_bytes(hashlib.blake2b(record, digest_size=16).digest(), "big")
+    return int.from_bytes(_digest(record), "big")
+
+
+def _digest(record: bytes) -> bytes:
+    """`record_key` as 16 big-endian bytes (sorted as the keys are)."""
+    return hashlib.blake2b(record, digest_size=16).digest()
 
 
 class _WriteTemp(beam.DoFn):
@@ -54,13 +66,18 @@ class _WriteTemp(beam.DoFn):
 
     Runs fused with the records' producer: the record bytes never cross a shuffle (Beam's
     `WriteToTFRecord` with a fixed `num_shards` groups every record by shard key, so the
-    whole split went through the runner). At the end of a bundle it emits
-    `(split, path, size, cut points, pointers)`. With `num_shards` N > 0 the pointers say
-    where each record is: `{shard: [(record_key, start, end), ...]}` (about 60 bytes a
-    record, not the record), and there are no cut points. With 0 (one shard per temp file)
-    the pointers are None and the cut points are fewer than 2 × `MAX_CUTS` record starts,
-    evenly spaced in records, where a shard may begin. Counts the split's chunks,
-    impressions and positives once per bundle.
+    whole split went through the runner). At the end of a bundle it emits, keyed for the
+    writer's `GroupByKey`:
+
+    * with `num_shards` N > 0, one element per shard the bundle touched:
+      `((split, shard), (path, pointers))`, the pointers saying where each of the shard's
+      records is in the temp file: `POINTER`s `(key, start, end)` packed, 32 bytes a
+      record (not the record);
+    * with 0 (one shard per temp file): `((split, WHOLE), (path, size, cut points))`, the
+      cut points fewer than 2 × `MAX_CUTS` record starts, evenly spaced in records, where a
+      shard may begin.
+
+    Counts the split's chunks, impressions and positives once per bundle.
     """
 
     def __init__(self, temp_dir: str, split: str, num_shards: int = 0):
@@ -82,11 +99,12 @@ class _WriteTemp(beam.DoFn):
             self._pointers: dict = {}
         framed = tfrecord_frame(record)
         if self._num_shards > 0:
-            key = record_key(record)
-            shard = self._pointers.get(key % self._num_shards)
-            if shard is None:
-                shard = self._pointers[key % self._num_shards] = []
-            shard.append((key, self._size, self._size + len(framed)))
+            digest = _digest(record)
+            shard = int.from_bytes(digest, "big") % self._num_shards
+            pointers = self._pointers.get(shard)
+            if pointers is None:
+                pointers = self._pointers[shard] = bytearray()
+            pointers += POINTER.pack(digest, self._size, self._size + len(framed))
         elif self._counts[0] and self._counts[0] % self._stride == 0:
             self._cuts.append(self._size)
             if len(self._cuts) == 2 * MAX_CUTS:  # keep every other one: the starts of records 2s, 4s, ...
@@ -108,9 +126,12 @@ class _WriteTemp(beam.DoFn):
         self._file = None
         for c, n in zip(self._counters, self._counts, strict=True):
             c.inc(n)
-        pointers = self._pointers if self._num_shards > 0 else None
-        yield WindowedValue((self._split, self._path, self._size, self._cuts, pointers),
-                            GlobalWindow().max_timestamp(), [GlobalWindow()])
+        timestamp, windows = GlobalWindow().max_timestamp(), [GlobalWindow()]
+        if self._num_shards <= 0:
+            yield WindowedValue(((self._split, WHOLE), (self._path, self._size, self._cuts)), timestamp, windows)
+            return
+        for shard, pointers in sorted(self._pointers.items()):
+            yield WindowedValue(((self._split, shard), (self._path, bytes(pointers))), timestamp, windows)
 
 
 def plan_shards(temp_files: list, num_shards: int) -> list[tuple[int, int, list]]:
@@ -146,49 +167,56 @@ def plan_shards(temp_files: list, num_shards: int) -> list[tuple[int, int, list]
     return [(i, num_shards, ranges) for i, ranges in enumerate(shards)]
 
 
-def plan_sorted(temp_files: list, num_shards: int) -> list[tuple[int, int, list]]:
-    """Temp files `(path, pointers)` → `(shard, num_shards, [(path, start, end)])`, each
-    shard's records in key order, wherever they are (`_WriteTemp`'s pointers, N > 0).
+def plan_shard(temp_files: Iterable[tuple]) -> list[tuple[str, int, int]]:
+    """One shard's temp files `(path, pointers)` → its byte ranges `[(path, start, end)]`,
+    the records in key order wherever they are (`_WriteTemp`, N > 0, and `_WriteTempText`).
 
-    Every shard is listed, an empty one too (its file is still written). Ranges that follow
-    each other in one temp file are one range.
+    `pointers` are packed `POINTER`s (records) or a list of `(key, start, end)` (text
+    lines, keyed by the line or `TEXT_KEYS`). Ranges that follow each other in one temp
+    file are one range; no temp files, no ranges (the shard's file is still written).
     """
-    shards: list[list] = [[] for _ in range(num_shards)]
+    entries: list = []
     for path, pointers in temp_files:
-        for shard, entries in pointers.items():
-            shards[shard].extend((key, path, start, end) for key, start, end in entries)
-    out = []
-    for index, entries in enumerate(shards):
-        entries.sort()
-        ranges: list = []
-        for _, path, start, end in entries:
-            if ranges and ranges[-1][0] == path and ranges[-1][2] == start:
-                ranges[-1] = (path, ranges[-1][1], end)
-            else:
-                ranges.append((path, start, end))
-        out.append((index, num_shards, ranges))
-    return out
-
-
-def plan_outputs(temp_files: list, outputs: list[tuple]) -> list[tuple]:
-    """`(name, path, size, cut points, pointers)` of several outputs → `(file path, gzip, ranges)`, one per file.
-
-    `outputs`: `(name, prefix, suffix, num_shards, gzip, single)`; each output's files are
-    `plan_sorted` of its temp files' pointers when they have them, else `plan_shards` of
-    the temp files, named `{prefix}-SSSSS-of-NNNNN{suffix}` (Beam's default shard
-    template) or, with `single` (and one shard), `{prefix}{suffix}`.
-    """
-    out = []
-    for name, prefix, suffix, num_shards, gzip, single in outputs:
-        mine = [t for t in temp_files if t[0] == name]
-        if num_shards > 0 and all(t[4] is not None for t in mine):
-            plan = plan_sorted([(path, pointers) for _, path, _, _, pointers in mine], num_shards)
+        if isinstance(pointers, bytes):
+            entries.extend((key, path, start, end) for key, start, end in POINTER.iter_unpack(pointers))
         else:
-            plan = plan_shards([(path, size, cuts) for _, path, size, cuts, _ in mine], num_shards)
-        for index, count, ranges in plan:
-            path = f"{prefix}{suffix}" if single else f"{prefix}-{index:05d}-of-{count:05d}{suffix}"
-            out.append((path, gzip, ranges))
-    return out
+            entries.extend((key, path, start, end) for key, start, end in pointers)
+    entries.sort()
+    ranges: list = []
+    for _, path, start, end in entries:
+        if ranges and ranges[-1][0] == path and ranges[-1][2] == start:
+            ranges[-1] = (path, ranges[-1][1], end)
+        else:
+            ranges.append((path, start, end))
+    return ranges
+
+
+def plan_files(element: tuple, outputs: dict) -> Iterable[tuple]:
+    """`((name, shard), temp files)` of the writer's `GroupByKey` → `(file path, gzip, ranges)`.
+
+    `outputs`: name → `(prefix, suffix, num_shards, gzip, single)`. A shard's temp files are
+    `(path, pointers)`, planned by `plan_shard` into one file; an output keyed `WHOLE`
+    (`num_shards` 0) has `(path, size, cut points)`, planned by `plan_shards` into one
+    file per temp file. `None`s are the keys' seeds, there so that every shard has a file,
+    an empty one too. Files are named `{prefix}-SSSSS-of-NNNNN{suffix}` (Beam's default
+    shard template) or, with `single` (and one shard), `{prefix}{suffix}`.
+    """
+    (name, shard), temp_files = element
+    prefix, suffix, num_shards, gzip, single = outputs[name]
+    temp_files = [t for t in temp_files if t is not None]
+    if shard == WHOLE:
+        plan = plan_shards(temp_files, 0)
+    else:
+        plan = [(shard, num_shards, plan_shard(temp_files))]
+    for index, count, ranges in plan:
+        path = f"{prefix}{suffix}" if single else f"{prefix}-{index:05d}-of-{count:05d}{suffix}"
+        yield path, gzip, ranges
+
+
+def shard_keys(outputs: dict) -> list[tuple[str, int]]:
+    """Every `(name, shard)` key `plan_files` must see for `outputs` (as it takes them): each
+    shard of an output with `num_shards` N > 0, one `WHOLE` for an output with 0."""
+    return [(name, shard) for name, (_, _, n, _, _) in outputs.items() for shard in (range(n) if n > 0 else [WHOLE])]
 
 
 def _dead_letter_key(line: bytes) -> tuple:
@@ -200,9 +228,9 @@ def _dead_letter_key(line: bytes) -> tuple:
 
 class _WriteTempText(beam.DoFn):
     """Text lines → the bundle's lines (UTF-8, `\\n` after each, as `WriteToText` writes
-    them) in one temp file; emits `(name, path, size, [], {0: [(key, start, end), ...]})`
-    at the end of the bundle, the shape of `_WriteTemp`'s, so one plan copies both into
-    place: one file per text output, its lines in key order (the line itself, or
+    them) in one temp file; emits `((name, 0), (path, [(key, start, end), ...]))` at the end
+    of the bundle, the shape of `_WriteTemp`'s, so one plan copies both into place: one
+    file per text output (its one shard), its lines in key order (the line itself, or
     `TEXT_KEYS[name]` of it)."""
 
     def __init__(self, temp_dir: str, name: str):
@@ -232,8 +260,8 @@ class _WriteTempText(beam.DoFn):
             return
         self._file.close()
         self._file = None
-        yield WindowedValue((self._name, self._path, self._size, [], {0: self._lines}),
-                            GlobalWindow().max_timestamp(), [GlobalWindow()])
+        yield WindowedValue(((self._name, 0), (self._path, self._lines)), GlobalWindow().max_timestamp(),
+                            [GlobalWindow()])
 
 
 class _WriteShard(beam.DoFn):
@@ -298,15 +326,21 @@ TEXT_KEYS = {DEAD_LETTER_TEXT: _dead_letter_key}  # a text output's line order, 
 class WriteRecords(beam.PTransform):
     """`(impressions, positives, record)` → `OUT/<split>/part-SSSSS-of-NNNNN.tfrecord[.gz]`.
 
-    Each bundle writes its records to a temp file where they are produced (`_WriteTemp`);
-    a small plan puts each record in shard `record_key % num_shards`, in key order
-    (`plan_sorted`: the same bytes however the runner bundled the work), each shard is
-    copied (and gzipped) by one task, and the temp files are deleted. Only file names,
-    sizes and each record's key and place cross a shuffle, never the records
-    (docs/beam_jobs.md, speed and determinism). With `num_shards` 0 each temp file is one
-    shard (`plan_shards`): the runner's bundles decide the files, as Beam's own sinks do,
-    and the bytes are not the same run to run with several processes. Counts
-    `<split>_chunks`, `_impressions` and `_positives` of the records written.
+    Each bundle writes its records to a temp file where they are produced (`_WriteTemp`)
+    and emits, for each shard `record_key % num_shards` it touched, the pointers (key,
+    start, end: 32 bytes a record) of that shard's records. A `GroupByKey` by (output,
+    shard) brings each shard's pointers together, and each shard, on its own, is planned
+    in key order (`plan_shard`: the same bytes however the runner bundled the work) and
+    copied (and gzipped) by one task; the temp files are then deleted. Only file names,
+    sizes and each record's key and place cross a shuffle, never the records, and no
+    worker holds more than one shard's pointers (docs/beam_jobs.md, speed, determinism,
+    a plan per shard). What goes through one worker is small: the list of files written,
+    for the clean-up. With `num_shards` 0 each temp file is one shard (`plan_shards` of
+    the split's temp files, a few hundred cut points each, grouped in one worker): the
+    runner's bundles decide the files, as Beam's own sinks do, and the bytes are not the
+    same run to run with several processes. Every shard has its file, an empty one too
+    (each (output, shard) key is seeded). Counts `<split>_chunks`, `_impressions` and
+    `_positives` of the records written.
 
     `split` is one split's name (the input is its PCollection) or a list of names (the
     input is a dict split → PCollection): the splits then share one plan, one copy step
@@ -314,7 +348,7 @@ class WriteRecords(beam.PTransform):
     (each costs every worker a little, whatever the data: docs/beam_jobs.md).
 
     `text`: names of `TEXT_OUTPUTS` whose lines (str) are in the input dict under the same
-    name, written the same way in the same plan: `ad_counts` as one file
+    name, written the same way in the same plan (one shard each): `ad_counts` as one file
     `OUT/ad_counts.jsonl`, `dead_letter` as `OUT/dead_letter/part-00000-of-00001.jsonl`
     (empty when there is nothing; ads first, then by reason), each with its lines sorted
     (UTF-8, `\\n`-terminated, as `WriteToText` wrote them; its 12 transforms and 4 stages
@@ -333,19 +367,27 @@ class WriteRecords(beam.PTransform):
         temp_dirs = {s: join_path(self._out, f"beam-temp-records-{s}") for s in splits}
         suffix = ".tfrecord.gz" if self._compression == "gzip" else ".tfrecord"
         gzip = self._compression == "gzip"
-        outputs = [(s, join_path(self._out, s, "part"), suffix, self._num_shards, gzip, False) for s in splits]
+        outputs = {s: (join_path(self._out, s, "part"), suffix, self._num_shards, gzip, False) for s in splits}
         temp = [inputs[s] | f"WriteTemp_{s}" >> beam.ParDo(_WriteTemp(temp_dirs[s], s, self._num_shards))
                 for s in splits]
         for name in self._text:
             where, text_suffix, one_file = TEXT_OUTPUTS[name]
             temp_dirs[name] = join_path(self._out, f"beam-temp-text-{name}")
             # One file each, its lines sorted: the dead letter was one file per bundle with lines.
-            outputs.append((name, join_path(self._out, *where.split("/")), text_suffix, 1, False, one_file))
+            outputs[name] = (join_path(self._out, *where.split("/")), text_suffix, 1, False, one_file)
             temp.append(inputs[name] | f"WriteTemp_{name}" >> beam.ParDo(_WriteTempText(temp_dirs[name], name)))
-        return ((temp[0] if len(temp) == 1 else temp | "AllTempFiles" >> beam.Flatten())
-                | "TempFiles" >> beam.combiners.ToList()
-                | "Plan" >> beam.FlatMap(plan_outputs, outputs)
-                | "SpreadShards" >> beam.Reshuffle()
+        # One seed per key, so that an empty shard (or split) has its file too.
+        seeds = [(key, None) for key in shard_keys(outputs)]
+        pipeline = next(iter(inputs.values())).pipeline
+        files = ((*temp, pipeline | "Seeds" >> beam.Create(seeds, reshuffle=False))
+                 | "AllTempFiles" >> beam.Flatten()
+                 | "ByShard" >> beam.GroupByKey()
+                 | "Plan" >> beam.FlatMap(plan_files, outputs))
+        if any(n <= 0 for _, _, n, _, _ in outputs.values()):
+            # With num_shards 0 one key plans all of a split's files: spread their copies. A
+            # fixed number of shards is spread by the GroupByKey already.
+            files = files | "SpreadShards" >> beam.Reshuffle()
+        return (files
                 | "WriteShard" >> beam.ParDo(_WriteShard())
                 | "Written" >> beam.combiners.ToList()
                 | "DeleteTemp" >> beam.Map(_delete_temp, list(temp_dirs.values())))

@@ -104,16 +104,20 @@ def _write_in_bundles(temp_dir: str, out: str, records: list[bytes], bundles: li
     """The writer's steps by hand, the records cut into the given bundles (lists of indices)."""
     from beam_jobs.transforms import write
 
-    temp = []
+    outputs = {"train": (os.path.join(out, "part"), ".tfrecord", 3, False, False)}
+    grouped: dict = {key: [None] for key in write.shard_keys(outputs)}  # the GroupByKey, seeds included
     for bundle in bundles:
         fn = write._WriteTemp(temp_dir, "train", 3)
         fn.setup()
         fn.start_bundle()
         for i in bundle:
             fn.process((1, 0, records[i]))
-        temp += [wv.value for wv in fn.finish_bundle()]
-    for shard in write.plan_outputs(temp, [("train", os.path.join(out, "part"), ".tfrecord", 3, False, False)]):
-        list(write._WriteShard().process(shard))
+        for wv in fn.finish_bundle():
+            key, value = wv.value
+            grouped[key].append(value)
+    for key, values in grouped.items():
+        for shard in write.plan_files((key, values), outputs):
+            list(write._WriteShard().process(shard))
     return _files(out)
 
 
@@ -154,3 +158,27 @@ def test_moments_are_the_same_digits_whichever_way_the_values_are_split_and_merg
     assert (outputs[0]["min"], outputs[0]["max"]) == (-1e150, 1e150)
     huge = fn.extract_output(exact_moments([1e200, -1e200]))  # the variance is beyond a float, the std is not
     assert huge["mean"] == 0.0 and huge["std"] == pytest.approx(1e200, rel=1e-15)
+
+
+def test_benchmark_rounds_rotate_and_ratios_are_paired_round_by_round():
+    bench = _benchmark()
+    assert [bench.rotated(["plain", "beam1", "beam2"], r) for r in range(4)] == [
+        ["plain", "beam1", "beam2"], ["beam1", "beam2", "plain"], ["beam2", "plain", "beam1"],
+        ["plain", "beam1", "beam2"]]
+    rows = []
+    # The machine twice as slow in round 2: each run over its own round's floor stays 1.2x.
+    for round_index, (floor, beam, same) in enumerate(((40.0, 48.0, True), (80.0, 96.0, True), (50.0, 70.0, False))):
+        rows.append({"run": "plain", "round": round_index + 1, "seconds": floor / 2, "cpu_seconds": floor,
+                     "peak_rss_mb": 700, "impressions": 10, "same_output": True})
+        rows.append({"run": "beam2", "round": round_index + 1, "seconds": beam / 4, "cpu_seconds": beam,
+                     "peak_rss_mb": 1200 + round_index, "impressions": 10, "same_output": same})
+    plain, beam2 = bench.summarise(rows, ["plain", "beam2", "beam1"])  # no beam1 rows: no row for it
+    assert (plain["median_cpu_ratio_to_floor"], plain["min_cpu_ratio_to_floor"]) == (1.0, 1.0)
+    assert beam2["rounds"] == 3
+    assert beam2["median_cpu_seconds"] == 70.0 and beam2["min_cpu_seconds"] == 48.0
+    assert beam2["median_seconds"] == 17.5 and beam2["min_seconds"] == 12.0
+    assert (beam2["median_cpu_ratio_to_floor"], beam2["min_cpu_ratio_to_floor"],
+            beam2["max_cpu_ratio_to_floor"]) == (1.2, 1.2, 1.4)
+    assert beam2["median_ratio_to_floor"] == 0.6  # wall: (beam / 4) / (floor / 2)
+    assert beam2["median_peak_rss_mb"] == 1201
+    assert beam2["same_output"] is False and plain["same_output"] is True
