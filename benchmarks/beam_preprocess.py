@@ -17,11 +17,19 @@ checks that every Beam output holds the same records as the floor's: per split t
 record bytes (so ad by ad, chunk by chunk), the impression counts by split, the
 `ad_counts.jsonl` lines, the vocabularies and the dead letter (lines, by reason).
 
+`--rounds R` runs the list R times, interleaved (round r starts at the r-th run of the
+list, so each kind runs early and late), and prints a table per round, then per run kind
+the median and min of CPU and wall seconds and its ratio to the floor computed round by
+round (paired: each round's run over the same round's floor, so a slow stretch of the
+shared machine that slows both cancels out) with the median, min and max. `--json` writes
+`{"runs": [one per run and round], "summary": [one per run kind]}`.
+
 Usage:
     python benchmarks/beam_preprocess.py                                   # 2,000 ads, 200,000 impressions
     nice python benchmarks/beam_preprocess.py --impressions 1000000 --json out.json
     python benchmarks/beam_preprocess.py --runs plain beam1 --impressions 100000
     python benchmarks/beam_preprocess.py --runs plain base1 beam1 --baseline /tmp/old   # before/after
+    flock /tmp/heavy.lock nice -n 10 python benchmarks/beam_preprocess.py --impressions 1000000 --rounds 3
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -173,7 +182,8 @@ def fingerprint(out: str) -> dict:
     return fp
 
 
-def bench(size: int, args: argparse.Namespace, work: str) -> list[dict]:
+def prepare(size: int, args: argparse.Namespace, work: str) -> tuple[str, str]:
+    """The input at `size` impressions (generated once under `work`) and the config; returns (raw dir, config)."""
     from tfvctr.demo_data.generate import generate
 
     raw = os.path.join(work, f"raw_{size}")
@@ -185,8 +195,20 @@ def bench(size: int, args: argparse.Namespace, work: str) -> list[dict]:
         text = f.read()
     with open(config, "w") as f:
         f.write(text.replace("image_size: 64", f"image_size: {args.image_size}"))
+    return raw, config
+
+
+def rotated(runs: list[str], round_index: int) -> list[str]:
+    """Round r's order: the list started at its r-th run (each kind in turn first)."""
+    k = round_index % len(runs)
+    return runs[k:] + runs[:k]
+
+
+def bench(size: int, args: argparse.Namespace, work: str, round_index: int = 0) -> list[dict]:
+    """One round at `size`: every run of `args.runs` (in `rotated` order), each checked against the floor."""
+    raw, config = prepare(size, args, work)
     results, prints = [], {}
-    for name in args.runs:
+    for name in rotated(args.runs, round_index):
         out = os.path.join(work, f"out_{size}_{name}")
         shutil.rmtree(out, ignore_errors=True)
         cmd = [sys.executable, *RUNS[name], "--config", config, "--ads", os.path.join(raw, "ads.csv"),
@@ -197,8 +219,8 @@ def bench(size: int, args: argparse.Namespace, work: str) -> list[dict]:
         seconds, cpu, rss = run_measured(cmd, os.path.join(work, f"log_{size}_{name}.txt"), os.path.abspath(code))
         prints[name] = fingerprint(out)
         n = prints[name]["input impressions"]
-        results.append({"run": name, "label": LABELS[name], "impressions": n, "ads": args.ads,
-                        "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+        results.append({"run": name, "label": LABELS[name], "round": round_index + 1, "impressions": n,
+                        "ads": args.ads, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
                         "impressions_per_s": round(n / seconds),
                         "peak_rss_mb": round(rss / 2**20)})
         print(f"  {LABELS[name]:22s} {seconds:7.1f} s (CPU {cpu:6.1f} s) {n / seconds:9.0f} impressions/s  "
@@ -207,7 +229,7 @@ def bench(size: int, args: argparse.Namespace, work: str) -> list[dict]:
             shutil.rmtree(out, ignore_errors=True)
     floor = next((r["seconds"] for r in results if r["run"] == "plain"), None)
     floor_cpu = next((r["cpu_seconds"] for r in results if r["run"] == "plain"), None)
-    base = prints.get("plain") or next(iter(prints.values()))
+    base = prints.get("plain") or prints[args.runs[0]]
     for r in results:
         r["ratio_to_floor"] = round(r["seconds"] / floor, 2) if floor else None
         r["cpu_ratio_to_floor"] = round(r["cpu_seconds"] / floor_cpu, 2) if floor_cpu else None
@@ -215,6 +237,57 @@ def bench(size: int, args: argparse.Namespace, work: str) -> list[dict]:
         r["same_output"] = not diffs
         r["differs"] = diffs
     return results
+
+
+def summarise(results: list[dict], runs: list[str]) -> list[dict]:
+    """Per run kind over the rounds: median and min of wall and CPU seconds, and the ratios to
+    the floor taken round by round (each run over its own round's floor) with median, min, max."""
+    floors = {r["round"]: r for r in results if r["run"] == "plain"}
+    out = []
+    for name in runs:
+        mine = [r for r in results if r["run"] == name]
+        if not mine:
+            continue
+        row = {"run": name, "label": LABELS[name], "rounds": len(mine), "impressions": mine[0]["impressions"],
+               "same_output": all(r["same_output"] for r in mine)}
+        for key in ("seconds", "cpu_seconds", "peak_rss_mb"):
+            values = [r[key] for r in mine]
+            row[f"median_{key}"] = round(statistics.median(values), 2)
+            row[f"min_{key}"] = min(values)
+            row[f"max_{key}"] = max(values)
+        for key, of in (("ratio_to_floor", "seconds"), ("cpu_ratio_to_floor", "cpu_seconds")):
+            values = [r[of] / floors[r["round"]][of] for r in mine if r["round"] in floors]
+            row[f"median_{key}"] = round(statistics.median(values), 2) if values else None
+            row[f"min_{key}"] = round(min(values), 2) if values else None
+            row[f"max_{key}"] = round(max(values), 2) if values else None
+        out.append(row)
+    return out
+
+
+def print_round(results: list[dict]) -> None:
+    print(f"{'round':>5s} {'run':22s} {'seconds':>8s} {'imps/s':>9s} {'x floor':>8s} {'CPU s':>7s} {'x floor':>8s} "
+          f"{'peak RSS':>9s}  same output")
+    for r in results:
+        ratio = f"{r['ratio_to_floor']:.2f}" if r["ratio_to_floor"] else "-"
+        cpu_ratio = f"{r['cpu_ratio_to_floor']:.2f}" if r["cpu_ratio_to_floor"] else "-"
+        same = "yes" if r["same_output"] else "NO: " + ", ".join(r["differs"])
+        print(f"{r['round']:5d} {r['label']:22s} {r['seconds']:8.1f} {r['impressions_per_s']:9d} {ratio:>8s} "
+              f"{r['cpu_seconds']:7.1f} {cpu_ratio:>8s} {r['peak_rss_mb']:6d} MB  {same}", flush=True)
+
+
+def print_summary(summary: list[dict]) -> None:
+    def spread(row: dict, key: str) -> str:
+        if row[f"median_{key}"] is None:
+            return "-"
+        return f"{row[f'median_{key}']:.2f} [{row[f'min_{key}']:.2f}-{row[f'max_{key}']:.2f}]"
+
+    print(f"{'run':22s} {'CPU s med':>9s} {'min':>6s} {'wall s med':>10s} {'min':>6s} "
+          f"{'CPU x floor, paired':>21s} {'wall x floor, paired':>21s} {'RSS med':>8s}  same output")
+    for row in summary:
+        print(f"{row['label']:22s} {row['median_cpu_seconds']:9.1f} {row['min_cpu_seconds']:6.1f} "
+              f"{row['median_seconds']:10.1f} {row['min_seconds']:6.1f} {spread(row, 'cpu_ratio_to_floor'):>21s} "
+              f"{spread(row, 'ratio_to_floor'):>21s} {row['median_peak_rss_mb']:5.0f} MB  "
+              f"{'yes' if row['same_output'] else 'NO'}", flush=True)
 
 
 def main() -> None:
@@ -231,30 +304,37 @@ def main() -> None:
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "demo.yaml"))
     parser.add_argument("--work", default=None, help="keep inputs here (reused across calls) instead of a temp dir")
     parser.add_argument("--keep", action="store_true", help="keep the outputs (under --work)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the list this many times, interleaved, the order rotated each round; then the "
+                             "medians and the per-round (paired) ratios to the floor (default: 1)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     work = args.work or tempfile.mkdtemp(prefix="beam_preprocess_")
     os.makedirs(work, exist_ok=True)
-    all_results = []
+    all_results, summary = [], []
     try:
         for size in args.impressions:
             print(f"preprocess: {args.ads} ads, {size} impressions (+{args.bad_share:.1%} bad rows), "
-                  f"{args.image_size} px, {os.cpu_count()} CPUs", flush=True)
-            results = bench(size, args, work)
+                  f"{args.image_size} px, {os.cpu_count()} CPUs, {args.rounds} round(s)", flush=True)
+            results = []
+            for round_index in range(args.rounds):
+                if args.rounds > 1:
+                    print(f"round {round_index + 1}: {' '.join(rotated(args.runs, round_index))}", flush=True)
+                results.extend(bench(size, args, work, round_index))
+            print_round(results)
             all_results.extend(results)
-            print(f"{'run':22s} {'seconds':>8s} {'imps/s':>9s} {'x floor':>8s} {'CPU s':>7s} {'x floor':>8s} "
-                  f"{'peak RSS':>9s}  same output")
-            for r in results:
-                ratio = f"{r['ratio_to_floor']:.2f}" if r["ratio_to_floor"] else "-"
-                cpu_ratio = f"{r['cpu_ratio_to_floor']:.2f}" if r["cpu_ratio_to_floor"] else "-"
-                same = "yes" if r["same_output"] else "NO: " + ", ".join(r["differs"])
-                print(f"{r['label']:22s} {r['seconds']:8.1f} {r['impressions_per_s']:9d} {ratio:>8s} "
-                      f"{r['cpu_seconds']:7.1f} {cpu_ratio:>8s} {r['peak_rss_mb']:6d} MB  {same}", flush=True)
+            if args.rounds > 1:
+                rows = summarise(results, args.runs)
+                summary.extend(rows)
+                print(f"over {args.rounds} rounds (ratios: each run over its own round's floor)")
+                print_summary(rows)
         if args.json:
             with open(args.json, "w") as f:
-                json.dump(all_results, f, indent=1)
+                json.dump({"runs": all_results, "summary": summary}, f, indent=1)
         if not all(r["same_output"] for r in all_results):
             sys.exit(1)
     finally:
