@@ -21,7 +21,8 @@ record bytes (so ad by ad, chunk by chunk), the impression counts by split, the
 list, so each kind runs early and late), and prints a table per round, then per run kind
 the median and min of CPU and wall seconds and its ratio to the floor computed round by
 round (paired: each round's run over the same round's floor, so a slow stretch of the
-shared machine that slows both cancels out) with the median, min and max. `--json` writes
+shared machine that slows both cancels out; noise of each process on its own does not)
+with the median, min and max. `--json` writes
 `{"runs": [one per run and round], "summary": [one per run kind]}`.
 
 Usage:
