@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import os
 
 import numpy as np
 
+from tests.conftest import load_benchmark
 from tfvctr import metrics
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "daily.py")
-_spec = importlib.util.spec_from_file_location("daily_benchmark", _PATH)
-daily = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(daily)
+daily = load_benchmark("daily", "daily_benchmark")
 
 
 def _draw(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,15 +1,12 @@
 """benchmarks/param_counts.py: the GFLOPs beside CSCNN's Table 2 are counted, not assumed."""
 
-import importlib.util
-import os
 
 import keras
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "param_counts.py")
-_spec = importlib.util.spec_from_file_location("param_counts", _PATH)
-param_counts = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(param_counts)
+from tests.conftest import load_benchmark
+
+param_counts = load_benchmark("param_counts")
 
 
 def test_profiled_flops_count_a_convolution_by_hand():

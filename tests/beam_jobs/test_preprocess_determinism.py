@@ -11,10 +11,11 @@ be byte-identical between the three runs (docs/beam_jobs.md, determinism with 2 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
+
+from tests.conftest import load_benchmark
 
 RANGE_BYTES = 8 << 10  # the impressions table (~200 KB) in ~25 ranges: many bundles, both workers
 BAD_ROWS = 30
@@ -32,12 +33,7 @@ def _files(out: str) -> dict[str, bytes]:
 
 
 def _benchmark():
-    """benchmarks/beam_preprocess.py (not a package: loaded from its path)."""
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "beam_preprocess.py")
-    spec = importlib.util.spec_from_file_location("beam_preprocess", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("beam_preprocess")
 
 
 @pytest.fixture(scope="module")
@@ -100,21 +96,15 @@ def test_two_process_runs_write_the_same_bytes_as_each_other_and_as_in_memory(ru
         assert a[name] == one[name], f"{name}: 2 processes and in_memory wrote other bytes"
 
 
-def _write_in_bundles(temp_dir: str, out: str, records: list[bytes], bundles: list[list[int]]) -> dict[str, bytes]:
+def _write_in_bundles(temp_root, out: str, records: list[bytes], bundles: list[list[int]]) -> dict[str, bytes]:
     """The writer's steps by hand, the records cut into the given bundles (lists of indices)."""
     from beam_jobs.transforms import write
+    from tests.beam_jobs.test_write_records import _bundles
 
     outputs = {"train": (os.path.join(out, "part"), ".tfrecord", 3, False, False)}
     grouped: dict = {key: [None] for key in write.shard_keys(outputs)}  # the GroupByKey, seeds included
-    for bundle in bundles:
-        fn = write._WriteTemp(temp_dir, "train", 3)
-        fn.setup()
-        fn.start_bundle()
-        for i in bundle:
-            fn.process((1, 0, records[i]))
-        for wv in fn.finish_bundle():
-            key, value = wv.value
-            grouped[key].append(value)
+    for key, value in _bundles(temp_root, records, bundles, 3):
+        grouped[key].append(value)
     for key, values in grouped.items():
         for shard in write.plan_files((key, values), outputs):
             list(write._WriteShard().process(shard))
@@ -126,9 +116,9 @@ def test_the_shards_do_not_depend_on_the_bundles(tmp_path):
 
     records = [f"record {i} ".encode() * (i % 7 + 1) for i in range(200)] + [b"twice", b"twice"]
     order = list(range(len(records)))
-    one = _write_in_bundles(str(tmp_path / "t1"), str(tmp_path / "o1"), records, [order])
+    one = _write_in_bundles(tmp_path / "t1", str(tmp_path / "o1"), records, [order])
     random.Random(1).shuffle(order)
-    many = _write_in_bundles(str(tmp_path / "t2"), str(tmp_path / "o2"), records,
+    many = _write_in_bundles(tmp_path / "t2", str(tmp_path / "o2"), records,
                              [order[i:i + 17] for i in range(0, len(order), 17)])
     assert sorted(one) == [f"part-{i:05d}-of-00003.tfrecord" for i in range(3)]
     assert one == many
