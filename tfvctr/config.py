@@ -216,6 +216,20 @@ class ModelConfig:
     # Dropout on x_v where it joins the head (CSCNN Eq. 3): the tower cannot hand the head one
     # exact per-ad code, the memorisation issue 12 measured (0.685 train vs 0.594 eval AUC).
     visual_dropout: float = 0.0
+    # A fixed "wide" part under the DCN / CSCNN-DCN head (tfvctr.layers.LinearLogit): "prefit"
+    # fits an L2 logistic regression on the train split's non-visual ids before training
+    # (tfvctr.training.linear_prefit, to convergence, its L2 picked by valid AUC from
+    # `linear_l2_grid`) and the head's logit becomes that regression's plus the deep part's,
+    # which starts at zero. The step-wise fit of the head leaves rarely seen ids away from the
+    # L2 optimum (issue 12: the DCN sat below scikit-learn's regression on most scenarios).
+    # "none" by default until the scenario suite says it pays (docs/generalisation_experiments.md,
+    # "Eighth pass").
+    linear: Literal["none", "prefit"] = "none"
+    # L2 strengths lambda of the pre-fit, in sum(log loss) + lambda/2 * ||w||^2 (the bias is
+    # not penalised): lambda = 1/C of scikit-learn's LogisticRegression, this grid = the floor's C grid.
+    linear_l2_grid: list[float] = dataclasses.field(
+        default_factory=lambda: [1000.0, 300.0, 100.0, 30.0, 10.0, 3.0, 1.0, 0.3, 0.1]
+    )
     num_categories: Optional[int] = None  # None: the size of the category vocabulary + 1 (unknown)
     deepctr: DeepCTRConfig = dataclasses.field(default_factory=DeepCTRConfig)
     vbpr: VBPRConfig = dataclasses.field(default_factory=VBPRConfig)
@@ -234,6 +248,13 @@ class ModelConfig:
             raise ConfigError(f"{where}.visual_dropout: expected a value in [0, 1), received {self.visual_dropout}")
         if self.embedding_l2 < 0:
             raise ConfigError(f"{where}.embedding_l2: expected a value >= 0, received {self.embedding_l2}")
+        if not self.linear_l2_grid or any(v <= 0 for v in self.linear_l2_grid):
+            raise ConfigError(f"{where}.linear_l2_grid: expected a non-empty list of numbers > 0, received {self.linear_l2_grid}")
+        if self.linear == "prefit" and self.architecture not in ("dcn", "cscnn_dcn"):
+            raise ConfigError(
+                f"{where}.linear: prefit applies to architectures 'dcn' and 'cscnn_dcn' (the Deep & Cross head); "
+                f"received architecture {self.architecture!r}"
+            )
         if self.vbpr.loss == "pairwise" and self.architecture != "vbpr":
             raise ConfigError(
                 f"{where}.vbpr.loss: pairwise training applies to architecture 'vbpr' only; "

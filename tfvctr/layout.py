@@ -35,6 +35,7 @@ FINGERPRINT = "fingerprint.json"  # what the model was trained on (features, voc
 SELECTION = "selection.json"  # the validation history and the chosen (best) step
 NEGATIVE_SAMPLING = "negative_sampling.json"  # the train split's negative sampling rate (tfvctr.daily.recalibration)
 CALIBRATION = "calibration.json"  # Platt slope and intercept fitted on the valid split (tfvctr.calibration)
+LINEAR_PREFIT = "linear_prefit.json"  # model.linear: prefit: the L2 grid, its valid AUCs, the chosen L2
 
 # --------------------------------------------------------------- embedding table (embed)
 TABLE_INDEX = "index.json"

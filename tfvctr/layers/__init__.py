@@ -13,6 +13,7 @@ from tfvctr.layers.attention import (
 )
 from tfvctr.layers.cross import CrossNetwork
 from tfvctr.layers.embedding import NonVisualEmbedding
+from tfvctr.layers.linear import LinearLogit
 
 __all__ = [
     "CBAMAttention",
@@ -23,6 +24,7 @@ __all__ = [
     "CategorySEAttention",
     "CategorySpatialAttention",
     "CrossNetwork",
+    "LinearLogit",
     "NonVisualEmbedding",
     "SEAttention",
     "make_attention",

@@ -115,6 +115,11 @@ class CTRModel(keras.Model):
         return [v for v in self.trainable_variables if id(v) not in visual]
 
     @property
+    def linear_part(self) -> Any:
+        """The head's fixed linear part (`model.linear: prefit`, a `LinearLogit`), or None."""
+        return getattr(self.head, "linear_part", None)
+
+    @property
     def output_bias(self) -> Any:
         """The bias variable of the final logit (None: the model has none to initialise)."""
         out = getattr(self.head, "out", None)

@@ -10,11 +10,12 @@ from keras import ops
 from tfvctr.layers.arguments import attribute_config, check_layer_sizes, check_rate, invalid_argument
 from tfvctr.layers.cross import CrossNetwork
 from tfvctr.layers.embedding import NonVisualEmbedding, feature_specs
+from tfvctr.layers.linear import LinearLogit
 from tfvctr.models.base import CTRModel
 
 
-def _dense(units: int, activation: Optional[str], seed: Optional[int], name: str) -> keras.layers.Dense:
-    init = keras.initializers.GlorotUniform(seed=seed)
+def _dense(units: int, activation: Optional[str], seed: Optional[int], name: str, zeros: bool = False) -> keras.layers.Dense:
+    init = keras.initializers.Zeros() if zeros else keras.initializers.GlorotUniform(seed=seed)
     return keras.layers.Dense(units, activation=activation, kernel_initializer=init, name=name)
 
 
@@ -26,6 +27,10 @@ class DCNHead(keras.layers.Layer):
     Eq. 5: `z_{l+1} = z_0 z_l^T w_l + b_l + z_l` with `z_0 = x_nv`;
     Eq. 6: `y = sigmoid(MLP([h_L, z_L]))` — this layer returns the logit.
     With `visual_dim=0` it is the DCN baseline without the image (`h_1 = ReLU-MLP(x_nv)`).
+    With `linear="prefit"` the logit is `LinearLogit(x) + MLP([h_L, z_L])`: a fixed
+    logistic regression (set by `tfvctr.training.linear_prefit`) with the deep part as a
+    residual on top, whose output layer starts at zero, so the untrained head *is* the
+    regression.
 
     Args:
         features: feature dicts / `FeatureConfig`s (x_nv fields, in order).
@@ -40,6 +45,7 @@ class DCNHead(keras.layers.Layer):
             (collected in `losses`; the trainer adds it once per step).
         visual_dropout: dropout on x_v where it joins the head (Eq. 3).
         seed: initializer seed.
+        linear: `"none"`, or `"prefit"` for the fixed linear part above (`model.linear`).
 
     Call arguments:
         inputs: `{"features": {name: [N, ...]}, "x_v": [N, visual_dim]}` (no `x_v` when
@@ -71,9 +77,12 @@ class DCNHead(keras.layers.Layer):
         seed: Optional[int] = None,
         embedding_l2: float = 0.0,
         visual_dropout: float = 0.0,
+        linear: str = "none",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if linear not in ("none", "prefit"):
+            raise invalid_argument("linear", linear, "'none' or 'prefit'")
         if embedding_l2 < 0:
             raise invalid_argument("embedding_l2", embedding_l2, "a value >= 0")
         check_rate("visual_dropout", visual_dropout)
@@ -92,6 +101,7 @@ class DCNHead(keras.layers.Layer):
         self.seed = seed
         self.embedding_l2 = float(embedding_l2)
         self.visual_dropout = float(visual_dropout)
+        self.linear = linear
         s = 0 if seed is None else seed
         regularizer = keras.regularizers.L2(self.embedding_l2) if self.embedding_l2 else None
         self.embedding = NonVisualEmbedding(
@@ -101,7 +111,11 @@ class DCNHead(keras.layers.Layer):
         self.deep = [_dense(u, "relu", s + 200 + i, f"deep_{i}") for i, u in enumerate(self.deep_layers)]
         self.drop = [keras.layers.Dropout(self.dropout, seed=s + 300 + i) for i in range(len(self.deep_layers))]
         self.cross = CrossNetwork(cross_layers, kind=cross_type, projection_dim=projection_dim, seed=s + 400, name="cross")
-        self.out = _dense(1, None, s + 500, "logit")
+        prefit = linear == "prefit"
+        # Fixed: the pre-fit is an exact L2 optimum the step-wise optimizers would only move
+        # away from (rarely seen ids are where SGD/Adam fits go wrong, issue 12).
+        self.linear_part = LinearLogit(self.features, self.vocab_sizes, trainable=False, name="linear") if prefit else None
+        self.out = _dense(1, None, s + 500, "logit", zeros=prefit)
 
     def build(self, input_shape: Any = None) -> None:
         # Every width is known from the arguments, so the head is built without data
@@ -114,6 +128,8 @@ class DCNHead(keras.layers.Layer):
             width = layer.units + (self.visual_dim if i == 0 else 0)
         self.cross.build((None, d_nv))
         self.out.build((None, width + d_nv))
+        if self.linear_part is not None:
+            self.linear_part.build(None)
 
     def call(self, inputs: Mapping[str, Any], training: Optional[bool] = None) -> Any:
         x_nv = self.embedding(inputs["features"])
@@ -128,12 +144,15 @@ class DCNHead(keras.layers.Layer):
             if self.dropout:
                 h = drop(h, training=training)
         z = self.cross(x_nv)
-        return ops.squeeze(self.out(ops.concatenate([h, z], axis=-1)), axis=-1)
+        logit = ops.squeeze(self.out(ops.concatenate([h, z], axis=-1)), axis=-1)
+        if self.linear_part is not None:
+            logit = logit + ops.cast(self.linear_part(inputs["features"]), logit.dtype)
+        return logit
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **attribute_config(self, (
             "features", "vocab_sizes", "visual_dim", "deep_layers", "cross_layers", "cross_type", "projection_dim",
-            "dropout", "seed", "embedding_l2", "visual_dropout"))}
+            "dropout", "seed", "embedding_l2", "visual_dropout", "linear"))}
 
 
 @keras.saving.register_keras_serializable(package="tfvctr")
@@ -146,7 +165,7 @@ class CSCNNDCN(CTRModel):
     Args:
         config: the `Config`; `config.model` gives backbone, attention, visual_dim,
             deep_layers, cross_layers, cross_type, projection_dim, dropout, embedding_l2,
-            visual_dropout.
+            visual_dropout, linear.
         num_categories: rows of the category tables (vocabulary + unknown).
         vocab_sizes: embedding rows per feature (`FeatureEncoder.vocab_sizes`).
         seed: initializer seed (None: `config.training.seed`).
@@ -172,7 +191,7 @@ class CSCNNDCN(CTRModel):
             self.config.dataset.features, self.vocab_sizes, visual_dim=m.visual_dim if self.use_image else 0,
             deep_layers=m.deep_layers, cross_layers=m.cross_layers, cross_type=m.cross_type,
             projection_dim=m.projection_dim, dropout=m.dropout, seed=self.seed, embedding_l2=m.embedding_l2,
-            visual_dropout=m.visual_dropout, name="head",
+            visual_dropout=m.visual_dropout, linear=m.linear, name="head",
         ))
 
     def get_config(self) -> dict[str, Any]:

@@ -65,6 +65,8 @@ class Controller:
             selection state (with `validator`).
         average: a `WeightAverage`: the averaged weights are scored and saved as the best,
             the trained ones go on training.
+        validate_first: also score the weights training starts from, as step 0 (with
+            `validator`; `model.linear: prefit`, whose step 0 is the fitted regression).
     """
 
     def __init__(
@@ -81,12 +83,14 @@ class Controller:
         best: Optional[BestCheckpoint] = None,
         selection_state: Optional[tf.Variable] = None,
         average: Optional[WeightAverage] = None,
+        validate_first: bool = False,
     ):
         self.trainer = trainer
         self.validator = validator
         self.best = best
         self.selection_state = selection_state
         self.average = average
+        self.validate_first = validate_first
         self.iterator = iterator
         self.checkpoints = checkpoints
         self.total_steps = total_steps
@@ -103,9 +107,25 @@ class Controller:
         to_eval = self.validator.to_next(step) if self.validator else to_ckpt
         return min(to_log, to_ckpt, to_eval, self.total_steps - step)
 
+    def _validate_start(self) -> None:
+        """Step 0 as a candidate of model selection: no checkpoint (a kill before the first one
+        starts over, and scores step 0 again), only the best weights and the selection state."""
+        record = self.validator.validate(0)
+        if self.log:
+            self.log(f"step 0 (the weights training starts from)  {format_valid(record, record['metric'])}")
+        with self.writer.as_default(step=0):
+            for key, tag in VALID_SUMMARY_TAGS.items():
+                if record[key] is not None:
+                    scalar(tag, record[key])
+        if record["improved"]:
+            self.best.save(0)
+        self.selection_state.assign(self.validator.selection.state())
+
     def run(self, start_step: int) -> dict:
         step = start_step
         last: dict = {}
+        if self.validate_first and self.validator is not None and step == 0:
+            self._validate_start()
         while step < self.total_steps:
             n = self._next_block(step)
             figures = self.trainer.train(self.iterator, n, first_step=step + 1)

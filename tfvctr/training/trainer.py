@@ -241,6 +241,11 @@ def _run(
         variables=(cnn_vars, other_vars), average=average,
     )
     model_objects = {"model": model, "cnn_optimizer": cnn_optimizer, "optimizer": optimizer}
+    linear_part = getattr(model, "linear_part", None)
+    if linear_part is not None:
+        # Not trained, so no optimizer reaches these weights, and the model's own object graph
+        # does not either (see checkpoints.weights_checkpoint): a resumed run needs them named.
+        model_objects["linear_part"] = tf.train.Checkpoint(weights={v.path.replace("/", "."): v for v in linear_part.weights})
     if average is not None:
         model_objects["weight_average"] = average.checkpoint()
     if selection_state is not None:
@@ -251,8 +256,9 @@ def _run(
         worker_index=info.worker_index, is_chief=info.is_chief, keep=tr.keep_checkpoints,
     )
     start = checkpoints.restore()
+    init_record: dict = {}
     if start == 0:
-        init_model(model)
+        init_record = init_model(model) or {}
         if average is not None:
             average.reset()  # after init_model: the average starts at the weights training starts from
     elif log:
@@ -279,6 +285,8 @@ def _run(
             trainer, iterator, checkpoints, total, tr.checkpoint_every, tr.log_every,
             summary_dir=fs.join(model_dir, layout.TENSORBOARD_DIR, summary_name) if info.is_chief else None, log=log,
             validator=validator, best=best, selection_state=selection_state, average=average,
+            # The pre-fitted regression alone is a candidate: selection keeps a later step only if it beats it.
+            validate_first=start == 0 and linear_part is not None,
         )
         with data_lib.data_errors(files):
             figures = controller.run(start)
@@ -320,6 +328,11 @@ def _run(
     elif info.is_chief and select and fs.exists(fs.join(model_dir, layout.CALIBRATION)):
         # A run with calibration off must not serve the map of an earlier run in the same dir.
         tf.io.gfile.remove(fs.join(model_dir, layout.CALIBRATION))
+    if info.is_chief and "linear_prefit" in init_record:
+        with fs.open(fs.join(model_dir, layout.LINEAR_PREFIT), "w") as f:
+            json.dump(init_record["linear_prefit"], f, indent=2)
+    if "linear_prefit" in init_record:
+        figures["linear_prefit"] = init_record["linear_prefit"]
     if info.is_chief:
         _write_model_dir(config, data_dir, model_dir, model)
     figures["batches_consumed"] = int(trainer.batches_consumed.numpy())
@@ -414,8 +427,15 @@ def train(
             load_pretrained_cnn(tr.pretrained_cnn, model)
             if log:
                 log(f"visual tower initialised from {tr.pretrained_cnn}")
+        if config.model.linear == "prefit":
+            # The linear part carries the bias; the deep part's logit starts at 0 (DCNHead).
+            from tfvctr.training.linear_prefit import prefit_linear
+
+            record = prefit_linear(model, config, data_dir, encoder or _default_encoder(config, data_dir), log)
+            return {"linear_prefit": record}
         if tr.output_bias == "base_rate":
             init_output_bias(model, data_dir)
+        return None
 
     if tr.freeze_cnn and not tr.pretrained_cnn and not warm_start:
         raise ConfigError("training.freeze_cnn: a frozen CNN needs training.pretrained_cnn (a `tfvctr pretrain` model dir)")
