@@ -230,6 +230,10 @@ class ModelConfig:
     linear_l2_grid: list[float] = dataclasses.field(
         default_factory=lambda: [1000.0, 300.0, 100.0, 30.0, 10.0, 3.0, 1.0, 0.3, 0.1]
     )
+    # L-BFGS stops when no gradient component of the mean objective exceeds this (scikit-learn's
+    # `tol`). Not the exact optimum: measured, the early stop kept rarely seen ids' weights
+    # nearer zero and scored better on the eval day than the exact fit (1e-10) did.
+    linear_tolerance: float = 1e-4
     num_categories: Optional[int] = None  # None: the size of the category vocabulary + 1 (unknown)
     deepctr: DeepCTRConfig = dataclasses.field(default_factory=DeepCTRConfig)
     vbpr: VBPRConfig = dataclasses.field(default_factory=VBPRConfig)
@@ -250,6 +254,8 @@ class ModelConfig:
             raise ConfigError(f"{where}.embedding_l2: expected a value >= 0, received {self.embedding_l2}")
         if not self.linear_l2_grid or any(v <= 0 for v in self.linear_l2_grid):
             raise ConfigError(f"{where}.linear_l2_grid: expected a non-empty list of numbers > 0, received {self.linear_l2_grid}")
+        if self.linear_tolerance <= 0:
+            raise ConfigError(f"{where}.linear_tolerance: expected a value > 0, received {self.linear_tolerance}")
         if self.linear == "prefit" and self.architecture not in ("dcn", "cscnn_dcn"):
             raise ConfigError(
                 f"{where}.linear: prefit applies to architectures 'dcn' and 'cscnn_dcn' (the Deep & Cross head); "
