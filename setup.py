@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "optuna>=4.0",  # `tfvctr tune`: samplers, pruners, a resumable SQLite study (docs/tuning.md)
     "aiohttp>=3.9,<4",  # `tfvctr serve`: the TF Serving REST dev server's HTTP stack (docs/serving.md)
     "google-crc32c",  # TFRecord framing of the preprocess job's record writer (beam_jobs/transforms/write.py)
+    "zstandard",  # the preprocess job's packed join values (beam_jobs/records.py); Beam requires it too
 ]
 
 setup(

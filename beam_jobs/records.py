@@ -18,11 +18,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import marshal
 import pickle
 import struct
 import threading
-import zlib
 from typing import Any, Iterable, Iterator, Sequence
+
+import zstandard  # Beam's own dependency (its zstd file compression)
 
 from tfvctr.config import DatasetConfig
 
@@ -90,7 +92,20 @@ def impression_to_row(ad_id: str, imp: tuple, ds: DatasetConfig) -> dict:
     return row
 
 
-PACK_LEVEL = 1  # zlib level of `pack`: 1 takes most of the gain (6: 21 B an impression, twice the CPU)
+PACK_LEVEL = 1  # zstd level of `pack`: 1 takes most of the gain at a fraction of a microsecond an impression
+_codecs = threading.local()  # a zstd (de)compressor per thread: a worker runs bundles in threads
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    if not hasattr(_codecs, "compressor"):
+        _codecs.compressor = zstandard.ZstdCompressor(level=PACK_LEVEL)
+    return _codecs.compressor
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_codecs, "decompressor"):
+        _codecs.decompressor = zstandard.ZstdDecompressor()
+    return _codecs.decompressor
 
 
 def pack(value: Any) -> bytes:
@@ -103,18 +118,68 @@ def pack(value: Any) -> bytes:
     (docs/beam_jobs.md, speed). Only this job's own DoFns `unpack` it: no outside input
     is ever unpickled.
 
-    Compressed (zlib level `PACK_LEVEL`): the local runners hold the whole join input
+    Compressed (zstd level `PACK_LEVEL`): the local runners hold the whole join input
     four times over (the Flatten's buffer, the grouping table, its re-encoded output, the
     copy sent to the worker), so its size per impression is most of the in_memory job's
-    growth with the number of impressions. 77 → 25 bytes an impression for ≈ 1 µs of CPU
-    (docs/beam_jobs.md, memory with the number of impressions).
+    growth with the number of impressions: 77 → ≈ 25 bytes an impression. zstd with a
+    compressor kept per thread, not zlib: a batch is one ad's share of a validation buffer
+    (≈ 50 impressions at the benchmark's sizes), and zlib's set-up on every call cost
+    ≈ 1.4 µs an impression there, zstd ≈ 0.2 (docs/beam_jobs.md, sixth round).
+
+    Serialised by `marshal` (format 4), with `pickle` as the fallback for any type marshal
+    refuses (a subclass of str or float, say), so every value round-trips with its type:
+    an impression tuple holds only the plain types marshal writes, in ≈ 1.0 µs against
+    pickle's ≈ 1.8 (its memo records every string). Marshal's format may change between
+    Python versions; both ends of this shuffle are workers of one job, one version.
     """
-    return zlib.compress(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), PACK_LEVEL)
+    try:
+        raw = _MARSHAL + marshal.dumps(value, 4)
+    except ValueError:  # a type marshal does not write
+        raw = _PICKLE + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return _compressor().compress(raw)
+
+
+_MARSHAL, _PICKLE = b"m", b"p"  # `pack`'s first byte: which serialiser wrote the rest
 
 
 def unpack(data: bytes) -> Any:
     """The inverse of `pack`."""
-    return pickle.loads(zlib.decompress(data))  # written by `pack` in this same job, never outside input
+    raw = memoryview(_decompressor().decompress(data))
+    # Written by `pack` in this same job, never outside input.
+    return marshal.loads(raw[1:]) if raw[:1] == _MARSHAL else pickle.loads(raw[1:])
+
+
+# The cyclic collector's thresholds in a process that runs this job's DoFns (`relax_collector`).
+RELAXED_THRESHOLDS = (20_000, 10, 10)
+
+
+def relax_collector() -> None:
+    """Makes Python's cyclic garbage collector run ~30 times less often in this process.
+
+    Called in the `setup` of the two DoFns that see every impression (validation and
+    chunking), so it acts in every worker process of the preprocess job. With the default thresholds (700, 10, 10) a 2-process worker ran ≈ 2,000
+    young and 12 full collections at 1M impressions, 1.7–1.9 CPU s of its ≈ 18: each young
+    collection walks objects that die by reference counting a moment later (Beam's decoded
+    elements, rows, protobuf pieces), and each full one walks every live object, Beam's
+    own from its imports included. At (20,000, 10, 10) most short-lived objects are freed
+    before a collection ever sees them: 0.6–0.8 s a worker (docs/beam_jobs.md, sixth
+    round). Cycles are still collected, only later; the job makes few. Never lowers
+    thresholds a user has raised; `restored_collector` gives an in-process runner's caller
+    its own thresholds back.
+    """
+    if gc.get_threshold()[0] < RELAXED_THRESHOLDS[0]:
+        gc.set_threshold(*RELAXED_THRESHOLDS)
+
+
+@contextlib.contextmanager
+def restored_collector() -> Iterator[None]:
+    """Restores the collector's thresholds on exit: the in-memory runner runs the DoFns (and
+    their `relax_collector`) in the launching process, which may go on to other work."""
+    saved = gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
 
 
 _GC_LOCK = threading.Lock()

@@ -141,6 +141,9 @@ class _Chunk(beam.DoFn):
         self._held_out_share = v.ads_share if v.mode in ADS_MODES else 0.0
         self._negative_rate = ds.negative_sampling_rate
 
+    def setup(self) -> None:
+        records.relax_collector()
+
     def process(self, element: tuple, days: dict) -> Iterable:
         with records.no_cycle_collection():  # an ad's impression tuples make no cycles
             yield from self._process(element, days)

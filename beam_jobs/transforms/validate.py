@@ -110,6 +110,7 @@ class _ValidateImpression(beam.DoFn):
         from tfvctr.io import tables
 
         self._coerce = tables.RowCoercer("impressions", self._ds)
+        records.relax_collector()
         self._formats = {f: counter(f"day_format_{f}") for f in ("integer", "iso")}
         self._format_counts = dict.fromkeys(self._formats, 0)
 

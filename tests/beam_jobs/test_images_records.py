@@ -255,3 +255,62 @@ def test_no_cycle_collection_pauses_the_collector_once_for_nested_and_threaded_u
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_relax_collector_raises_thresholds_and_restored_collector_gives_them_back():
+    import gc
+
+    from beam_jobs import records
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        with records.restored_collector():
+            records.relax_collector()
+            assert gc.get_threshold() == records.RELAXED_THRESHOLDS
+            records.relax_collector()  # every DoFn's setup calls it: the same again
+            assert gc.get_threshold() == records.RELAXED_THRESHOLDS
+        assert gc.get_threshold() == (700, 10, 10)
+        gc.set_threshold(100_000, 5, 5)  # a user's higher threshold is never lowered
+        records.relax_collector()
+        assert gc.get_threshold() == (100_000, 5, 5)
+        gc.set_threshold(700, 10, 10)
+        try:
+            with records.restored_collector():
+                records.relax_collector()
+                raise ValueError("a failed pipeline")
+        except ValueError:
+            pass
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*saved)
+
+
+def test_the_preprocess_job_relaxes_the_collector_while_it_runs_and_gives_the_caller_its_own(tmp_path, monkeypatch):
+    # In memory the runner runs the DoFns (and their relax_collector) in this process.
+    import gc
+
+    from beam_jobs import build_tfrecords, records
+    from tests.beam_jobs import fixtures
+
+    seen = []
+    real = records.relax_collector
+
+    def spy() -> None:
+        real()
+        seen.append(gc.get_threshold())
+
+    monkeypatch.setattr(records, "relax_collector", spy)
+    ads, imps = fixtures.make_rows(num_ads=4, num_impressions=30, days=3)
+    paths = fixtures.write_raw(str(tmp_path / "raw"), ads, imps)
+    config = fixtures.write_config(str(tmp_path / "config.yaml"), k=4)
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        build_tfrecords.run(["--config", config, "--ads", paths["ads"], "--impressions", paths["impressions"],
+                             "--out", str(tmp_path / "out")], verbose=False)
+        after = gc.get_threshold()
+    finally:
+        gc.set_threshold(*saved)
+    assert len(seen) >= 2 and set(seen) == {records.RELAXED_THRESHOLDS}  # validation and chunking
+    assert after == (700, 10, 10)

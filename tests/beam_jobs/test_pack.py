@@ -2,6 +2,7 @@
 (the local runners hold them about four times: docs/beam_jobs.md, memory)."""
 
 import pickle
+import threading
 
 from beam_jobs import records
 
@@ -26,3 +27,41 @@ def test_pack_is_smaller_than_the_pickle():
     packed = records.pack(imps)
     raw = pickle.dumps(imps, protocol=pickle.HIGHEST_PROTOCOL)
     assert len(packed) < len(raw) / 2, (len(packed), len(raw))
+
+
+def test_pack_in_threads_round_trips():
+    # A Beam worker runs bundles in threads; each keeps its own zstd (de)compressor.
+    batches = [_impressions(40 + t) for t in range(8)]
+    results, errors = {}, []
+
+    def work(t: int) -> None:
+        try:
+            for _ in range(50):
+                assert records.unpack(records.pack(batches[t])) == batches[t]
+            results[t] = records.unpack(records.pack(batches[t]))
+        except Exception as e:  # noqa: BLE001 - surfaced in the main thread below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert results == dict(enumerate(batches))
+
+
+class Tag(str):
+    pass
+
+
+class Ratio(float):
+    pass
+
+
+def test_pack_keeps_types_marshal_does_not_write():
+    # A str or float subclass is refused by marshal: pack falls back to pickle, types intact.
+    value = [(0, 1, Tag("u1"), (Ratio(0.5), None, ("a",)), (1.0,)), (1, 2, "u2", (0.25, "ios", ()), (None,))]
+    out = records.unpack(records.pack(value))
+    assert out == value
+    assert type(out[0][2]) is Tag and type(out[0][3][0]) is Ratio and type(out[1][2]) is str
