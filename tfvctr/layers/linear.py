@@ -45,7 +45,7 @@ class LinearLogit(keras.layers.Layer):
         >>> layer = LinearLogit([{"name": "device", "kind": "categorical"},
         ...                      {"name": "tags", "kind": "multi"}], {"device": 3, "tags": 4})
         >>> layer.set_fitted({"device": np.array([0.0, 1.0, 2.0]), "tags": np.array([9.0, 0.1, 0.2, 0.3])}, bias=-1.0)
-        >>> layer({"device": np.array([2, 1], "int32"), "tags": np.array([[1, 3], [0, 0]], "int32")}).numpy().round(2).tolist()
+        >>> layer({"device": np.array([2, 1], "int32"), "tags": np.array([[1, 3], [0, 0]], "int32")}).numpy().astype(float).round(2).tolist()
         [1.4, 0.0]
     """
 
