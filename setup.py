@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "aiohttp>=3.9,<4",  # `tfvctr serve`: the TF Serving REST dev server's HTTP stack (docs/serving.md)
     "google-crc32c",  # TFRecord framing of the preprocess job's record writer (beam_jobs/transforms/write.py)
     "zstandard",  # the preprocess job's packed join values (beam_jobs/records.py); Beam requires it too
+    "scipy",  # `model.linear: prefit`: the L-BFGS fit of the pre-fitted regression (tfvctr/training/linear_prefit.py)
 ]
 
 setup(
