@@ -94,6 +94,7 @@ def impression_to_row(ad_id: str, imp: tuple, ds: DatasetConfig) -> dict:
 
 PACK_LEVEL = 1  # zstd level of `pack`: 1 takes most of the gain at a fraction of a microsecond an impression
 _codecs = threading.local()  # a zstd (de)compressor per thread: a worker runs bundles in threads
+_MARSHAL, _PICKLE = b"m", b"p"  # `pack`'s first byte: which serialiser wrote the rest
 
 
 def _compressor() -> zstandard.ZstdCompressor:
@@ -124,7 +125,7 @@ def pack(value: Any) -> bytes:
     growth with the number of impressions: 77 → ≈ 25 bytes an impression. zstd with a
     compressor kept per thread, not zlib: a batch is one ad's share of a validation buffer
     (≈ 50 impressions at the benchmark's sizes), and zlib's set-up on every call cost
-    ≈ 1.4 µs an impression there, zstd ≈ 0.2 (docs/beam_jobs.md, sixth round).
+    ≈ 1.4 µs an impression there, zstd ≈ 0.3 (docs/beam_jobs.md, sixth round).
 
     Serialised by `marshal` (format 4), with `pickle` as the fallback for any type marshal
     refuses (a subclass of str or float, say), so every value round-trips with its type:
@@ -137,9 +138,6 @@ def pack(value: Any) -> bytes:
     except ValueError:  # a type marshal does not write
         raw = _PICKLE + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     return _compressor().compress(raw)
-
-
-_MARSHAL, _PICKLE = b"m", b"p"  # `pack`'s first byte: which serialiser wrote the rest
 
 
 def unpack(data: bytes) -> Any:
@@ -157,13 +155,13 @@ def relax_collector() -> None:
     """Makes Python's cyclic garbage collector run ~30 times less often in this process.
 
     Called in the `setup` of the two DoFns that see every impression (validation and
-    chunking), so it acts in every worker process of the preprocess job. With the default thresholds (700, 10, 10) a 2-process worker ran ≈ 2,000
-    young and 12 full collections at 1M impressions, 1.7–1.9 CPU s of its ≈ 18: each young
-    collection walks objects that die by reference counting a moment later (Beam's decoded
-    elements, rows, protobuf pieces), and each full one walks every live object, Beam's
-    own from its imports included. At (20,000, 10, 10) most short-lived objects are freed
-    before a collection ever sees them: 0.6–0.8 s a worker (docs/beam_jobs.md, sixth
-    round). Cycles are still collected, only later; the job makes few. Never lowers
+    chunking), so it acts in every worker process of the preprocess job. With the default
+    thresholds (700, 10, 10) a 2-process worker ran ≈ 2,000 young and 12 full collections
+    at 1M impressions, 1.7–1.9 CPU s of its ≈ 18: each young collection walks objects that
+    die by reference counting a moment later (Beam's decoded elements, rows, protobuf
+    pieces), and each full one walks every live object, Beam's own from its imports
+    included. At (20,000, 10, 10) most short-lived objects are freed before a collection
+    ever sees them: ≈ 0.8 s a worker (docs/beam_jobs.md, sixth round). Cycles are still collected, only later; the job makes few. Never lowers
     thresholds a user has raised; `restored_collector` gives an in-process runner's caller
     its own thresholds back.
     """
